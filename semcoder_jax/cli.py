@@ -1,0 +1,60 @@
+"""The ``semcoder`` command: a thin dispatcher over the library's subcommand modules.
+
+Each subcommand lives beside the code it drives and exposes ``register(subparsers)``, which adds
+its parser and sets ``func`` (called with the parsed namespace, returning an exit status).  Those
+modules import heavy libraries (jax, tensorflow, torch) inside their functions, so ``semcoder
+--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from semcoder_jax.errors import UserError
+
+# (module, one-line help); order is the order in ``semcoder --help``.
+SUBCOMMAND_MODULES = (
+    "semcoder_jax.commands.convert",
+    "semcoder_jax.commands.generate",
+    "data_pipeline.cli",
+    "semcoder_jax.commands.train",
+    "eval.cli",
+    "launch.plan_cli",
+    "launch.cli",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semcoder", description="Train, convert and evaluate SemCoder-style code LLMs in JAX.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name and module_name.startswith(e.name):
+                continue  # subcommand not part of this build yet
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"semcoder {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""The LLaMA / DeepSeek-Coder decoder in Flax (Linen), computing what HF ``LlamaForCausalLM`` computes.
+
+Design points:
+- Layers are stacked on a leading ``layers`` axis and run with ``nn.scan``, so compile time does not
+  grow with depth; ``remat_policy`` wraps each layer in ``jax.checkpoint``.
+- Every parameter carries logical axis names (``vocab``, ``embed``, ``mlp``, ``heads``, ``kv_heads``,
+  ``head_dim``, ``norm``, ``layers``); ``semcoder_jax.sharding`` maps them to mesh axes.
+- Attention masking is expressed by segment ids and slot indices: a query attends to a key when
+  both belong to the same segment and the key's slot is not after the query's.  Packed training
+  rows (several segments), padding (segment 0) and the KV-cache decode path all use this one rule.
+- RoPE uses HF's half-split layout (``rotate_half``), so converted weights need no permutation;
+  linear scaling divides positions by the factor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from semcoder_jax.attention import attention
+from semcoder_jax.config import ModelConfig
+
+Array = jax.Array
+
+_REMAT_POLICIES = {
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer for ``max_len`` slots, and which slots hold real tokens.
+
+    ``k``/``v``: [layers, batch, max_len, kv_heads, head_dim]; ``valid``: [batch, max_len] int32
+    (1 = the slot holds a token of the sequence); ``index``: the next slot to write (shared by the
+    batch, sequences are left-padded).
+    """
+
+    k: Array
+    v: Array
+    valid: Array
+    index: Array
+
+    @classmethod
+    def init(cls, config: ModelConfig, batch: int, max_len: int, dtype: Any | None = None) -> KVCache:
+        dtype = jnp.dtype(dtype or config.dtype)
+        shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.resolved_head_dim)
+        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                   valid=jnp.zeros((batch, max_len), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str, ...], init) -> Array:
+    cfg: ModelConfig = module.config
+    return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(cfg.param_dtype))
+
+
+def _dense_init(cfg: ModelConfig):
+    return nn.initializers.normal(stddev=cfg.initializer_range)
+
+
+class RMSNorm(nn.Module):
+    """HF LlamaRMSNorm: normalise in float32, cast back, then scale."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = _param(self, "scale", (x.shape[-1],), ("norm",), nn.initializers.ones)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.config.rms_norm_eps)
+        return scale.astype(self.config.dtype) * y.astype(x.dtype)
+
+
+def rope_cos_sin(positions: Array, head_dim: int, theta: float, scaling_factor: float, dtype) -> tuple[Array, Array]:
+    """cos/sin tables [B, T, head_dim] for integer positions, as HF builds them (float32, then cast)."""
+    exponent = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    inv_freq = 1.0 / (theta**exponent) / scaling_factor
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x: [B, T, heads, head_dim]; half-split rotation (HF ``rotate_half``)."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, q_segment, q_slot, kv_segment, layer_cache):
+        cfg = self.config
+        d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+        init = _dense_init(cfg)
+        wq = _param(self, "q_proj", (d, h, hd), ("embed", "heads", "head_dim"), init)
+        wk = _param(self, "k_proj", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), init)
+        wv = _param(self, "v_proj", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), init)
+        wo = _param(self, "o_proj", (h, hd, d), ("heads", "head_dim", "embed"), init)
+        dt = jnp.dtype(cfg.dtype)
+        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dt))
+        k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dt))
+        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dt))
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        new_cache = None
+        if layer_cache is not None:
+            k_cache, v_cache, index = layer_cache
+            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
+            new_cache = (k, v)
+            k, v = k.astype(dt), v.astype(dt)
+            kv_slot = jnp.broadcast_to(jnp.arange(k.shape[1], dtype=jnp.int32), kv_segment.shape)
+        else:
+            kv_slot = q_slot
+        out = attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, impl=cfg.attention_impl)
+        return jnp.einsum("bthk,hkd->btd", out, wo.astype(dt)), new_cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        d, f = cfg.hidden_size, cfg.intermediate_size
+        init = _dense_init(cfg)
+        dt = jnp.dtype(cfg.dtype)
+        w_gate = _param(self, "gate_proj", (d, f), ("embed", "mlp"), init)
+        w_up = _param(self, "up_proj", (d, f), ("embed", "mlp"), init)
+        w_down = _param(self, "down_proj", (f, d), ("mlp", "embed"), init)
+        gate = jnp.einsum("btd,df->btf", x, w_gate.astype(dt))
+        up = jnp.einsum("btd,df->btf", x, w_up.astype(dt))
+        return jnp.einsum("btf,fd->btd", nn.silu(gate) * up, w_down.astype(dt))
+
+
+class DecoderLayer(nn.Module):
+    """One pre-norm block; written as a scan body: (carry, per-layer inputs) -> (carry, outputs)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x, cos, sin, q_segment, q_slot, kv_segment, cache_index, layer_kv):
+        cfg = self.config
+        layer_cache = None if layer_kv is None else (layer_kv[0], layer_kv[1], cache_index)
+        attn_out, new_kv = Attention(cfg, name="attention")(
+            RMSNorm(cfg, name="attention_norm")(x), cos, sin, q_segment, q_slot, kv_segment, layer_cache)
+        x = x + attn_out
+        x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
+        return x, new_kv
+
+
+class Decoder(nn.Module):
+    """Token ids -> next-token logits; optionally reads and extends a ``KVCache``.
+
+    Args to ``__call__``:
+      input_ids: [B, T] int32.
+      positions: [B, T] RoPE positions (default ``arange(T)``; per-segment positions for packed rows).
+      segment_ids: [B, T] int32, 0 = padding, tokens attend only within their segment (default all 1).
+      cache: a ``KVCache``; the new tokens are written at ``cache.index`` and attend to every valid
+        earlier slot.  Returns ``(logits, new_cache)`` then, else ``logits``.
+    Logits are [B, T, vocab] in the compute dtype.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids: Array, positions: Array | None = None, segment_ids: Array | None = None,
+                 cache: KVCache | None = None):
+        cfg = self.config
+        dt = jnp.dtype(cfg.dtype)
+        batch, length = input_ids.shape
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if segment_ids is None:
+            segment_ids = jnp.ones((batch, length), jnp.int32)
+        segment_ids = segment_ids.astype(jnp.int32)
+
+        embedding = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
+                           _dense_init(cfg))
+        x = jnp.take(embedding, input_ids, axis=0).astype(dt)
+        cos, sin = rope_cos_sin(positions, cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling_factor, dt)
+
+        slots = jnp.arange(length, dtype=jnp.int32)
+        if cache is None:
+            q_slot = jnp.broadcast_to(slots, (batch, length))
+            kv_segment, cache_index, layer_kv = segment_ids, None, None
+        else:
+            q_slot = jnp.broadcast_to(cache.index + slots, (batch, length))
+            valid = jax.lax.dynamic_update_slice(cache.valid, (segment_ids != 0).astype(jnp.int32),
+                                                 (0, cache.index))
+            kv_segment, cache_index, layer_kv = valid, cache.index, (cache.k, cache.v)
+
+        layer_cls = DecoderLayer
+        if cfg.remat_policy != "none":
+            layer_cls = nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat_policy], prevent_cse=False)
+        layers = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(nn.broadcast,) * 6 + (0,),
+            length=cfg.num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )(cfg, name="layers")
+        # Query segments: with a cache, valid new tokens are segment 1 (the one sequence of the row).
+        q_segment = segment_ids if cache is None else (segment_ids != 0).astype(jnp.int32)
+        x, new_kv = layers(x, cos, sin, q_segment, q_slot, kv_segment, cache_index, layer_kv)
+
+        x = RMSNorm(cfg, name="final_norm")(x)
+        if cfg.tie_word_embeddings:
+            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt))
+        else:
+            head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), _dense_init(cfg))
+            logits = jnp.einsum("btd,dv->btv", x, head.astype(dt))
+        if cache is None:
+            return logits
+        new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=valid, index=cache.index + length)
+        return logits, new_cache
+
+
+def init_params(config: ModelConfig, rng: Array, *, boxed: bool = False) -> dict:
+    """Random parameters (HF's normal(0, initializer_range) init); ``boxed`` keeps partitioning metadata."""
+    variables = Decoder(config).init(rng, jnp.zeros((1, 1), jnp.int32))
+    params = variables["params"]
+    return params if boxed else nn.unbox(params)
+
+
+def abstract_params(config: ModelConfig) -> dict:
+    """Parameter shapes/dtypes with their logical-axis metadata, without allocating anything."""
+    return jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+
+
+def logical_axes(config: ModelConfig) -> dict:
+    """The tree of logical axis names (``PartitionSpec`` of names) matching the parameter tree."""
+    return nn.get_partition_spec(abstract_params(config))
+
+
+def forward(params: dict, config: ModelConfig, input_ids: Array, positions: Array | None = None,
+            segment_ids: Array | None = None) -> Array:
+    """Pure forward pass: logits [B, T, vocab]."""
+    return Decoder(config).apply({"params": params}, input_ids, positions, segment_ids)
