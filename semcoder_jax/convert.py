@@ -1,0 +1,596 @@
+"""Hugging Face LLaMA checkpoints <-> native (Orbax) checkpoints, one tensor at a time.
+
+A native checkpoint directory holds ``model_config.json`` (``ModelConfig``), ``params/`` (an Orbax
+PyTree checkpoint of the decoder's parameter tree, layers stacked) and optionally ``tokenizer/``.
+
+Both directions stream: a native leaf (e.g. all 32 layers' ``q_proj``) is assembled from the HF
+tensors that make it up, saved with Orbax partial saving and freed before the next; on export,
+leaves are restored one at a time and their per-layer slices streamed into safetensors shards.  Peak
+memory is about one stacked leaf.  Layout changes are reshapes and transposes only, so values are
+bit-identical in the source dtype and vocabulary rows beyond the tokenizer are kept as they are.
+Outputs are written to a temporary sibling directory and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+
+from semcoder_jax.config import ModelConfig, load_hf_config, model_config_from_dict, model_config_to_dict
+from semcoder_jax.errors import UserError
+from semcoder_jax.safetensors_stream import (
+    SafetensorsError,
+    TensorInfo,
+    TensorSpec,
+    parse_size,
+    plan_shards,
+    read_header,
+    read_tensor,
+    write_file,
+)
+
+LeafPath = tuple[str, ...]
+MODEL_CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja", "chat_template.json",
+)
+# Buffers some checkpoints carry that are recomputed from the config.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+_DTYPES = {"float32": np.dtype(np.float32), "bfloat16": np.dtype(ml_dtypes.bfloat16),
+           "float16": np.dtype(np.float16)}
+
+
+class ConversionError(UserError):
+    """A checkpoint that cannot be converted, described with its file and the problem."""
+
+
+# ---- the name/layout mapping -----------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Mapping:
+    """One native leaf and the HF tensor(s) it corresponds to (one per layer when ``per_layer``)."""
+
+    leaf: LeafPath
+    hf_name: str  # with "{i}" for the layer index
+    per_layer: bool
+    to_native: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+    hf_shape: tuple[int, ...]
+
+    def hf_names(self, num_layers: int) -> list[str]:
+        return [self.hf_name.format(i=i) for i in range(num_layers)] if self.per_layer else [self.hf_name]
+
+
+def _identity(x: np.ndarray) -> np.ndarray:
+    return x
+
+
+def _transpose(x: np.ndarray) -> np.ndarray:
+    return x.T
+
+
+def mappings(config: ModelConfig) -> list[Mapping]:
+    """The complete HF <-> native correspondence for ``config``, in HF file order."""
+    d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
+    h, k, hd = config.num_heads, config.num_kv_heads, config.resolved_head_dim
+
+    def proj_in(heads: int):
+        # HF [heads*hd, d]  <->  native [d, heads, hd]
+        return (lambda w: w.reshape(heads, hd, d).transpose(2, 0, 1),
+                lambda n: n.transpose(1, 2, 0).reshape(heads * hd, d))
+
+    q_in, k_in = proj_in(h), proj_in(k)
+    o_to_native = lambda w: w.reshape(d, h, hd).transpose(1, 2, 0)  # noqa: E731  HF [d, h*hd] -> [h, hd, d]
+    o_to_hf = lambda n: n.transpose(2, 0, 1).reshape(d, h * hd)  # noqa: E731
+    layer = "model.layers.{i}."
+    out = [
+        Mapping(("embedding",), "model.embed_tokens.weight", False, _identity, _identity, (v, d)),
+        Mapping(("layers", "attention_norm", "scale"), layer + "input_layernorm.weight", True, _identity, _identity, (d,)),
+        Mapping(("layers", "attention", "q_proj"), layer + "self_attn.q_proj.weight", True, *q_in, (h * hd, d)),
+        Mapping(("layers", "attention", "k_proj"), layer + "self_attn.k_proj.weight", True, *k_in, (k * hd, d)),
+        Mapping(("layers", "attention", "v_proj"), layer + "self_attn.v_proj.weight", True, *k_in, (k * hd, d)),
+        Mapping(("layers", "attention", "o_proj"), layer + "self_attn.o_proj.weight", True, o_to_native, o_to_hf, (d, h * hd)),
+        Mapping(("layers", "mlp_norm", "scale"), layer + "post_attention_layernorm.weight", True, _identity, _identity, (d,)),
+        Mapping(("layers", "mlp", "gate_proj"), layer + "mlp.gate_proj.weight", True, _transpose, _transpose, (f, d)),
+        Mapping(("layers", "mlp", "up_proj"), layer + "mlp.up_proj.weight", True, _transpose, _transpose, (f, d)),
+        Mapping(("layers", "mlp", "down_proj"), layer + "mlp.down_proj.weight", True, _transpose, _transpose, (d, f)),
+        Mapping(("final_norm", "scale"), "model.norm.weight", False, _identity, _identity, (d,)),
+    ]
+    if not config.tie_word_embeddings:
+        out.append(Mapping(("lm_head",), "lm_head.weight", False, _transpose, _transpose, (v, d)))
+    return out
+
+
+def _native_shape(m: Mapping, config: ModelConfig) -> tuple[int, ...]:
+    one = m.to_native(np.empty(m.hf_shape, np.int8)).shape
+    return ((config.num_layers,) + one) if m.per_layer else one
+
+
+def _get_leaf(tree: dict, path: LeafPath):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set_leaf(tree: dict, path: LeafPath, value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _nest(path: LeafPath, value) -> dict:
+    out: dict = {}
+    _set_leaf(out, path, value)
+    return out
+
+
+# ---- reading HF directories ------------------------------------------------------------------
+
+class HFCheckpoint:
+    """The tensors of an HF model directory: single or sharded safetensors, or PyTorch ``.bin``."""
+
+    def __init__(self, hf_dir: str):
+        self.dir = hf_dir
+        if not os.path.isdir(hf_dir):
+            raise ConversionError(f"{hf_dir}: not a directory")
+        self.tensors: dict[str, TensorInfo] = {}
+        self._torch: dict[str, Any] = {}
+        files = self._weight_files()
+        for file in files:
+            if file.endswith(".safetensors"):
+                try:
+                    table, _ = read_header(file)
+                except SafetensorsError as e:
+                    raise ConversionError(str(e)) from None
+                self.tensors.update(table)
+            else:
+                self._load_torch(file)
+
+    def _weight_files(self) -> list[str]:
+        for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+            index = os.path.join(self.dir, index_name)
+            if os.path.exists(index):
+                try:
+                    with open(index, encoding="utf-8") as f:
+                        weight_map = json.load(f)["weight_map"]
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ConversionError(f"{index}: not a valid index ({e!r})") from None
+                files = []
+                for shard in dict.fromkeys(weight_map.values()):
+                    path = os.path.join(self.dir, shard)
+                    if not os.path.exists(path):
+                        raise ConversionError(f"{index}: shard {shard} named in the index is missing")
+                    files.append(path)
+                return files
+        for single in ("model.safetensors", "pytorch_model.bin"):
+            if os.path.exists(os.path.join(self.dir, single)):
+                return [os.path.join(self.dir, single)]
+        raise ConversionError(f"{self.dir}: no model.safetensors, sharded safetensors index or pytorch_model.bin")
+
+    def _load_torch(self, file: str) -> None:
+        import torch
+
+        try:
+            state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
+            raise ConversionError(f"{file}: cannot be read as a PyTorch checkpoint ({e})") from None
+        for name, tensor in state.items():
+            self._torch[name] = (file, tensor)
+
+    def names(self) -> set[str]:
+        return set(self.tensors) | set(self._torch)
+
+    def source_of(self, name: str) -> str:
+        return self.tensors[name].file if name in self.tensors else self._torch[name][0]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.tensors[name].shape if name in self.tensors else tuple(self._torch[name][1].shape)
+
+    def dtype(self, name: str) -> np.dtype:
+        if name in self.tensors:
+            return self.tensors[name].dtype
+        return _torch_to_numpy_dtype(self._torch[name][1].dtype)
+
+    def read(self, name: str) -> np.ndarray:
+        if name in self.tensors:
+            return read_tensor(self.tensors[name])
+        return torch_to_numpy(self._torch[name][1])
+
+
+def _torch_to_numpy_dtype(dtype) -> np.dtype:
+    import torch
+
+    table = {torch.float32: np.float32, torch.float16: np.float16, torch.bfloat16: ml_dtypes.bfloat16,
+             torch.float64: np.float64}
+    if dtype not in table:
+        raise ConversionError(f"unsupported tensor dtype {dtype}")
+    return np.dtype(table[dtype])
+
+
+def torch_to_numpy(tensor) -> np.ndarray:
+    """A CPU tensor as a numpy array with the same bits (bf16 via a 16-bit view)."""
+    import torch
+
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        return tensor.view(torch.uint16).numpy().view(ml_dtypes.bfloat16).copy()
+    return tensor.numpy().copy()
+
+
+def numpy_to_torch(array: np.ndarray):
+    import torch
+
+    array = np.ascontiguousarray(array)
+    if array.dtype == np.dtype(ml_dtypes.bfloat16):
+        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(array)
+
+
+def _check_hf_tensors(ckpt: HFCheckpoint, config: ModelConfig, maps: list[Mapping]) -> None:
+    expected = {}
+    for m in maps:
+        for name in m.hf_names(config.num_layers):
+            expected[name] = m.hf_shape
+    available = ckpt.names()
+    for name, shape in expected.items():
+        if name not in available:
+            raise ConversionError(f"{ckpt.dir}: tensor {name} is missing (config.json implies it)")
+        if ckpt.shape(name) != shape:
+            raise ConversionError(
+                f"{ckpt.source_of(name)}: tensor {name} has shape {list(ckpt.shape(name))} "
+                f"but config.json implies {list(shape)}")
+    extra = sorted(n for n in available - set(expected) if not n.endswith(_IGNORED_SUFFIXES))
+    if config.tie_word_embeddings and "lm_head.weight" in extra:
+        extra.remove("lm_head.weight")  # a tied head saved anyway: identical to the embedding
+    if extra:
+        more = f" (and {len(extra) - 5} more)" if len(extra) > 5 else ""
+        raise ConversionError(f"{ckpt.dir}: unexpected tensor(s) {', '.join(extra[:5])}{more} "
+                              "not used by a LLaMA decoder with this config")
+
+
+def _hf_leaf(ckpt: HFCheckpoint, m: Mapping, config: ModelConfig, dtype: np.dtype | None) -> np.ndarray:
+    """Assembles one native leaf from HF tensors (stacking layers), optionally casting."""
+    names = m.hf_names(config.num_layers)
+    out_dtype = dtype or ckpt.dtype(names[0])
+    if not m.per_layer:
+        return np.ascontiguousarray(m.to_native(ckpt.read(names[0]))).astype(out_dtype, copy=False)
+    out = np.empty(_native_shape(m, config), out_dtype)
+    for i, name in enumerate(names):
+        out[i] = m.to_native(ckpt.read(name))
+    return out
+
+
+def load_hf_params(hf_dir: str, *, param_dtype: str | None = "float32", **config_overrides: Any
+                   ) -> tuple[ModelConfig, dict]:
+    """Reads an HF directory into (config, numpy parameter tree in the native layout)."""
+    config = load_hf_config(hf_dir, **config_overrides)
+    ckpt = HFCheckpoint(hf_dir)
+    maps = mappings(config)
+    _check_hf_tensors(ckpt, config, maps)
+    dtype = _DTYPES[param_dtype] if param_dtype else None
+    params: dict = {}
+    for m in maps:
+        _set_leaf(params, m.leaf, _hf_leaf(ckpt, m, config, dtype))
+    return config, params
+
+
+# ---- output directories ----------------------------------------------------------------------
+
+def _prepare_output(out_dir: str, overwrite: bool) -> str:
+    """Validates ``out_dir`` and returns a fresh temporary sibling to write into."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise ConversionError(f"{out_dir}: exists and is not a directory")
+        if os.listdir(out_dir) and not overwrite:
+            raise ConversionError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+
+
+def _commit_output(tmp_dir: str, out_dir: str) -> None:
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp_dir, out_dir)
+
+
+class _Staging:
+    """Context manager: a temp directory renamed to the target on success, removed on failure."""
+
+    def __init__(self, out_dir: str, overwrite: bool):
+        self.out_dir = out_dir
+        self.tmp = _prepare_output(out_dir, overwrite)
+
+    def __enter__(self) -> str:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            _commit_output(self.tmp, self.out_dir)
+        else:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def copy_tokenizer_files(src_dir: str, dst_dir: str) -> list[str]:
+    """Copies the known tokenizer files of ``src_dir``; returns the names copied."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = os.path.join(src_dir, name)
+        if os.path.isfile(src):
+            os.makedirs(dst_dir, exist_ok=True)
+            shutil.copy2(src, os.path.join(dst_dir, name))
+            copied.append(name)
+    return copied
+
+
+# ---- native checkpoints ----------------------------------------------------------------------
+
+def _orbax():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def _write_native_params(params_dir: str, leaves: Iterator[tuple[LeafPath, np.ndarray]]) -> None:
+    """Saves leaves one at a time into one Orbax PyTree checkpoint (partial saving)."""
+    from orbax.checkpoint.experimental.v1 import partial as partial_save
+
+    for path, value in leaves:
+        partial_save.save(params_dir, _nest(path, value))
+        del value
+    partial_save.finalize(params_dir)
+
+
+def _pytree_dir(params_dir: str) -> str:
+    """The directory holding the PyTree's ``_METADATA`` (Orbax v1 nests it under ``state/``)."""
+    for candidate in (params_dir, os.path.join(params_dir, "state"), os.path.join(params_dir, "default")):
+        if os.path.exists(os.path.join(candidate, "_METADATA")):
+            return candidate
+    raise ConversionError(f"{params_dir}: not an Orbax PyTree checkpoint (no _METADATA)")
+
+
+def read_native_leaf(params_dir: str, path: LeafPath) -> np.ndarray:
+    """Restores one leaf of a PyTree checkpoint as a numpy array (nothing else is read)."""
+    ocp = _orbax()
+    item = _nest(path, 0)
+    restore_args = _nest(path, ocp.RestoreArgs(restore_type=np.ndarray))
+    tree = ocp.PyTreeCheckpointer().restore(
+        _pytree_dir(params_dir),
+        args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True))
+    return np.asarray(_get_leaf(tree, path))
+
+
+def native_leaf_metadata(params_dir: str) -> dict[LeafPath, tuple[tuple[int, ...], np.dtype]]:
+    """Shapes and dtypes of every leaf, from the checkpoint metadata (no array is read)."""
+    ocp = _orbax()
+    meta = ocp.PyTreeCheckpointer().metadata(_pytree_dir(params_dir))
+    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, prefix + (key,))
+        else:
+            out[prefix] = (tuple(node.shape), np.dtype(node.dtype))
+
+    walk(tree, ())
+    return out
+
+
+def read_native_config(ckpt_dir: str) -> ModelConfig:
+    file = os.path.join(ckpt_dir, MODEL_CONFIG_FILE)
+    if not os.path.exists(file):
+        raise ConversionError(f"{ckpt_dir}: not a native checkpoint ({MODEL_CONFIG_FILE} not found)")
+    try:
+        with open(file, encoding="utf-8") as f:
+            return model_config_from_dict(json.load(f), source=file)
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _check_native_leaves(ckpt_dir: str, config: ModelConfig) -> dict[LeafPath, tuple[tuple[int, ...], np.dtype]]:
+    meta = native_leaf_metadata(os.path.join(ckpt_dir, PARAMS_DIR))
+    for m in mappings(config):
+        if m.leaf not in meta:
+            raise ConversionError(f"{ckpt_dir}: parameter {'/'.join(m.leaf)} is missing")
+        if meta[m.leaf][0] != _native_shape(m, config):
+            raise ConversionError(f"{ckpt_dir}: parameter {'/'.join(m.leaf)} has shape {list(meta[m.leaf][0])} "
+                                  f"but {MODEL_CONFIG_FILE} implies {list(_native_shape(m, config))}")
+    return meta
+
+
+def save_native(params: dict, config: ModelConfig, out_dir: str, *, tokenizer_dir: str | None = None,
+                dtype: str | None = None, overwrite: bool = False) -> None:
+    """Writes an in-memory parameter tree (numpy or jax arrays) as a native checkpoint."""
+    cast = _DTYPES[dtype] if dtype else None
+    maps = mappings(config)
+
+    def leaves():
+        for m in maps:
+            value = np.asarray(_get_leaf(params, m.leaf))
+            yield m.leaf, value.astype(cast, copy=False) if cast is not None else value
+
+    _write_native(out_dir, config, leaves(), tokenizer_dir, overwrite)
+
+
+def _write_native(out_dir: str, config: ModelConfig, leaves: Iterator[tuple[LeafPath, np.ndarray]],
+                  tokenizer_dir: str | None, overwrite: bool) -> None:
+    with _Staging(out_dir, overwrite) as tmp:
+        _write_native_params(os.path.join(tmp, PARAMS_DIR), leaves)
+        with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(model_config_to_dict(config), f, indent=2)
+        if tokenizer_dir:
+            copy_tokenizer_files(tokenizer_dir, os.path.join(tmp, TOKENIZER_DIR))
+
+
+def load_native(ckpt_dir: str, *, dtype: str | None = None, shardings: Any = None) -> tuple[ModelConfig, dict]:
+    """Reads a native checkpoint into (config, parameter tree).
+
+    With ``shardings`` (a tree of ``jax.sharding.Sharding`` matching the parameters) the leaves are
+    restored directly as sharded ``jax.Array``s; otherwise as numpy arrays.  ``dtype`` casts.
+    """
+    import jax
+
+    ocp = _orbax()
+    config = read_native_config(ckpt_dir)
+    meta = _check_native_leaves(ckpt_dir, config)
+    cast = _DTYPES[dtype] if dtype else None
+    abstract: dict = {}
+    for m in mappings(config):
+        shape, stored = meta[m.leaf]
+        leaf_dtype = cast or stored
+        if shardings is None:
+            _set_leaf(abstract, m.leaf, np.empty(0, leaf_dtype))  # placeholder, replaced below
+        else:
+            _set_leaf(abstract, m.leaf, jax.ShapeDtypeStruct(shape, leaf_dtype, sharding=_get_leaf(shardings, m.leaf)))
+    if shardings is None:
+        restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), abstract)
+        params = ocp.PyTreeCheckpointer().restore(
+            _pytree_dir(os.path.join(ckpt_dir, PARAMS_DIR)),
+            args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args))
+    else:
+        params = ocp.StandardCheckpointer().restore(_pytree_dir(os.path.join(ckpt_dir, PARAMS_DIR)), abstract)
+    return config, params
+
+
+# ---- the two conversions ---------------------------------------------------------------------
+
+def convert_hf_to_native(hf_dir: str, out_dir: str, *, dtype: str | None = None, overwrite: bool = False,
+                         tokenizer_dir: str | None = None) -> ModelConfig:
+    """HF directory -> native checkpoint; ``dtype`` None keeps the source dtype of each tensor."""
+    config = load_hf_config(hf_dir)
+    ckpt = HFCheckpoint(hf_dir)
+    maps = mappings(config)
+    _check_hf_tensors(ckpt, config, maps)
+    cast = _DTYPES[dtype] if dtype else None
+    stored = cast or ckpt.dtype(maps[0].hf_names(config.num_layers)[0])
+    config = config.replace(param_dtype=str(stored) if str(stored) in _DTYPES else "float32")
+    leaves = ((m.leaf, _hf_leaf(ckpt, m, config, cast)) for m in maps)
+    _write_native(out_dir, config, leaves, tokenizer_dir or hf_dir, overwrite)
+    return config
+
+
+def _hf_config_json(config: ModelConfig, dtype: np.dtype) -> str:
+    from transformers import LlamaConfig
+
+    fields = config.to_hf_dict()
+    fields.pop("model_type")
+    return LlamaConfig(**fields, dtype=_dtype_name(dtype)).to_json_string()
+
+
+def _generation_config_json(config: ModelConfig) -> str:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                            pad_token_id=config.pad_token_id).to_json_string()
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
+    return str(dtype)
+
+
+def write_hf(config: ModelConfig, get_leaf: Callable[[LeafPath], np.ndarray], out_dir: str, *,
+             dtype: np.dtype, tokenizer_dir: str | None = None, max_shard_size: str = "5GB",
+             overwrite: bool = False) -> None:
+    """Streams parameters (fetched leaf by leaf with ``get_leaf``) into an HF directory."""
+    maps = mappings(config)
+    specs: list[TensorSpec] = []
+    source: dict[str, tuple[Mapping, int]] = {}
+    for m in maps:
+        for i, name in enumerate(m.hf_names(config.num_layers)):
+            specs.append(TensorSpec(name, m.hf_shape, dtype))
+            source[name] = (m, i)
+    shards = plan_shards(specs, parse_size(max_shard_size))
+    current: dict[str, Any] = {"leaf": None, "value": None}
+
+    def tensor(spec: TensorSpec) -> np.ndarray:
+        m, i = source[spec.name]
+        if current["leaf"] != m.leaf:
+            current["leaf"], current["value"] = None, None  # free the previous leaf first
+            current["value"] = np.asarray(get_leaf(m.leaf))
+            current["leaf"] = m.leaf
+        value = current["value"][i] if m.per_layer else current["value"]
+        return m.to_hf(value).astype(dtype, copy=False)
+
+    with _Staging(out_dir, overwrite) as tmp:
+        names = ["model.safetensors"] if len(shards) == 1 else [
+            f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+        for name, shard in zip(names, shards):
+            write_file(os.path.join(tmp, name), shard, tensor)
+        current["value"] = None
+        if len(shards) > 1:
+            index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
+                     "weight_map": {spec.name: name for name, shard in zip(names, shards) for spec in shard}}
+            with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
+                json.dump(index, f, indent=2, sort_keys=True)
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            f.write(_hf_config_json(config, dtype))
+        with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
+            f.write(_generation_config_json(config))
+        if tokenizer_dir:
+            if not copy_tokenizer_files(tokenizer_dir, tmp):
+                raise ConversionError(f"{tokenizer_dir}: no tokenizer files found "
+                                      f"(expected one of {', '.join(TOKENIZER_FILES[:4])}, ...)")
+
+
+def convert_native_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None, tokenizer_dir: str | None = None,
+                         max_shard_size: str = "5GB", overwrite: bool = False) -> ModelConfig:
+    """Native checkpoint (or a training run / step directory) -> HF directory, leaf by leaf."""
+    ckpt_dir, config, params_dir = resolve_params_checkpoint(ckpt_dir)
+    meta = native_leaf_metadata(params_dir)
+    for m in mappings(config):
+        if m.leaf not in meta or meta[m.leaf][0] != _native_shape(m, config):
+            got = list(meta[m.leaf][0]) if m.leaf in meta else "missing"
+            raise ConversionError(f"{params_dir}: parameter {'/'.join(m.leaf)} is {got}, "
+                                  f"expected {list(_native_shape(m, config))} from the model config")
+    out_dtype = _DTYPES[dtype] if dtype else meta[("embedding",)][1]
+    if tokenizer_dir is None:
+        for candidate in (os.path.join(ckpt_dir, TOKENIZER_DIR), os.path.join(os.path.dirname(ckpt_dir), TOKENIZER_DIR)):
+            if os.path.isdir(candidate):
+                tokenizer_dir = candidate
+                break
+    write_hf(config, lambda path: read_native_leaf(params_dir, path), out_dir, dtype=out_dtype,
+             tokenizer_dir=tokenizer_dir, max_shard_size=max_shard_size, overwrite=overwrite)
+    return config
+
+
+def resolve_params_checkpoint(path: str) -> tuple[str, ModelConfig, str]:
+    """(checkpoint dir, config, params dir) for a native checkpoint or a training run/step directory."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise ConversionError(f"{path}: checkpoint directory not found")
+    if os.path.exists(os.path.join(path, MODEL_CONFIG_FILE)):
+        return path, read_native_config(path), os.path.join(path, PARAMS_DIR)
+    try:
+        from semcoder_jax.train.checkpoint import latest_params_step
+    except ImportError:
+        latest_params_step = None
+    if latest_params_step is not None:
+        step_dir, config = latest_params_step(path)
+        run_dir = path if os.path.isdir(os.path.join(path, "checkpoints")) else os.path.dirname(os.path.dirname(step_dir))
+        return run_dir, config, os.path.join(step_dir, PARAMS_DIR)
+    raise ConversionError(f"{path}: not a native checkpoint ({MODEL_CONFIG_FILE} not found)")
+
+
+def save_hf(params: dict, config: ModelConfig, out_dir: str, *, tokenizer_dir: str | None = None,
+            dtype: str = "bfloat16", max_shard_size: str = "5GB", overwrite: bool = False) -> None:
+    """Writes an in-memory parameter tree as an HF directory."""
+    write_hf(config, lambda path: np.asarray(_get_leaf(params, path)), out_dir, dtype=_DTYPES[dtype],
+             tokenizer_dir=tokenizer_dir, max_shard_size=max_shard_size, overwrite=overwrite)
