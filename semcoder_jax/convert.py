@@ -402,14 +402,14 @@ def read_native_config(ckpt_dir: str) -> ModelConfig:
         raise ConversionError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
-def _check_native_leaves(ckpt_dir: str, config: ModelConfig) -> dict[LeafPath, tuple[tuple[int, ...], np.dtype]]:
-    meta = native_leaf_metadata(os.path.join(ckpt_dir, PARAMS_DIR))
+def _checked_metadata(params_dir: str, config: ModelConfig) -> dict[LeafPath, tuple[tuple[int, ...], np.dtype]]:
+    """Leaf metadata, after checking every parameter the config implies is there with its shape."""
+    meta = native_leaf_metadata(params_dir)
     for m in mappings(config):
-        if m.leaf not in meta:
-            raise ConversionError(f"{ckpt_dir}: parameter {'/'.join(m.leaf)} is missing")
-        if meta[m.leaf][0] != _native_shape(m, config):
-            raise ConversionError(f"{ckpt_dir}: parameter {'/'.join(m.leaf)} has shape {list(meta[m.leaf][0])} "
-                                  f"but {MODEL_CONFIG_FILE} implies {list(_native_shape(m, config))}")
+        if m.leaf not in meta or meta[m.leaf][0] != _native_shape(m, config):
+            got = list(meta[m.leaf][0]) if m.leaf in meta else "missing"
+            raise ConversionError(f"{params_dir}: parameter {'/'.join(m.leaf)} is {got}, "
+                                  f"expected {list(_native_shape(m, config))} from the model config")
     return meta
 
 
@@ -438,33 +438,33 @@ def _write_native(out_dir: str, config: ModelConfig, leaves: Iterator[tuple[Leaf
 
 
 def load_native(ckpt_dir: str, *, dtype: str | None = None, shardings: Any = None) -> tuple[ModelConfig, dict]:
-    """Reads a native checkpoint into (config, parameter tree).
+    """Reads a native checkpoint into (config, parameter tree); see ``restore_params``."""
+    config = read_native_config(ckpt_dir)
+    return config, restore_params(os.path.join(ckpt_dir, PARAMS_DIR), config, dtype=dtype, shardings=shardings)
+
+
+def restore_params(params_dir: str, config: ModelConfig, *, dtype: str | None = None, shardings: Any = None) -> dict:
+    """Restores the parameter PyTree at ``params_dir`` after checking it against ``config``.
 
     With ``shardings`` (a tree of ``jax.sharding.Sharding`` matching the parameters) the leaves are
-    restored directly as sharded ``jax.Array``s; otherwise as numpy arrays.  ``dtype`` casts.
+    restored directly as sharded ``jax.Array``s (resharding as needed); otherwise as numpy arrays.
+    ``dtype`` casts on restore.
     """
     import jax
 
     ocp = _orbax()
-    config = read_native_config(ckpt_dir)
-    meta = _check_native_leaves(ckpt_dir, config)
+    meta = _checked_metadata(params_dir, config)
     cast = _DTYPES[dtype] if dtype else None
     abstract: dict = {}
     for m in mappings(config):
         shape, stored = meta[m.leaf]
-        leaf_dtype = cast or stored
-        if shardings is None:
-            _set_leaf(abstract, m.leaf, np.empty(0, leaf_dtype))  # placeholder, replaced below
-        else:
-            _set_leaf(abstract, m.leaf, jax.ShapeDtypeStruct(shape, leaf_dtype, sharding=_get_leaf(shardings, m.leaf)))
-    if shardings is None:
-        restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), abstract)
-        params = ocp.PyTreeCheckpointer().restore(
-            _pytree_dir(os.path.join(ckpt_dir, PARAMS_DIR)),
-            args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args))
-    else:
-        params = ocp.StandardCheckpointer().restore(_pytree_dir(os.path.join(ckpt_dir, PARAMS_DIR)), abstract)
-    return config, params
+        sharding = None if shardings is None else _get_leaf(shardings, m.leaf)
+        _set_leaf(abstract, m.leaf, jax.ShapeDtypeStruct(shape, cast or stored, sharding=sharding))
+    pytree_dir = _pytree_dir(params_dir)
+    if shardings is not None:
+        return ocp.StandardCheckpointer().restore(pytree_dir, abstract)
+    restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), abstract)
+    return ocp.PyTreeCheckpointer().restore(pytree_dir, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args))
 
 
 # ---- the two conversions ---------------------------------------------------------------------
@@ -554,12 +554,7 @@ def convert_native_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = Non
                          max_shard_size: str = "5GB", overwrite: bool = False) -> ModelConfig:
     """Native checkpoint (or a training run / step directory) -> HF directory, leaf by leaf."""
     ckpt_dir, config, params_dir = resolve_params_checkpoint(ckpt_dir)
-    meta = native_leaf_metadata(params_dir)
-    for m in mappings(config):
-        if m.leaf not in meta or meta[m.leaf][0] != _native_shape(m, config):
-            got = list(meta[m.leaf][0]) if m.leaf in meta else "missing"
-            raise ConversionError(f"{params_dir}: parameter {'/'.join(m.leaf)} is {got}, "
-                                  f"expected {list(_native_shape(m, config))} from the model config")
+    meta = _checked_metadata(params_dir, config)
     out_dtype = _DTYPES[dtype] if dtype else meta[("embedding",)][1]
     if tokenizer_dir is None:
         for candidate in (os.path.join(ckpt_dir, TOKENIZER_DIR), os.path.join(os.path.dirname(ckpt_dir), TOKENIZER_DIR)):

@@ -1,0 +1,255 @@
+"""Batched KV-cache sampling for the decoder, and a text-level ``Generator``.
+
+The device side is two jitted pure functions: ``prefill`` (left-padded prompts -> cache + the
+first next-token logits) and ``decode_chunk`` (up to ``chunk`` sampling steps in one
+``lax.while_loop``, stopping early when every row has produced EOS).  Between chunks the host
+checks stop strings, so long generations that end at e.g. ``[/ANSWER]`` do not run to
+``max_new_tokens``.  Shapes are bucketed (prompt length and cache size rounded up) to bound the
+number of compilations.
+
+Conventions shared with the eval harness's HF backend: the prompt is encoded without special
+tokens and the bos token is prepended; greedy decoding when ``temperature == 0``; ``text`` is cut
+just before the first stop string (vLLM semantics) and excludes EOS; ``token_ids`` are the tokens
+generated up to and including the EOS or the token that completed a stop string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from semcoder_jax.config import ModelConfig
+from semcoder_jax.errors import UserError
+from semcoder_jax.model import Decoder, KVCache
+
+FinishReason = Literal["eos", "stop", "length"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+
+
+def _bucket(n: int, multiple: int) -> int:
+    return max(multiple, int(math.ceil(n / multiple)) * multiple)
+
+
+# ---- sampling (pure) -------------------------------------------------------------------------
+
+def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array, greedy: bool) -> jax.Array:
+    """Next tokens [B] from logits [B, V]: argmax, or nucleus sampling at ``temperature``."""
+    logits = logits.astype(jnp.float32)
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly above each token
+    keep_sorted = before < top_p
+    # The smallest kept logit is the threshold; ties at the threshold are kept.
+    threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """Static settings of the compiled functions."""
+
+    config: ModelConfig
+    greedy: bool
+    chunk: int
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(4,))
+def prefill(settings: _Settings, params, input_ids, valid, cache: KVCache):
+    """Runs left-padded prompts [B, P] through the model; returns (last logits [B, V], cache, next positions)."""
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    logits, cache = Decoder(settings.config).apply({"params": params}, input_ids, positions, valid, cache=cache)
+    return logits[:, -1].astype(jnp.float32), cache, jnp.sum(valid, axis=1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnums=(0,), donate_argnums=(2,))
+def decode_chunk(settings: _Settings, params, state: dict, temperature, top_p, eos_id, stop_at):
+    """Up to ``settings.chunk`` steps: sample, record, feed back; stops early when all rows are done.
+
+    ``state``: logits [B, V], cache, positions [B], out [B, max_new] tokens, done [B] bool,
+    step (scalar), rng.  ``stop_at`` caps the step count (max_new_tokens).
+    """
+    model = Decoder(settings.config)
+    end = jnp.minimum(state["step"] + settings.chunk, stop_at)
+
+    def cond(s):
+        return (s["step"] < end) & ~jnp.all(s["done"])
+
+    def body(s):
+        rng, step_rng = jax.random.split(s["rng"])
+        token = sample_tokens(s["logits"], step_rng, temperature, top_p, settings.greedy)
+        token = jnp.where(s["done"], eos_id, token)
+        out = jax.lax.dynamic_update_slice(s["out"], token[:, None], (0, s["step"]))
+        done = s["done"] | (token == eos_id)
+        live = (~s["done"]).astype(jnp.int32)[:, None]
+        logits, cache = model.apply({"params": params}, token[:, None], s["positions"][:, None], live,
+                                    cache=s["cache"])
+        return dict(logits=logits[:, -1].astype(jnp.float32), cache=cache, positions=s["positions"] + 1,
+                    out=out, done=done, step=s["step"] + 1, rng=rng)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+def generate_ids(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                 eos_id: int, pad_id: int = 0, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                 chunk: int = 64, should_stop=None) -> list[tuple[list[int], FinishReason]]:
+    """Generates for one batch of token-id prompts; returns (new ids, finish reason) per prompt.
+
+    ``should_stop(row, ids) -> bool`` is called between chunks for unfinished rows (stop strings).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt must have at least one token")
+    if max_new_tokens <= 0:
+        raise UserError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    batch = len(prompts)
+    prompt_len = _bucket(max(len(p) for p in prompts), 16)
+    max_new = _bucket(max_new_tokens, 16)
+    if prompt_len + max_new > config.max_position_embeddings:
+        raise UserError(f"prompt ({prompt_len} tokens, bucketed) + max_new_tokens exceeds the model's "
+                        f"max_position_embeddings ({config.max_position_embeddings})")
+    ids = np.full((batch, prompt_len), pad_id, np.int32)
+    valid = np.zeros((batch, prompt_len), np.int32)
+    for row, p in enumerate(prompts):
+        ids[row, prompt_len - len(p):] = p
+        valid[row, prompt_len - len(p):] = 1
+    greedy = temperature <= 0.0
+    settings = _Settings(config, greedy, chunk)
+    cache = KVCache.init(config, batch, prompt_len + max_new)
+    logits, cache, positions = prefill(settings, params, jnp.asarray(ids), jnp.asarray(valid), cache)
+    state = dict(logits=logits, cache=cache, positions=positions, out=jnp.full((batch, max_new), eos_id, jnp.int32),
+                 done=jnp.zeros((batch,), bool), step=jnp.zeros((), jnp.int32), rng=jax.random.key(seed))
+    stopped = np.zeros(batch, bool)
+    temp = jnp.float32(max(temperature, 1e-6))
+    while True:
+        state = decode_chunk(settings, params, state, temp, jnp.float32(top_p), jnp.int32(eos_id),
+                             jnp.int32(max_new_tokens))
+        step = int(state["step"])
+        done = np.asarray(state["done"])
+        if should_stop is not None and not (done | stopped).all():
+            out = np.asarray(state["out"])
+            for row in np.flatnonzero(~(done | stopped)):
+                stopped[row] = should_stop(row, out[row, :step].tolist())
+            if stopped.any():
+                state["done"] = jnp.asarray(done | stopped)
+        if step >= max_new_tokens or bool(np.asarray(state["done"]).all()):
+            break
+    out = np.asarray(state["out"])[:, :step]
+    results = []
+    for row in range(batch):
+        tokens = out[row].tolist()
+        if eos_id in tokens:
+            results.append((tokens[: tokens.index(eos_id) + 1], "eos"))
+        else:
+            results.append((tokens, "stop" if stopped[row] else "length"))
+    return results
+
+
+# ---- text level ------------------------------------------------------------------------------
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    cuts = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+class Generator:
+    """A model plus its tokenizer, generating text for batches of prompts."""
+
+    def __init__(self, config: ModelConfig, params, tokenizer, *, add_bos: bool = True):
+        self.config = config
+        self.params = params
+        self.tokenizer = tokenizer
+        self.add_bos = add_bos
+        self.eos_id = tokenizer.eos_id if tokenizer.eos_id is not None else config.eos_token_id
+        if self.eos_id is None:
+            raise UserError("neither the tokenizer nor the model config defines an eos token")
+        self.bos_id = tokenizer.bos_id if tokenizer.bos_id is not None else config.bos_token_id
+
+    def encode(self, prompt: str) -> list[int]:
+        ids = self.tokenizer.encode(prompt)
+        return ([self.bos_id] if self.add_bos and self.bos_id is not None else []) + ids
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (), batch_size: int = 8,
+                 chunk: int = 64) -> list[Generation]:
+        encoded = [self.encode(p) for p in prompts]
+        order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # less padding per batch
+        results: list[Generation | None] = [None] * len(prompts)
+        stop = [s for s in stop if s]
+        for start in range(0, len(order), batch_size):
+            rows = order[start: start + batch_size]
+
+            def should_stop(row: int, ids: list[int]) -> bool:
+                return _cut_at_stop(self.tokenizer.decode(ids), stop)[1]
+
+            outputs = generate_ids(
+                self.params, self.config, [encoded[i] for i in rows], max_new_tokens=max_new_tokens,
+                eos_id=self.eos_id, pad_id=self.tokenizer.pad_id or 0, temperature=temperature, top_p=top_p,
+                seed=seed + start, chunk=chunk, should_stop=should_stop if stop else None)
+            for i, (ids, reason) in zip(rows, outputs):
+                results[i] = self._finish(ids, reason, stop)
+        return results  # type: ignore[return-value]
+
+    def _finish(self, ids: list[int], reason: FinishReason, stop: Sequence[str]) -> Generation:
+        body = ids[:-1] if reason == "eos" else ids
+        text, hit = _cut_at_stop(self.tokenizer.decode(body), stop)
+        if hit and reason != "eos":
+            # Keep tokens only up to the one that completed the stop string.
+            for n in range(1, len(body) + 1):
+                if _cut_at_stop(self.tokenizer.decode(body[:n]), stop)[1]:
+                    ids = body[:n]
+                    break
+            reason = "stop"
+        elif hit:
+            reason = "stop"
+        return Generation(text=text, token_ids=list(ids), finish_reason=reason)
+
+
+def default_compute_dtype() -> str:
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def load_model(path: str, *, dtype: str | None = None) -> tuple[ModelConfig, Any, str | None]:
+    """(config, device params, tokenizer dir) from an HF directory, a native checkpoint or a training run."""
+    from semcoder_jax import convert
+
+    dtype = dtype or default_compute_dtype()
+    path = os.path.abspath(path)
+    if os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(os.path.join(path, convert.MODEL_CONFIG_FILE)):
+        config, params = convert.load_hf_params(path, param_dtype=dtype)
+        tokenizer_dir = path
+    else:
+        ckpt_dir, config, params_dir = convert.resolve_params_checkpoint(path)
+        params = convert.restore_params(params_dir, config, dtype=dtype)
+        tokenizer_dir = os.path.join(ckpt_dir, convert.TOKENIZER_DIR)
+        if not os.path.isdir(tokenizer_dir):
+            tokenizer_dir = None
+    config = config.replace(dtype=dtype, param_dtype=dtype)
+    return config, jax.tree.map(jnp.asarray, params), tokenizer_dir
+
+
+def load_generator(path: str, *, dtype: str | None = None, tokenizer: str | None = None) -> Generator:
+    """A ``Generator`` for an HF directory, a native checkpoint or a training run directory."""
+    from data_pipeline.tokenizer import load_tokenizer
+
+    config, params, tokenizer_dir = load_model(path, dtype=dtype)
+    tokenizer_dir = tokenizer or tokenizer_dir
+    if tokenizer_dir is None:
+        raise UserError(f"{path}: no tokenizer found in the checkpoint; pass --tokenizer DIR")
+    return Generator(config, params, load_tokenizer(tokenizer_dir))
