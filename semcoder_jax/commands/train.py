@@ -1,0 +1,47 @@
+"""``semcoder train``: run or resume a training job from a YAML config plus ``key=value`` overrides.
+
+    semcoder train --config launch/configs/tiny_cpu.yaml train.steps=50 mesh.fsdp=4
+    semcoder train --config launch/configs/semcoder_6.7b_pyx.yaml --run-dir gs://... model.init_from=hf:DIR
+
+Running it again on the same run directory resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train or resume a model (YAML config + key=value overrides)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML run config (launch/configs/*.yaml); defaults when omitted")
+    parser.add_argument("--run-dir", help="run directory (same as run.dir=); resumes when it holds checkpoints")
+    parser.add_argument("--export-hf", metavar="DIR", help="write an HF checkpoint here when training completes")
+    parser.add_argument("--coordinator", help="jax.distributed coordinator host:port (GPU clusters, local multi-process)")
+    parser.add_argument("--num-processes", type=int, help="number of processes of a multi-process run")
+    parser.add_argument("--process-id", type=int, help="this process's index in a multi-process run")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. train.steps=50")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from semcoder_jax.train.config import dump_config, load_config
+
+    overrides = list(args.overrides)
+    for flag, key in (("run_dir", "run.dir"), ("export_hf", "run.export_hf"),
+                      ("coordinator", "distributed.coordinator"), ("num_processes", "distributed.num_processes"),
+                      ("process_id", "distributed.process_id")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    config = load_config(args.config, overrides)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    from semcoder_jax.train.loop import initialize_distributed, train
+
+    initialize_distributed(config.distributed)
+    result = train(config)
+    return 0 if result.final_step >= result.total_steps or result.preempted else 1

@@ -1,0 +1,1 @@
+"""Sharded training: config (YAML + overrides), optimizer, pure step, checkpoints, the run loop."""

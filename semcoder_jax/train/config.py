@@ -1,0 +1,406 @@
+"""The training run's configuration: typed dataclasses, YAML files and ``key=value`` overrides.
+
+A run is described by ``TrainRunConfig`` (sections ``model``, ``data``, ``train``, ``optimizer``,
+``mesh``, ``checkpoint``, ``run``, ``distributed``).  ``load_config(path, overrides)`` reads a YAML
+file, applies dotted overrides such as ``train.steps=50`` (values parsed as YAML scalars), checks
+every key and type, and returns the frozen config.  An unknown key fails with the file:line (or the
+override) and the closest known keys.  ``dump_config`` writes the resolved config back as YAML; it is
+saved in every run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import yaml
+
+from semcoder_jax.config import PRESETS, ModelConfig, get_preset
+from semcoder_jax.errors import UserError
+
+
+class TrainConfigError(UserError):
+    """A training config that names an unknown key or holds a value of the wrong type."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """Which architecture to train and how to compute it.
+
+    ``preset`` names an entry of ``semcoder_jax.config.PRESETS``.  ``init_from`` is ``None`` (random
+    init from ``train.seed``), ``hf:DIR`` (an HF checkpoint through the converter) or ``orbax:DIR`` (a
+    native checkpoint: a run directory, its ``checkpoints/`` or one step of it); with ``init_from`` the
+    architecture is the checkpoint's and ``preset`` may be left empty.  The remaining fields override
+    the preset (``num_layers`` is for benchmarks and smoke tests of large shapes).
+    """
+
+    preset: str | None = None
+    init_from: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    remat_policy: Literal["none", "minimal", "dots", "full"] = "none"
+    attention_impl: Literal["xla", "cudnn", "splash"] = "xla"
+    num_layers: int | None = None
+    max_position_embeddings: int | None = None
+
+    def compute_overrides(self) -> dict[str, Any]:
+        """ModelConfig fields this section sets on top of the preset or checkpoint architecture."""
+        out: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+                                   remat_policy=self.remat_policy, attention_impl=self.attention_impl)
+        if self.num_layers is not None:
+            out["num_layers"] = self.num_layers
+        if self.max_position_embeddings is not None:
+            out["max_position_embeddings"] = self.max_position_embeddings
+        return out
+
+    def preset_config(self) -> ModelConfig:
+        if self.preset is None:
+            raise TrainConfigError("model.preset: required when model.init_from is not set")
+        if self.preset not in PRESETS:
+            close = difflib.get_close_matches(self.preset, list(PRESETS), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else f" (known: {', '.join(sorted(PRESETS))})"
+            raise TrainConfigError(f"model.preset: unknown preset {self.preset!r}{hint}")
+        return get_preset(self.preset, **self.compute_overrides())
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSection:
+    """Where batches come from.
+
+    ``source: pyx`` reads PyX-style records through ``data_pipeline`` (``path`` = the data directory,
+    default the bundled sample; ``tokenizer`` = a tokenizer directory, default the bundled one);
+    ``source: synthetic`` draws random packed rows addressed by step (benchmarks, smoke tests).
+    ``pipeline`` passes further ``PipelineConfig`` fields; they are checked against it.
+    """
+
+    source: Literal["pyx", "synthetic"] = "pyx"
+    path: str | None = None
+    tokenizer: str | None = None
+    seq_len: int = 256
+    eval_split: str | None = None
+    pipeline: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    """How long and in what pieces: ``steps`` or ``epochs`` (one of them), batches in sequences."""
+
+    steps: int | None = None
+    epochs: float | None = None
+    global_batch: int = 8
+    micro_batches: int = 1
+    seed: int = 0
+    z_loss: float = 0.0
+    log_every: int = 1
+    eval_every: int = 0
+    eval_batches: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSection:
+    """AdamW with linear warmup and HF-style cosine decay.
+
+    ``schedule``: ``cosine`` (HF ``cosine``: to 0 unless ``min_lr`` is set), ``cosine_with_min_lr``
+    (to ``min_lr``, default 0.1 x peak as in the release) or ``constant`` (after warmup).  Weight decay
+    skips norm scales and the embedding unless ``decay_norms_and_embeddings``.
+    """
+
+    learning_rate: float = 1e-3
+    min_lr: float | None = None
+    schedule: Literal["cosine", "cosine_with_min_lr", "constant"] = "cosine"
+    warmup_steps: int = 0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decay_norms_and_embeddings: bool = False
+    grad_clip: float | None = 1.0
+    mu_dtype: Literal["float32", "bfloat16"] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSection:
+    """Device mesh shape; -1 = whatever remains of the devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def as_dict(self) -> dict[str, int]:
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSection:
+    """Orbax checkpoints in ``RUN/checkpoints``: every ``every`` steps and at the end, ``keep`` kept."""
+
+    every: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSection:
+    """The run directory (``--run-dir`` sets ``dir``) and what is written there."""
+
+    dir: str | None = None
+    tensorboard: bool = True
+    progress: bool = True
+    export_hf: str | None = None
+    export_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedSection:
+    """``jax.distributed`` settings; ``auto`` initialises on TPU pods / SLURM / env-configured clusters.
+
+    Set ``coordinator`` (host:port), ``num_processes`` and ``process_id`` for GPU clusters without a
+    scheduler and for local multi-process runs on CPU.
+    """
+
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    local_device_ids: str | None = None
+    auto: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRunConfig:
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    optimizer: OptimizerSection = OptimizerSection()
+    mesh: MeshSection = MeshSection()
+    checkpoint: CheckpointSection = CheckpointSection()
+    run: RunSection = RunSection()
+    distributed: DistributedSection = DistributedSection()
+
+    def validate(self) -> None:
+        """Cross-field checks that need no devices or files."""
+        t = self.train
+        if (t.steps is None) == (t.epochs is None):
+            raise TrainConfigError("train.steps / train.epochs: set exactly one of them")
+        if t.steps is not None and t.steps <= 0:
+            raise TrainConfigError(f"train.steps: must be positive, got {t.steps}")
+        if t.epochs is not None and t.epochs <= 0:
+            raise TrainConfigError(f"train.epochs: must be positive, got {t.epochs}")
+        for key in ("global_batch", "micro_batches", "log_every", "eval_batches"):
+            if getattr(t, key) <= 0:
+                raise TrainConfigError(f"train.{key}: must be positive, got {getattr(t, key)}")
+        if t.global_batch % t.micro_batches:
+            raise TrainConfigError(f"train.global_batch={t.global_batch} is not divisible by "
+                                   f"train.micro_batches={t.micro_batches}")
+        if self.data.seq_len <= 1:
+            raise TrainConfigError(f"data.seq_len: must be > 1, got {self.data.seq_len}")
+        o = self.optimizer
+        if o.learning_rate <= 0:
+            raise TrainConfigError(f"optimizer.learning_rate: must be positive, got {o.learning_rate}")
+        if o.min_lr is not None and not 0 <= o.min_lr <= o.learning_rate:
+            raise TrainConfigError(f"optimizer.min_lr: must lie in [0, learning_rate], got {o.min_lr}")
+        if o.warmup_steps < 0:
+            raise TrainConfigError(f"optimizer.warmup_steps: must be >= 0, got {o.warmup_steps}")
+        if self.checkpoint.every <= 0 or self.checkpoint.keep <= 0:
+            raise TrainConfigError("checkpoint.every and checkpoint.keep must be positive")
+        if self.model.init_from is not None:
+            scheme = self.model.init_from.split(":", 1)[0]
+            if ":" not in self.model.init_from or scheme not in ("hf", "orbax"):
+                raise TrainConfigError(f"model.init_from: expected hf:DIR or orbax:DIR, got {self.model.init_from!r}")
+        if self.model.preset is not None or self.model.init_from is None:
+            self.model.preset_config()
+
+
+# ---- generic dataclass <-> dict with checking ------------------------------------------------
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Checks (and mildly converts: int -> float) ``value`` against a field annotation."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except TrainConfigError as e:
+                errors.append(str(e))
+        raise TrainConfigError(errors[0] if len(errors) == 1 else f"{where}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TrainConfigError(f"{where}: must be one of {list(allowed)}, got {value!r}{hint}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise TrainConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TrainConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TrainConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise TrainConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, Mapping):
+            raise TrainConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    raise TypeError(f"unsupported annotation {annotation!r} at {where}")
+
+
+def _unknown_key_error(key: str, known: list[str], prefix: str, location: str) -> TrainConfigError:
+    full = f"{prefix}{key}"
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else \
+        f"; known keys: {', '.join(prefix + k for k in known)}"
+    return TrainConfigError(f"{location}unknown config key {full!r}{hint}")
+
+
+def from_dict(cls, data: Mapping[str, Any], *, prefix: str = "", lines: Mapping[str, str] | None = None):
+    """Builds dataclass ``cls`` from nested dicts; unknown keys and wrong types are ``TrainConfigError``."""
+    lines = lines or {}
+    if not isinstance(data, Mapping):
+        raise TrainConfigError(f"{lines.get(prefix.rstrip('.'), '')}{prefix.rstrip('.') or 'config'}: "
+                               f"expected a mapping, got {data!r}")
+    hints = _hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        location = lines.get(dotted, "")
+        if key not in known:
+            raise _unknown_key_error(str(key), known, prefix, location)
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            kwargs[key] = from_dict(annotation, value if value is not None else {}, prefix=dotted + ".", lines=lines)
+        else:
+            try:
+                kwargs[key] = _coerce(value, annotation, dotted)
+            except TrainConfigError as e:
+                raise TrainConfigError(f"{location}{e}") from None
+    return cls(**kwargs)
+
+
+def to_dict(obj) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+# ---- YAML and overrides ------------------------------------------------------------------------
+
+
+def _yaml_key_lines(text: str, path: str) -> dict[str, str]:
+    """dotted key -> 'FILE:LINE: ' for every mapping key in a YAML document."""
+    out: dict[str, str] = {}
+    root = yaml.compose(text)
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                dotted = f"{prefix}{key_node.value}"
+                out[dotted] = f"{path}:{key_node.start_mark.line + 1}: "
+                walk(value_node, dotted + ".")
+
+    if root is not None:
+        walk(root, "")
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=VALUE`` -> (['a', 'b'], VALUE parsed as a YAML scalar/flow value)."""
+    if "=" not in text:
+        raise TrainConfigError(f"override {text!r}: expected KEY=VALUE (e.g. train.steps=50)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise TrainConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise TrainConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies dotted overrides to a nested dict, checking every key against the dataclasses."""
+    data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for text in overrides:
+        parts, value = parse_override(text)
+        cls: Any = TrainRunConfig
+        node = data
+        for depth, part in enumerate(parts):
+            prefix = ".".join(parts[:depth]) + ("." if depth else "")
+            is_dataclass_level = cls is not None and dataclasses.is_dataclass(cls)
+            if is_dataclass_level:
+                known = [f.name for f in dataclasses.fields(cls)]
+                if part not in known:
+                    raise _unknown_key_error(part, known, prefix, f"override {text!r}: ")
+                annotation = _hints(cls)[part]
+            last = depth == len(parts) - 1
+            if last:
+                node[part] = value
+                break
+            if is_dataclass_level and not dataclasses.is_dataclass(annotation) and not (
+                    annotation is dict or typing.get_origin(annotation) is dict):
+                raise TrainConfigError(f"override {text!r}: {prefix}{part} is a value, not a section")
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, Mapping) else {}
+            node = node[part]
+            cls = annotation if is_dataclass_level and dataclasses.is_dataclass(annotation) else None
+    return data
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainRunConfig:
+    """Reads a YAML config (or the defaults when ``path`` is None), applies overrides, validates."""
+    data: dict[str, Any] = {}
+    lines: dict[str, str] = {}
+    if path is not None:
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise TrainConfigError(f"{path}: config file not found")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            loaded = yaml.safe_load(text)
+            lines = _yaml_key_lines(text, path)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else path
+            raise TrainConfigError(f"{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise TrainConfigError(f"{path}: expected a mapping of sections at the top level")
+        data = loaded
+    data = apply_overrides(data, list(overrides))
+    config = from_dict(TrainRunConfig, data, lines=lines)
+    config.validate()
+    return config
+
+
+def dump_config(config: TrainRunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def config_from_yaml_text(text: str) -> TrainRunConfig:
+    """Parses a config saved by ``dump_config`` (the run directory's ``config.yaml``)."""
+    return from_dict(TrainRunConfig, yaml.safe_load(text) or {})

@@ -1,0 +1,465 @@
+"""The training run: everything with side effects around the pure step.
+
+``train(config)`` resolves the model (preset, ``hf:DIR`` or ``orbax:DIR``; or the run's own latest
+checkpoint when it exists), checks the mesh and batch geometry, builds data sources, restores or
+initialises the state, then runs the compiled step, logging metrics, evaluating, checkpointing and
+honouring SIGTERM (finish the step, save, return).  All user mistakes surface as ``UserError``
+before the first compilation.  Only process 0 writes files other than checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from semcoder_jax import sharding as shd
+from semcoder_jax.config import ModelConfig, model_config_from_dict
+from semcoder_jax.errors import UserError
+from semcoder_jax.train import checkpoint as ckpt_lib
+from semcoder_jax.train import data as data_lib
+from semcoder_jax.train import optimizer as opt_lib
+from semcoder_jax.train import step as step_lib
+from semcoder_jax.train.config import DistributedSection, TrainRunConfig, dump_config
+
+ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                       "num_kv_heads", "head_dim", "tie_word_embeddings")
+
+
+class RunError(UserError):
+    """A run that cannot start as configured (run directory, resume, initialisation)."""
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: str
+    start_step: int
+    final_step: int
+    total_steps: int
+    preempted: bool
+    history: list[dict[str, Any]]
+
+
+# ---- multi-host --------------------------------------------------------------------------------
+
+
+def initialize_distributed(section: DistributedSection) -> bool:
+    """Calls ``jax.distributed.initialize`` when the config, flags or environment ask for it.
+
+    Explicit settings win; otherwise ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` /
+    ``JAX_PROCESS_ID`` are read; ``auto`` (or a multi-worker TPU slice) lets JAX discover the cluster.
+    Returns whether it initialised.
+    """
+    coordinator = section.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    num = section.num_processes if section.num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+    pid = section.process_id if section.process_id is not None else _env_int("JAX_PROCESS_ID")
+    multi_tpu = "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    if coordinator:
+        if num is None or pid is None:
+            raise RunError("distributed.coordinator is set: also set distributed.num_processes and "
+                           "distributed.process_id (or JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
+        if not 0 <= pid < num:
+            raise RunError(f"distributed.process_id={pid} must lie in [0, num_processes={num})")
+        local = None
+        if section.local_device_ids:
+            local = [int(x) for x in section.local_device_ids.split(",")]
+        jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid,
+                                   local_device_ids=local)
+        return True
+    if section.auto or multi_tpu:
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def _gather_json(obj: Any) -> list[Any]:
+    """Every process's JSON-able ``obj``, in process order (a list of one on a single process)."""
+    if jax.process_count() == 1:
+        return [obj]
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.array([data.size], np.int32))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:data.size] = data
+    every = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(every[i][:int(lengths[i][0])]).decode()) for i in range(jax.process_count())]
+
+
+def _any_process(flag: bool) -> bool:
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag], np.int32))))
+
+
+# ---- model resolution --------------------------------------------------------------------------
+
+
+def resolve_model(config: TrainRunConfig) -> tuple[ModelConfig, str | None, str | None]:
+    """(ModelConfig, init kind, init path) without reading any weights; checks paths exist."""
+    section = config.model
+    overrides = section.compute_overrides()
+    if section.init_from is None:
+        return section.preset_config(), None, None
+    kind, path = section.init_from.split(":", 1)
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(path):
+        raise RunError(f"model.init_from: {path} is not a directory")
+    if kind == "hf":
+        from semcoder_jax.config import load_hf_config
+
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise RunError(f"model.init_from: {path} is not an HF model directory (no config.json)")
+        model = load_hf_config(path, **overrides)
+    else:
+        from semcoder_jax.convert import resolve_params_checkpoint
+
+        _, found, _ = resolve_params_checkpoint(path)
+        model = found.replace(**overrides)
+    if section.preset is not None:
+        expected = section.preset_config()
+        diff = _architecture_diff(expected, model)
+        if diff:
+            raise RunError(f"model.init_from: {path} holds a different architecture than "
+                           f"model.preset={section.preset} ({diff}); drop model.preset to take the checkpoint's")
+    return model, kind, path
+
+
+def _architecture_diff(a: ModelConfig, b: ModelConfig) -> str:
+    diffs = [f"{f}: {getattr(a, f)} vs {getattr(b, f)}" for f in ARCHITECTURE_FIELDS
+             if getattr(a, f) != getattr(b, f) and not (f == "head_dim" and a.resolved_head_dim == b.resolved_head_dim)]
+    return ", ".join(diffs)
+
+
+def _load_init_params(kind: str, path: str, model: ModelConfig, param_shardings) -> Any:
+    if kind == "hf":
+        from semcoder_jax.convert import load_hf_params
+
+        loaded_config, params = load_hf_params(path, param_dtype=model.param_dtype)
+        diff = _architecture_diff(model, loaded_config)
+        if diff:
+            raise RunError(f"model.init_from: {path} does not match its config ({diff})")
+        return step_lib.place_params(params, param_shardings, model)
+    from semcoder_jax.convert import resolve_params_checkpoint, restore_params
+
+    _, found, params_dir = resolve_params_checkpoint(path)
+    return restore_params(params_dir, found, dtype=model.param_dtype, shardings=param_shardings)
+
+
+# ---- files of the run --------------------------------------------------------------------------
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class MetricsLog:
+    """``metrics.jsonl`` (+ TensorBoard events) written by process 0 only."""
+
+    def __init__(self, run_dir: str, *, enabled: bool, tensorboard: bool):
+        self.enabled = enabled
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.writer = None
+        if enabled and tensorboard:
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+            import tensorflow as tf
+
+            tf.config.set_visible_devices([], "GPU")
+            self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
+
+    def truncate_after(self, step: int) -> None:
+        """Drops records of steps after ``step`` (they are recomputed by the resumed run)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        kept = []
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                if line.strip() and json.loads(line).get("step", 0) <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        _write_atomic(self.path, "".join(kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            import tensorflow as tf
+            from tensorflow.core.framework import summary_pb2
+
+            # tf.summary.scalar lives in the tensorboard package (not installed with tensorflow-cpu);
+            # tf.summary.write with the scalars plugin's metadata writes the same event.
+            meta = summary_pb2.SummaryMetadata(data_class=summary_pb2.DATA_CLASS_SCALAR)
+            meta.plugin_data.plugin_name = "scalars"
+            with self.writer.as_default(step=int(record["step"])):
+                for key, value in record.items():
+                    if key != "step" and isinstance(value, int | float):
+                        tf.summary.write(key, tf.constant(float(value), tf.float32), metadata=meta)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class StopSignal:
+    """SIGTERM (preemption) sets a flag; the loop finishes the step, saves and returns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopSignal:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no signal handling
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def _check_geometry(config: TrainRunConfig, mesh) -> None:
+    t = config.train
+    shards = shd.batch_shards(mesh)
+    need = shards * t.micro_batches
+    if t.global_batch % need:
+        raise shd.MeshError(
+            f"train.global_batch={t.global_batch} is not divisible by data x fsdp x micro_batches = "
+            f"{mesh.shape['data']} x {mesh.shape['fsdp']} x {t.micro_batches} = {need}")
+    if t.global_batch % jax.process_count():
+        raise shd.MeshError(f"train.global_batch={t.global_batch} is not divisible by the "
+                            f"{jax.process_count()} processes")
+
+
+def _total_steps(config: TrainRunConfig, batches_per_epoch: int | None) -> int:
+    if config.train.steps is not None:
+        return config.train.steps
+    if not batches_per_epoch:
+        raise RunError("train.epochs: this data source has no epoch length; set train.steps instead")
+    return max(1, math.ceil(config.train.epochs * batches_per_epoch))
+
+
+def _host_params(params: Any) -> Any:
+    if jax.process_count() == 1:
+        return jax.device_get(params)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(params, tiled=True)
+
+
+def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str | None = None,
+          devices: list | None = None, max_steps_this_run: int | None = None) -> RunResult:
+    """Runs (or resumes) the training described by ``config`` in ``run_dir``.
+
+    ``max_steps_this_run`` stops early after that many steps (with a checkpoint), as a preemption would.
+    """
+    config.validate()
+    run_dir = os.path.abspath(run_dir or config.run.dir or "runs/default")
+    export_hf = export_hf or config.run.export_hf
+    if export_hf and os.path.isdir(export_hf) and os.listdir(export_hf):
+        raise RunError(f"--export-hf {export_hf}: exists and is not empty")
+    process0 = jax.process_index() == 0
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunError(f"run.dir: {run_dir} exists and is not a directory")
+
+    model, init_kind, init_path = resolve_model(config)
+    mesh = shd.build_mesh(config.mesh.as_dict(), devices)
+    _check_geometry(config, mesh)
+    sources = data_lib.build_sources(config.data, global_batch=config.train.global_batch,
+                                     vocab_size=model.vocab_size, seed=config.train.seed,
+                                     process_index=jax.process_index(), process_count=jax.process_count(),
+                                     eval_batches=config.train.eval_batches)
+    if config.data.seq_len > model.max_position_embeddings:
+        raise RunError(f"data.seq_len={config.data.seq_len} exceeds the model's max_position_embeddings="
+                       f"{model.max_position_embeddings}")
+    total = _total_steps(config, sources.batches_per_epoch)
+
+    os.makedirs(run_dir, exist_ok=True)
+    checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(run_dir), keep=config.checkpoint.keep,
+                                         async_save=config.checkpoint.async_save)
+    try:
+        return _run(config, run_dir, export_hf, model, init_kind, init_path, mesh, sources, total,
+                    checkpointer, process0, max_steps_this_run)
+    finally:
+        checkpointer.close()
+
+
+def _run(config, run_dir, export_hf, model, init_kind, init_path, mesh, sources, total, checkpointer,
+         process0, max_steps_this_run) -> RunResult:
+    tx = opt_lib.build_optimizer(config.optimizer, total)
+    schedule = opt_lib.learning_rate_schedule(config.optimizer, total)
+    shardings = step_lib.state_shardings(model, tx, mesh)
+    abstract = step_lib.abstract_state(model, tx, shardings)
+
+    def check_meta(meta: dict) -> None:
+        saved = model_config_from_dict(meta["model_config"], source=f"{checkpointer.directory} meta")
+        diff = _architecture_diff(saved, model)
+        if diff:
+            raise RunError(f"{run_dir}: resuming a run whose model shape differs from the config ({diff}); "
+                           "use a new run directory or the original model settings")
+
+    restored = checkpointer.restore_latest(abstract.params, abstract.opt_state, check_meta=check_meta)
+    if restored is not None:
+        start, params, opt_state, meta = restored
+        state = step_lib.TrainState(step=jax.device_put(np.int32(start), shardings.step), params=params,
+                                    opt_state=opt_state,
+                                    rng=jax.device_put(ckpt_lib.rng_from_json(meta["rng"]), shardings.rng))
+        data_states = meta.get("data_state")
+        if data_states is not None:
+            if len(data_states) != jax.process_count():
+                raise RunError(f"{run_dir}: the checkpoint holds data positions of {len(data_states)} processes, "
+                               f"this run has {jax.process_count()}")
+            sources.train.set_state(data_states[jax.process_index()])
+        if process0:
+            print(f"semcoder train: resuming {run_dir} from step {start}", file=sys.stderr, flush=True)
+    else:
+        start = 0
+        params = None
+        if init_kind is not None:
+            params = _load_init_params(init_kind, init_path, model, shardings.params)
+        state = step_lib.init_state(model, tx, shardings, config.train.seed, params=params)
+
+    log = MetricsLog(run_dir, enabled=process0, tensorboard=config.run.tensorboard)
+    if process0:
+        _write_atomic(os.path.join(run_dir, "config.yaml"), dump_config(config))
+        if sources.tokenizer is not None and not os.path.isdir(os.path.join(run_dir, "tokenizer")):
+            sources.tokenizer.save(os.path.join(run_dir, "tokenizer"))
+        log.truncate_after(start)
+
+    step_fn = step_lib.compile_train_step(
+        step_lib.make_train_step(model, tx, schedule, micro_batches=config.train.micro_batches,
+                                 z_loss=config.train.z_loss, mesh=mesh, param_sharding=shardings.params),
+        shardings, mesh)
+    eval_fn = None
+    if config.train.eval_every and sources.make_eval is not None:
+        eval_fn = step_lib.compile_eval_step(step_lib.make_eval_step(model), shardings.params, mesh)
+
+    seq = config.data.seq_len
+    tokens_per_step = config.train.global_batch * seq
+    peak = step_lib.peak_flops(jax.devices()[0])
+    flops_token = step_lib.flops_per_token(model, seq)
+    num_devices = mesh.devices.size
+
+    def save(step: int) -> None:
+        meta = {"step": step, "model_config": dataclasses.asdict(model),
+                "rng": ckpt_lib.rng_to_json(state.rng), "data_state": _gather_json(sources.train.get_state()),
+                "config": dataclasses.asdict(config)}
+        checkpointer.save(step, state.params, state.opt_state, meta)
+
+    history: list[dict[str, Any]] = []
+    bar = None
+    if process0 and config.run.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=start, file=sys.stdout, desc="train", dynamic_ncols=True)
+    preempted = False
+    step = start
+    last_saved = start if restored is not None else -1
+    window_start, window_steps = time.perf_counter(), 0
+    stop_at = total if max_steps_this_run is None else min(total, start + max_steps_this_run)
+    with StopSignal() as stop:
+        while step < stop_at:
+            batch = step_lib.shard_batch(next(sources.train), mesh)
+            state, metrics = step_fn(state, batch)
+            step += 1
+            window_steps += 1
+            if step % config.train.log_every == 0 or step == stop_at:
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, **values, "tokens_per_second": tokens_per_step * window_steps / elapsed,
+                          "step_time": elapsed / window_steps}
+                if peak:
+                    record["mfu"] = record["tokens_per_second"] * flops_token / (peak * num_devices)
+                history.append(record)
+                log.write(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}")
+                window_start, window_steps = time.perf_counter(), 0
+            if bar is not None:
+                bar.update(1)
+            if eval_fn is not None and step % config.train.eval_every == 0:
+                record = {"step": step, **_evaluate(eval_fn, state.params, sources, mesh, config)}
+                history.append(record)
+                log.write(record)
+            if step % config.checkpoint.every == 0 and step != last_saved:
+                save(step)
+                last_saved = step
+            if _any_process(stop.requested):
+                preempted = True
+                break
+        if step != last_saved:
+            save(step)
+        checkpointer.wait()
+    if bar is not None:
+        bar.close()
+    log.close()
+    if preempted and process0:
+        print(f"semcoder train: stopped by SIGTERM after step {step}; checkpoint saved", file=sys.stderr, flush=True)
+    if export_hf and step == total and not preempted:
+        _export(state.params, model, export_hf, run_dir, config, process0)
+    return RunResult(run_dir=run_dir, start_step=start, final_step=step, total_steps=total, preempted=preempted,
+                     history=history)
+
+
+def _evaluate(eval_fn, params, sources, mesh, config: TrainRunConfig) -> dict[str, float]:
+    """Loss over up to ``eval_batches`` held-out batches, token-weighted across them."""
+    it = sources.make_eval()
+    rows = config.train.global_batch // jax.process_count()
+    loss_sum, tokens = 0.0, 0.0
+    for _ in range(config.train.eval_batches):
+        try:
+            local = next(it)
+        except StopIteration:
+            break
+        local = {k: _pad_rows(np.asarray(v), rows) for k, v in local.items() if k in step_lib.BATCH_KEYS}
+        out = jax.device_get(eval_fn(params, step_lib.shard_batch(local, mesh)))
+        loss_sum += float(out["loss_sum"])
+        tokens += float(out["loss_tokens"])
+    return {"eval_loss": loss_sum / max(tokens, 1.0), "eval_tokens": tokens}
+
+
+def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+    """A short final batch padded with all-zero rows (segment 0, loss_mask 0: they count nothing)."""
+    if x.shape[0] == rows:
+        return x
+    pad = np.zeros((rows - x.shape[0],) + x.shape[1:], x.dtype)
+    return np.concatenate([x, pad], axis=0)
+
+
+def _export(params, model: ModelConfig, out_dir: str, run_dir: str, config: TrainRunConfig, process0: bool) -> None:
+    from semcoder_jax.convert import save_hf
+
+    host = _host_params(params)
+    if process0:
+        tokenizer_dir = os.path.join(run_dir, "tokenizer")
+        save_hf(host, model, out_dir, tokenizer_dir=tokenizer_dir if os.path.isdir(tokenizer_dir) else None,
+                dtype=config.run.export_dtype)
+        print(f"semcoder train: exported HF checkpoint to {out_dir}", file=sys.stderr, flush=True)

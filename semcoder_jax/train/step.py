@@ -1,0 +1,238 @@
+"""The pure training math: state, loss, one compiled optimizer step, evaluation loss.
+
+- Loss: next-token cross-entropy summed over loss-bearing tokens (``loss_mask``) and divided by the
+  number of such tokens in the *whole global batch*, so micro-batching, sharding and packing never
+  change what is optimised; optional z-loss (``z_loss * logsumexp(logits)**2`` on the same tokens).
+- Gradient accumulation runs inside the compiled step as a ``lax.scan`` over ``micro_batches``
+  slices of the global batch (rows ``j, j+k, j+2k, ...`` form micro-batch ``j``, so every device
+  keeps its share of every micro-batch); gradients add up in float32 and are token-weighted by
+  construction.
+- Compute runs in ``ModelConfig.dtype`` (bf16 by default) against ``param_dtype`` parameters; the
+  loss and softmax are float32.
+- ``compile_train_step`` jits with explicit in/out shardings and donates the state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from semcoder_jax import sharding as shd
+from semcoder_jax.config import ModelConfig
+from semcoder_jax.model import abstract_params, forward, init_params, logical_axes
+
+Array = jax.Array
+Batch = Mapping[str, Array]
+BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a step changes: the update count, parameters, optimizer state and the RNG key data."""
+
+    step: Array
+    params: Any
+    opt_state: Any
+    rng: Array
+
+
+def loss_sums(params, config: ModelConfig, batch: Batch) -> tuple[Array, Array, Array]:
+    """(sum of cross-entropy, sum of logsumexp**2, number of loss tokens) over a batch, float32."""
+    logits = forward(params, config, batch["input_ids"], batch["positions"], batch["segment_ids"])
+    logits = logits.astype(jnp.float32)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    mask = batch["loss_mask"].astype(jnp.float32)
+    return jnp.sum((lse - target_logit) * mask), jnp.sum(lse * lse * mask), jnp.sum(mask)
+
+
+def _split_micro_batches(batch: Batch, k: int, mesh: Mesh | None) -> Batch:
+    """[B, ...] -> [k, B/k, ...] with micro-batch j = rows j, j+k, ... (a local reshape per shard)."""
+
+    def split(x):
+        b = x.shape[0]
+        y = jnp.swapaxes(x.reshape((b // k, k) + x.shape[1:]), 0, 1)
+        if mesh is not None:
+            spec = PartitionSpec(None, shd.BATCH_AXES, *([None] * (x.ndim - 1)))
+            y = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+        return y
+
+    return {key: split(batch[key]) for key in BATCH_KEYS}
+
+
+def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+                    micro_batches: int = 1, z_loss: float = 0.0, mesh: Mesh | None = None,
+                    param_sharding=None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
+    """A pure ``(state, global_batch) -> (state, metrics)`` function (jit it with ``compile_train_step``)."""
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        num_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
+        denom = jnp.maximum(num_tokens, 1.0)
+
+        def objective(params, micro):
+            ce, z, _ = loss_sums(params, config, micro)
+            return (ce + z_loss * z) / denom, (ce, z)
+
+        grad_fn = jax.grad(objective, has_aux=True)
+        if micro_batches == 1:
+            grads, (ce_sum, z_sum) = grad_fn(state.params, batch)
+            grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
+        else:
+            micro = _split_micro_batches(batch, micro_batches, mesh)
+
+            def constrain(tree):
+                if param_sharding is None:
+                    return tree
+                return jax.lax.with_sharding_constraint(tree, param_sharding)
+
+            def body(carry, mb):
+                acc, ce_acc, z_acc = carry
+                g, (ce, z) = grad_fn(state.params, mb)
+                acc = constrain(jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g))
+                return (acc, ce_acc + ce, z_acc + z), None
+
+            zeros = constrain(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
+            (grads, ce_sum, z_sum), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), micro)
+        grad_norm = optax.global_norm(grads)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {
+            "loss": ce_sum / denom,
+            "z_loss": z_sum / denom,
+            "grad_norm": grad_norm,
+            "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
+            "loss_tokens": num_tokens,
+        }
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
+
+    return train_step
+
+
+def make_eval_step(config: ModelConfig) -> Callable[[Any, Batch], dict]:
+    """``(params, batch) -> {loss_sum, loss_tokens}``; the caller sums over batches and divides."""
+
+    def eval_step(params, batch: Batch) -> dict:
+        ce, _, n = loss_sums(params, config, batch)
+        return {"loss_sum": ce, "loss_tokens": n}
+
+    return eval_step
+
+
+# ---- state layout on the mesh ------------------------------------------------------------------
+
+
+def state_shardings(config: ModelConfig, tx: optax.GradientTransformation, mesh: Mesh,
+                    rules=shd.LOGICAL_AXIS_RULES) -> TrainState:
+    """NamedSharding for every leaf of the train state: params and their optimizer moments follow the
+    rules table; counts, the step and the RNG are replicated."""
+    abstract = nn.unbox(abstract_params(config))
+    params_s = shd.param_shardings(abstract, logical_axes(config), mesh, rules)
+    abstract_opt = jax.eval_shape(tx.init, abstract)
+    rep = shd.replicated(mesh)
+    opt_s = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, params_s,
+                                  transform_non_params=lambda _: rep)
+    return TrainState(step=rep, params=params_s, opt_state=opt_s, rng=rep)
+
+
+def abstract_state(config: ModelConfig, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+    """ShapeDtypeStructs with shardings for the whole state (restore targets, AOT compilation)."""
+    params = nn.unbox(abstract_params(config))
+    opt_state = jax.eval_shape(tx.init, params)
+    shapes = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params, opt_state=opt_state,
+                        rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
+
+
+def init_state(config: ModelConfig, tx: optax.GradientTransformation, shardings: TrainState, seed: int,
+               params: Any | None = None) -> TrainState:
+    """A fresh state on the mesh: random params from ``seed`` or the given host params (numpy tree)."""
+    rng = jax.random.key_data(jax.random.key(seed)).astype(jnp.uint32)
+    if params is None:
+        def fresh(key_data):
+            p = init_params(config, jax.random.wrap_key_data(key_data))
+            return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=key_data)
+
+        return jax.jit(fresh, out_shardings=shardings)(rng)
+    placed = place_params(params, shardings.params, config)
+
+    def from_params(p, key_data):
+        return TrainState(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p), rng=key_data)
+
+    return jax.jit(from_params, out_shardings=shardings)(placed, rng)
+
+
+def place_params(params: Any, param_shardings: Any, config: ModelConfig) -> Any:
+    """Host (numpy) params -> global arrays in ``param_dtype``, each process filling its own shards."""
+    dtype = jnp.dtype(config.param_dtype)
+
+    def put(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: np.asarray(x[idx], dtype))
+
+    return jax.tree.map(put, params, param_shardings)
+
+
+def compile_train_step(step_fn, shardings: TrainState, mesh: Mesh):
+    """jit with the state's shardings in and out, the batch split over (data, fsdp), state donated."""
+    return jax.jit(step_fn, in_shardings=(shardings, shd.batch_sharding(mesh)),
+                   out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=(0,))
+
+
+def compile_eval_step(eval_fn, param_shardings, mesh: Mesh):
+    return jax.jit(eval_fn, in_shardings=(param_shardings, shd.batch_sharding(mesh)),
+                   out_shardings=shd.replicated(mesh))
+
+
+def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
+    """This process's rows -> global arrays split over (data, fsdp) (rows of process i follow those of i-1)."""
+    sharding = shd.batch_sharding(mesh)
+    return {key: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[key]))
+            for key in BATCH_KEYS}
+
+
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward, no remat recompute): 6 N + causal attention.
+
+    N counts every matmul weight (the embedding lookup is not a matmul; the LM head is).  Attention
+    scores and values add 12 * layers * heads * head_dim * seq / 2 (causal half).
+    """
+    d, hd = config.hidden_size, config.resolved_head_dim
+    n_matmul = config.num_params() - config.vocab_size * d * (0 if config.tie_word_embeddings else 1)
+    n_matmul -= (2 * config.num_layers + 1) * d  # norm scales
+    attention = 12 * config.num_layers * config.num_heads * hd * seq_len / 2
+    return 6.0 * n_matmul + attention
+
+
+# Dense bf16 peak FLOP/s per device, by ``device_kind`` prefix (vendor datasheets).
+PEAK_FLOPS = {
+    "NVIDIA H200": 989e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA A100": 312e12,
+    "NVIDIA A6000": 154.8e12,
+    "NVIDIA RTX A6000": 154.8e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+def peak_flops(device: jax.Device) -> float | None:
+    """The device's dense bf16 peak, or None where it is not known (CPUs)."""
+    kind = getattr(device, "device_kind", "")
+    for prefix in sorted(PEAK_FLOPS, key=len, reverse=True):
+        if kind.startswith(prefix):
+            return PEAK_FLOPS[prefix]
+    return None
