@@ -1,0 +1,144 @@
+"""Benchmarks read from local files: where the data lives, what a problem is, and the registry.
+
+Each benchmark module turns its release file into ``Problem``s (with the release's prompt), extracts the
+code or answer from a raw generation, and builds the sandbox ``Job``s that score it.  Nothing is
+downloaded at run time: ``--data-dir`` or ``$SEMCODER_DATA_DIR`` (default ``~/.cache/semcoder/eval-data``,
+filled by ``semcoder eval download``) points at a folder laid out like ``shared/data``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eval.sandbox import Job
+from semcoder_jax.errors import UserError
+
+DATA_ENV = "SEMCODER_DATA_DIR"
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "semcoder" / "eval-data"
+# benchmark name -> path of its release file inside the data dir
+DATA_FILES: dict[str, str] = {
+    "humaneval": "humaneval/HumanEval.jsonl.gz",
+    "humaneval+": "humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz",
+    "mbpp": "mbppplus/MbppPlus-v0.2.0.jsonl.gz",
+    "mbpp+": "mbppplus/MbppPlus-v0.2.0.jsonl.gz",
+    "cruxeval-i": "cruxeval/cruxeval.jsonl",
+    "cruxeval-o": "cruxeval/cruxeval.jsonl",
+}
+BENCHMARK_NAMES = tuple(DATA_FILES)
+
+
+class DataError(UserError):
+    """A benchmark file is missing or malformed."""
+
+
+@dataclass
+class Problem:
+    """One benchmark task: its id, the exact prompt the model sees, and the release record."""
+
+    task_id: str
+    prompt: str
+    record: dict[str, Any]
+    response_prefix: str = ""
+
+
+@dataclass
+class Extracted:
+    """What a raw generation turns into: code (EvalPlus/HumanEval) or an answer expression (CRUXEval)."""
+
+    text: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """``--data-dir``, else ``$SEMCODER_DATA_DIR``, else the download cache."""
+    if data_dir:
+        return Path(data_dir)
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return DEFAULT_DATA_DIR
+
+
+def data_file(name: str, data_dir: str | os.PathLike | None) -> Path:
+    path = resolve_data_dir(data_dir) / DATA_FILES[name]
+    if not path.is_file():
+        raise DataError(f"{name}: data file {path} not found; pass --data-dir DIR or set ${DATA_ENV} to a "
+                        f"folder laid out like shared/data, or run `semcoder eval download` while online")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All records of a (possibly gzipped) JSON Lines file; a bad line is an error naming file:line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    records = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return records
+
+
+def require_keys(record: dict, keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if k not in record]
+    if missing:
+        raise DataError(f"{where}: missing key(s) {', '.join(missing)}")
+
+
+class Benchmark(ABC):
+    """Interface every benchmark implements."""
+
+    name: str
+    parts: tuple[str, ...] = ("main",)  # the sandbox jobs each sample runs, e.g. ("base", "plus")
+    stop: tuple[str, ...] = ()           # stop strings for generation
+
+    @abstractmethod
+    def load(self, data_dir: str | os.PathLike | None, limit: int | None = None) -> list[Problem]:
+        """The problems, in release order, first ``limit`` of them."""
+
+    @abstractmethod
+    def extract(self, problem: Problem, raw: str) -> Extracted:
+        """The code or answer to execute from a raw generation."""
+
+    @abstractmethod
+    def jobs(self, problem: Problem, extracted: Extracted) -> dict[str, Job | str]:
+        """One sandbox job per part; a string instead of a job is an immediate failure message."""
+
+    def prepare(self, problems: list[Problem]) -> None:  # noqa: B027 - optional hook
+        """Work done once before scoring (EvalPlus: ground-truth outputs and timings)."""
+
+    def failed_test(self, problem: Problem, part: str, details: dict) -> str:
+        """The failing test as source text (for the per-sample record and the refine prompt)."""
+        return ""
+
+    def description(self, problem: Problem) -> str:
+        """The problem statement used in the self-refine prompt."""
+        return problem.record.get("prompt", "")
+
+    def primary_part(self) -> str:
+        """Which part's pass rate is this benchmark's headline number."""
+        return self.parts[-1]
+
+
+def get_benchmark(name: str, **options: Any) -> Benchmark:
+    """The benchmark called ``name`` (see ``BENCHMARK_NAMES``)."""
+    from eval.benchmarks.cruxeval import CruxEval
+    from eval.benchmarks.evalplus import EvalPlus
+    from eval.benchmarks.humaneval import HumanEval
+
+    if name == "humaneval":
+        return HumanEval()
+    if name in ("humaneval+", "mbpp", "mbpp+"):
+        return EvalPlus(name, **{k: v for k, v in options.items() if k in ("gt_cache_dir",)})
+    if name in ("cruxeval-i", "cruxeval-o"):
+        return CruxEval(name, **{k: v for k, v in options.items() if k in ("mode", "release_quotes",
+                                                                             "swap_quotes")})
+    raise UserError(f"unknown benchmark {name!r}; expected one of {', '.join(BENCHMARK_NAMES)}")
