@@ -271,13 +271,13 @@ class Sandbox:
     modules imported once in each worker so every forked sample starts with them warm.
     """
 
-    def __init__(self, workers: int | None = None, limits: Limits = Limits(), isolation: str = "auto",
+    def __init__(self, workers: int | None = None, limits: Limits | None = None, isolation: str = "auto",
                  preload: Sequence[str] = ("numpy",)):
         self.isolation = detect_isolation() if isolation == "auto" else isolation
         if self.isolation == "none":
             warnings.warn("sandbox: no network/PID namespaces available (unshare failed); candidates run "
                           "with resource limits and Python-level guards only", stacklevel=2)
-        self.limits = limits
+        self.limits = limits = limits or Limits()
         self.n_workers = max(1, workers or os.cpu_count() or 1)
         self._workers = [_Worker(i, self.isolation, limits, preload) for i in range(self.n_workers)]
         self._lock = threading.Lock()

@@ -1,0 +1,101 @@
+"""``semcoder eval``: score a model (``--model``) or existing generations (``--predictions``) offline.
+
+    semcoder eval --model PATH --backend hf|jax --benchmark cruxeval-o --mode monologue --limit 20 --out DIR
+    semcoder eval --predictions samples.jsonl --benchmark humaneval+ --out DIR
+    semcoder eval --model PATH --benchmark humaneval+ --self-refine 5 --out DIR
+    semcoder eval download            # fetch the official releases into the data cache (online only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from eval.benchmarks import BENCHMARK_NAMES, DATA_ENV
+    from eval.prompts import CRUXEVAL_MODES
+
+    p = subparsers.add_parser("eval", help="evaluate on HumanEval(+), MBPP(+), CRUXEval-I/O in a sandbox",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", nargs="?", choices=("run", "download"), default="run",
+                   help="run (default) or download the benchmark files into the data cache")
+    p.add_argument("--model", help="HF model directory (hf, jax) or native checkpoint / training export (jax)")
+    p.add_argument("--backend", choices=("hf", "jax"), default="hf")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), default=None,
+                   help="compute dtype (default: float32 on CPU, bfloat16 on accelerators)")
+    p.add_argument("--predictions", help="score existing generations instead of generating: EvalPlus samples "
+                   "JSONL (task_id + solution|completion), CRUXEval generations JSON, or this harness's "
+                   "per-sample JSONL")
+    p.add_argument("--benchmark", required=False, default=None,
+                   help=f"comma-separated: {', '.join(BENCHMARK_NAMES)}")
+    p.add_argument("--mode", choices=CRUXEVAL_MODES, default="monologue", help="CRUXEval prompt mode")
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems of each benchmark")
+    p.add_argument("--n-samples", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--self-refine", type=int, default=0, metavar="K", help="self-refine rounds after round 0")
+    p.add_argument("--refine-temperature", type=float, default=None)
+    p.add_argument("--refine-max-new-tokens", type=int, default=512)
+    p.add_argument("--release-quotes", action="store_true",
+                   help="CRUXEval: extract answers exactly as the release (including its double-to-single "
+                   "quote replacement, which can turn correct answers wrong)")
+    p.add_argument("--workers", type=int, default=None, help="sandbox worker processes (default: CPU count)")
+    p.add_argument("--data-dir", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or the "
+                   "download cache)")
+    p.add_argument("--out", help="output directory (rerunning with the same one resumes)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from eval.benchmarks import BENCHMARK_NAMES, resolve_data_dir
+    from semcoder_jax.errors import UserError
+
+    if args.action == "download":
+        from eval.download import download
+
+        target = resolve_data_dir(args.data_dir)
+        written = download(target)
+        print(f"{len(written)} file(s) downloaded into {target}")
+        return 0
+    if not args.benchmark:
+        raise UserError("--benchmark is required")
+    if not args.out:
+        raise UserError("--out is required")
+    if bool(args.model) == bool(args.predictions):
+        raise UserError("pass exactly one of --model or --predictions")
+    names = [n.strip() for n in args.benchmark.split(",") if n.strip()]
+    for name in names:
+        if name not in BENCHMARK_NAMES:
+            raise UserError(f"--benchmark {name!r}: expected one of {', '.join(BENCHMARK_NAMES)}")
+    for flag in ("n_samples", "max_new_tokens", "batch_size"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be >= 1")
+    if args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
+
+    from eval.runner import EvalConfig, format_table, run
+
+    config = EvalConfig(benchmarks=names, mode=args.mode, n_samples=args.n_samples, temperature=args.temperature,
+                        top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
+                        release_quotes=args.release_quotes, self_refine=args.self_refine,
+                        refine_temperature=args.refine_temperature,
+                        refine_max_new_tokens=args.refine_max_new_tokens, model=args.model,
+                        backend=args.backend if args.model else None, predictions=args.predictions)
+    backend = None
+    if args.model:
+        from eval.backends import load_backend
+
+        backend = load_backend(args.backend, args.model, args.dtype)
+    summary = run(config, args.out, backend=backend, data_dir=args.data_dir, batch_size=args.batch_size,
+                  workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
+    print(format_table({k: v for k, v in summary.items() if k in names}))
+    print(f"summary: {json.dumps(str(args.out))[1:-1]}/summary.json")
+    return 0
