@@ -1,0 +1,171 @@
+"""HF -> native -> HF conversion: bit-identical, loadable by transformers, and strict about bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from semcoder_jax.cli import main
+from semcoder_jax.convert import convert_hf_to_native, convert_native_to_hf, load_native, save_native
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _roundtrip(model, tmp_path, shard="5GB", **save_kwargs):
+    hf, native, back = tmp_path / "hf", tmp_path / "native", tmp_path / "back"
+    model.save_pretrained(hf, **save_kwargs)
+    assert main(["convert", "hf-to-orbax", "--hf", str(hf), "--out", str(native)]) == 0
+    assert main(["convert", "orbax-to-hf", "--ckpt", str(native), "--out", str(back), "--max-shard-size", shard]) == 0
+    return back
+
+
+def _load_strict(path):
+    from transformers import LlamaForCausalLM
+
+    model, info = LlamaForCausalLM.from_pretrained(path, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    return model
+
+
+@pytest.mark.parametrize("dtype, overrides", [
+    ("bfloat16", {}),
+    ("float32", dict(num_attention_heads=4, num_key_value_heads=4, rope_scaling=None)),
+    ("float16", dict(tie_word_embeddings=True)),
+])
+def test_roundtrip_is_bit_identical_per_tensor(hf_model, tmp_path, dtype, overrides):
+    model = hf_model(dtype=dtype, **overrides)
+    back = _load_strict(_roundtrip(model, tmp_path, max_shard_size="60KB"))
+    assert str(back.dtype) == f"torch.{dtype}"
+    source, result = _state(model), _state(back)
+    assert source.keys() == result.keys()
+    for name in source:
+        assert torch.equal(source[name].view(torch.uint8), result[name].view(torch.uint8)), name
+
+
+def test_export_is_sharded_with_an_index_and_keeps_every_vocab_row(hf_model, tmp_path, tokenizer_dir):
+    model = hf_model(vocab_size=1000)  # more rows than the 400-entry tokenizer: never resized
+    model.save_pretrained(tmp_path / "hf")
+    convert_hf_to_native(str(tmp_path / "hf"), str(tmp_path / "native"), tokenizer_dir=str(tokenizer_dir))
+    convert_native_to_hf(str(tmp_path / "native"), str(tmp_path / "out"), max_shard_size="200KB")
+    out = tmp_path / "out"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((out / s).exists() for s in shards)
+    with safe_open(out / index["weight_map"]["model.embed_tokens.weight"], "pt") as f:
+        assert f.get_tensor("model.embed_tokens.weight").shape == (1000, 96)
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == 2
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).eos_token == "</s>"
+    _load_strict(out)
+
+
+def test_pytorch_bin_checkpoints_with_legacy_buffers_are_read(hf_model, tmp_path):
+    model = hf_model()
+    model.config.save_pretrained(tmp_path / "hf")
+    state = dict(model.state_dict())
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(8)  # legacy buffer, ignored
+    torch.save(state, tmp_path / "hf" / "pytorch_model.bin")
+    convert_hf_to_native(str(tmp_path / "hf"), str(tmp_path / "native"))
+    _, params = load_native(str(tmp_path / "native"))
+    np.testing.assert_array_equal(params["embedding"], model.model.embed_tokens.weight.detach().numpy())
+
+
+def test_dtype_option_casts_on_the_way_in_and_out(hf_model, tmp_path):
+    model = hf_model()
+    model.save_pretrained(tmp_path / "hf")
+    config = convert_hf_to_native(str(tmp_path / "hf"), str(tmp_path / "native"), dtype="bfloat16")
+    assert config.param_dtype == "bfloat16"
+    convert_native_to_hf(str(tmp_path / "native"), str(tmp_path / "out"), dtype="float32")
+    back = _load_strict(tmp_path / "out")
+    expected = model.lm_head.weight.detach().to(torch.bfloat16).float()
+    assert torch.equal(back.lm_head.weight.detach(), expected)
+
+
+def test_save_native_from_memory_matches_conversion(hf_model, tmp_path):
+    model = hf_model()
+    model.save_pretrained(tmp_path / "hf")
+    convert_hf_to_native(str(tmp_path / "hf"), str(tmp_path / "a"))
+    config, params = load_native(str(tmp_path / "a"))
+    save_native(params, config, str(tmp_path / "b"))
+    _, again = load_native(str(tmp_path / "b"))
+    for path in (("embedding",), ("layers", "attention", "q_proj"), ("lm_head",)):
+        a, b = params, again
+        for key in path:
+            a, b = a[key], b[key]
+        np.testing.assert_array_equal(a, b)
+
+
+# ---- bad input: one line naming the file and the problem, exit 1, no output left behind ----------
+
+def _fails(capsys, argv, message, out_dir):
+    capsys.readouterr()
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    parent = os.path.dirname(out_dir)
+    leftovers = [n for n in os.listdir(parent) if ".tmp-" in n] if os.path.isdir(parent) else []
+    assert not leftovers
+    return err
+
+
+@pytest.fixture()
+def hf_dir(hf_model, tmp_path):
+    hf_model().save_pretrained(tmp_path / "hf", max_shard_size="60KB")
+    return tmp_path / "hf"
+
+
+def test_missing_config_json(capsys, hf_dir, tmp_path):
+    os.remove(hf_dir / "config.json")
+    out = str(tmp_path / "out")
+    _fails(capsys, ["convert", "hf-to-orbax", "--hf", str(hf_dir), "--out", out], "config.json: not found", out)
+    assert not os.path.exists(out)
+
+
+def test_shard_named_in_index_but_absent(capsys, hf_dir, tmp_path):
+    shard = sorted(p for p in os.listdir(hf_dir) if p.endswith(".safetensors"))[-1]
+    os.remove(hf_dir / shard)
+    out = str(tmp_path / "out")
+    err = _fails(capsys, ["convert", "hf-to-orbax", "--hf", str(hf_dir), "--out", out],
+                 f"shard {shard} named in the index is missing", out)
+    assert "model.safetensors.index.json" in err and not os.path.exists(out)
+
+
+def test_tensor_shape_disagreeing_with_config(capsys, hf_dir, tmp_path):
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg["intermediate_size"] = 208
+    (hf_dir / "config.json").write_text(json.dumps(cfg))
+    out = str(tmp_path / "out")
+    _fails(capsys, ["convert", "hf-to-orbax", "--hf", str(hf_dir), "--out", out],
+           "but config.json implies [208, 96]", out)
+    assert not os.path.exists(out)
+
+
+def test_unsupported_model_type(capsys, hf_dir, tmp_path):
+    cfg = json.loads((hf_dir / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (hf_dir / "config.json").write_text(json.dumps(cfg))
+    out = str(tmp_path / "out")
+    _fails(capsys, ["convert", "hf-to-orbax", "--hf", str(hf_dir), "--out", out], "unsupported model_type 'gpt2'", out)
+
+
+def test_existing_non_empty_output_needs_overwrite(capsys, hf_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    _fails(capsys, ["convert", "hf-to-orbax", "--hf", str(hf_dir), "--out", str(out)],
+           "exists and is not empty (pass --overwrite", str(out))
+    assert (out / "keep.txt").read_text() == "precious"
+    assert main(["convert", "hf-to-orbax", "--hf", str(hf_dir), "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "keep.txt").exists() and (out / "model_config.json").exists()
+
+
+def test_orbax_to_hf_on_a_directory_that_is_not_a_checkpoint(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    out = str(tmp_path / "out")
+    _fails(capsys, ["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "empty"), "--out", out], "empty", out)
