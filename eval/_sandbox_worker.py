@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import resource
+import select
 import shutil
 import signal
 import struct
@@ -264,17 +265,11 @@ def _monitor(job: dict, cfg: dict, workdir: str, report_w: int, status_w: int) -
             _candidate(job, cfg, workdir, report_w)
         os.close(report_w)
         deadline = start + job["timeout_s"]
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            now = time.monotonic()
-            if now >= deadline:
-                result["timed_out"] = True
-                _kill_tree(pid, cfg)
-                _, status = os.waitpid(pid, 0)
-                break
-            time.sleep(min(0.002 if now - start < 0.05 else 0.01, deadline - now))
+        status = _wait_until(pid, deadline)
+        if status is None:
+            result["timed_out"] = True
+            _kill_tree(pid, cfg)
+            _, status = os.waitpid(pid, 0)
         if not cfg["userns"]:
             _kill_tree(pid, cfg)
         result["wall_s"] = time.monotonic() - start
@@ -286,6 +281,29 @@ def _monitor(job: dict, cfg: dict, workdir: str, report_w: int, status_w: int) -
         result["monitor_error"] = str(e)
     os.write(status_w, json.dumps(result).encode())
     os._exit(0)
+
+
+def _wait_until(pid: int, deadline: float) -> int | None:
+    """The child's wait status, or None if it is still running at ``deadline`` (monotonic seconds)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return status
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if pidfd is not None:
+                select.select([pidfd], [], [], left)
+            else:
+                time.sleep(min(0.005, left))
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def _kill_tree(pid: int, cfg: dict) -> None:
@@ -337,16 +355,29 @@ def run_job(job: dict, cfg: dict) -> dict:
     os.close(report_w)
     os.close(status_w)
     report_chunks = []
-    while True:  # drain the report pipe while waiting so a large report cannot block the candidate
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        report_chunks.append(_read_all(report_r, REPORT_LIMIT))
-        if done:
-            break
-        time.sleep(0.001)
+    # Drain the report pipe while the monitor runs, so a large report cannot block the candidate; the
+    # status pipe reaches EOF when the monitor exits.
+    status_chunks = []
+    open_fds = [report_r, status_r]
+    while status_r in open_fds:
+        readable, _, _ = select.select(open_fds, [], [])
+        for fd in readable:
+            chunk = _read_all(fd, REPORT_LIMIT) if fd == report_r else os.read(fd, 65536)
+            if fd == status_r:
+                if chunk:
+                    status_chunks.append(chunk)
+                else:
+                    open_fds.remove(status_r)
+            elif chunk:
+                if sum(map(len, report_chunks)) < REPORT_LIMIT:  # the rest is read and dropped
+                    report_chunks.append(chunk)
+            else:
+                open_fds.remove(report_r)
+    os.waitpid(pid, 0)
     report_chunks.append(_read_all(report_r, REPORT_LIMIT))
     os.close(report_r)
-    status = _read_all(status_r, 65536)
     os.close(status_r)
+    status = b"".join(status_chunks)
     result = json.loads(status) if status else {"monitor_error": "monitor died"}
     raw = b"".join(report_chunks)[:REPORT_LIMIT].decode("utf-8", "replace").strip()
     result["report"] = raw.splitlines()[0] if raw else ""
@@ -371,7 +402,7 @@ def main() -> None:
         read_only_failed = _remount_read_only()
     cfg["tmp_root"] = tempfile.mkdtemp(prefix="semcoder-sandbox-")
     os.chmod(cfg["tmp_root"], 0o711)
-    for module in cfg.get("preload", []):  # warm imports the tests use, shared by every fork
+    for module in ("subprocess", "socket", "io", "glob", "traceback", *cfg.get("preload", [])):  # warm imports the tests use, shared by every fork
         try:
             __import__(module)
         except ImportError:
