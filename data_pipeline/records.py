@@ -1,0 +1,210 @@
+"""Record schema and validation: released JSON Lines (or tf.train.Example) in, ``Record`` or a ``BadRecord`` out.
+
+Every record has exactly one non-empty *task field* and a non-empty ``response``:
+
+| schema | task field | task    |
+|--------|------------|---------|
+| PyX    | ``nl``     | nl2code |
+| PyX    | ``bwd_mnl``| exec_i  |
+| PyX    | ``fwd_mnl``| exec_o  |
+| PyX-R  | ``fault``  | refine  |
+| chat   | ``instruction`` | chat |
+
+Other fields are metadata and ignored.  A task field that is absent, ``null`` or ``""`` counts as
+unset.  Problems are reported as ``FILE:LINE: field 'X': reason`` with a reason code from
+``REASONS`` so callers can count them; the policy (raise or skip) belongs to the caller.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import gzip
+import json
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterator
+
+from data_pipeline.prompts import TASKS
+from semcoder_jax.errors import UserError
+
+TASK_FIELDS: dict[str, str] = {field: task for task, (field, _) in TASKS.items()}
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+
+REASONS: dict[str, str] = {
+    "invalid_utf8": "not valid UTF-8",
+    "invalid_json": "not valid JSON",
+    "not_object": "not a JSON object",
+    "missing_field": "missing field",
+    "wrong_type": "wrong type",
+    "no_task_field": "no task field set",
+    "several_task_fields": "several task fields set",
+    "empty_response": "empty response",
+    "too_large": "over the size limit",
+    "invalid_example": "not a tf.train.Example",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One valid training record, reduced to what builds an example."""
+
+    task: str
+    instruction: str
+    response: str
+    source: str  # "FILE:LINE", for messages
+
+
+class BadRecord(UserError):
+    """One invalid record: where it is, which field, and why (``reason`` is a key of ``REASONS``)."""
+
+    def __init__(self, path: str, line: int, reason: str, detail: str, field: str | None = None):
+        self.path, self.line, self.reason, self.field, self.detail = path, line, reason, field, detail
+        where = f"{path}:{line}: " + (f"field {field!r}: " if field else "")
+        super().__init__(f"{where}{REASONS[reason]} ({detail})" if detail else f"{where}{REASONS[reason]}")
+
+    def to_json(self) -> dict:
+        return {"file": self.path, "line": self.line, "field": self.field, "reason": self.reason,
+                "message": str(self)}
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def record_from_fields(obj: dict, path: str, line: int) -> Record:
+    """Validate one decoded record (a dict of fields) and return its ``Record``."""
+    set_fields = []
+    for field in TASK_FIELDS:
+        value = obj.get(field)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise BadRecord(path, line, "wrong_type", f"expected a string, got {_type_name(value)}", field)
+        if value.strip():
+            set_fields.append(field)
+    if "response" not in obj:
+        raise BadRecord(path, line, "missing_field", "every record needs a response", "response")
+    response = obj["response"]
+    if not isinstance(response, str):
+        raise BadRecord(path, line, "wrong_type", f"expected a string, got {_type_name(response)}", "response")
+    if not set_fields:
+        present = [f for f in TASK_FIELDS if f in obj]
+        if not present:
+            raise BadRecord(path, line, "missing_field", "expected one of " + ", ".join(TASK_FIELDS),
+                            "/".join(TASK_FIELDS))
+        raise BadRecord(path, line, "no_task_field", "all of " + ", ".join(present) + " are empty",
+                        "/".join(present))
+    if len(set_fields) > 1:
+        raise BadRecord(path, line, "several_task_fields", "exactly one may be non-empty", "/".join(set_fields))
+    if not response.strip():
+        raise BadRecord(path, line, "empty_response", "", "response")
+    field = set_fields[0]
+    return Record(task=TASK_FIELDS[field], instruction=obj[field], response=response, source=f"{path}:{line}")
+
+
+def parse_json_line(payload: bytes, path: str, line: int, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Record:
+    """Validate one JSON Lines line (raw bytes) into a ``Record``; raises ``BadRecord``."""
+    if len(payload) > max_bytes:
+        raise BadRecord(path, line, "too_large", f"{len(payload)} bytes > {max_bytes}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRecord(path, line, "invalid_utf8", f"byte {e.start}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BadRecord(path, line, "invalid_json", f"{e.msg} at column {e.colno}") from None
+    if not isinstance(obj, dict):
+        raise BadRecord(path, line, "not_object", f"got {_type_name(obj)}")
+    return record_from_fields(obj, path, line)
+
+
+def parse_example_proto(payload: bytes, path: str, index: int,
+                        max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Record:
+    """Validate one serialized ``tf.train.Example`` (bytes features named like the JSON fields)."""
+    from tensorflow.core.example import example_pb2
+
+    if len(payload) > max_bytes:
+        raise BadRecord(path, index, "too_large", f"{len(payload)} bytes > {max_bytes}")
+    example = example_pb2.Example()
+    try:
+        example.ParseFromString(payload)
+    except Exception as e:  # protobuf's DecodeError
+        raise BadRecord(path, index, "invalid_example", str(e)) from None
+    obj: dict = {}
+    for name, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        if kind == "bytes_list" and len(feature.bytes_list.value) == 1:
+            try:
+                obj[name] = feature.bytes_list.value[0].decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise BadRecord(path, index, "invalid_utf8", f"byte {e.start}", name) from None
+        elif kind is None:
+            continue
+        else:
+            obj[name] = list(getattr(feature, kind).value)
+    return record_from_fields(obj, path, index)
+
+
+def open_binary(path: str | os.PathLike):
+    """Open a JSON Lines file for reading bytes, gunzipping ``.gz`` files."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such file")
+    return gzip.open(p, "rb") if p.suffix == ".gz" else open(p, "rb")
+
+
+def iter_jsonl(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
+               ) -> Iterator[Record | BadRecord]:
+    """Every non-blank line of a JSON Lines file (plain or .gz) as a ``Record`` or a ``BadRecord``."""
+    with open_binary(path) as f:
+        for line_no, raw in enumerate(f, start=1):
+            payload = raw.rstrip(b"\r\n")
+            if not payload.strip():
+                continue  # blank lines are not records
+            try:
+                yield parse_json_line(payload, str(path), line_no, max_bytes)
+            except BadRecord as bad:
+                yield bad
+
+
+class BadRecordLog:
+    """Counts skipped records by reason, keeps their messages, and writes them to a sidecar file."""
+
+    def __init__(self, sidecar: str | os.PathLike | None = None, keep: int = 1000):
+        self.sidecar = pathlib.Path(sidecar) if sidecar else None
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.messages: list[str] = []
+        self._keep = keep
+        self._seen: set[tuple[str, int]] = set()
+
+    def add(self, bad: BadRecord) -> None:
+        key = (bad.path, bad.line)
+        if key in self._seen:  # a resumed pipeline may re-read the window it stopped in
+            return
+        self._seen.add(key)
+        self.counts[bad.reason] += 1
+        if len(self.messages) < self._keep:
+            self.messages.append(str(bad))
+        if self.sidecar is not None:
+            self.sidecar.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.sidecar, "a", encoding="utf-8") as f:
+                f.write(json.dumps(bad.to_json(), ensure_ascii=False) + "\n")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def summary(self) -> str:
+        if not self.total:
+            return "no bad records"
+        parts = ", ".join(f"{REASONS[r]}: {n}" for r, n in sorted(self.counts.items()))
+        where = f"; listed in {self.sidecar}" if self.sidecar else ""
+        return f"skipped {self.total} bad records ({parts}){where}"
+
+
+def default_sidecar(process_index: int = 0) -> pathlib.Path:
+    """Where skipped records go when the caller names no file."""
+    return pathlib.Path(tempfile.gettempdir()) / f"semcoder_bad_records.p{process_index}.jsonl"
