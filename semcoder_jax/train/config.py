@@ -46,14 +46,21 @@ class ModelSection:
     remat_policy: Literal["none", "minimal", "dots", "full"] = "none"
     attention_impl: Literal["xla", "cudnn", "splash"] = "xla"
     num_layers: int | None = None
+    vocab_size: int | None = None
     max_position_embeddings: int | None = None
 
     def compute_overrides(self) -> dict[str, Any]:
-        """ModelConfig fields this section sets on top of the preset or checkpoint architecture."""
-        out: dict[str, Any] = dict(dtype=self.dtype, param_dtype=self.param_dtype,
-                                   remat_policy=self.remat_policy, attention_impl=self.attention_impl)
+        """How the model is computed: applies to a preset and to a checkpoint's architecture alike."""
+        return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat_policy=self.remat_policy,
+                    attention_impl=self.attention_impl)
+
+    def architecture_overrides(self) -> dict[str, Any]:
+        """Architecture fields set on top of the preset (a checkpoint's architecture is never changed)."""
+        out: dict[str, Any] = {}
         if self.num_layers is not None:
             out["num_layers"] = self.num_layers
+        if self.vocab_size is not None:
+            out["vocab_size"] = self.vocab_size
         if self.max_position_embeddings is not None:
             out["max_position_embeddings"] = self.max_position_embeddings
         return out
@@ -65,24 +72,28 @@ class ModelSection:
             close = difflib.get_close_matches(self.preset, list(PRESETS), n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else f" (known: {', '.join(sorted(PRESETS))})"
             raise TrainConfigError(f"model.preset: unknown preset {self.preset!r}{hint}")
-        return get_preset(self.preset, **self.compute_overrides())
+        return get_preset(self.preset, **self.compute_overrides(), **self.architecture_overrides())
 
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
     """Where batches come from.
 
-    ``source: pyx`` reads PyX-style records through ``data_pipeline`` (``path`` = the data directory,
-    default the bundled sample; ``tokenizer`` = a tokenizer directory, default the bundled one);
+    ``source: pyx`` reads PyX-style records through ``data_pipeline``: ``path`` = data files, a glob
+    or a directory (default: the bundled sample), ``tokenizer`` = a tokenizer directory (default: the
+    bundled one), ``mode`` = ``pack`` or ``pad`` (the release's one example per row).  Held-out data
+    for evaluation: ``eval_path`` files, or ``eval_fraction`` of ``path`` split off by record hash.
+    ``pipeline`` passes further ``data_pipeline.PipelineConfig`` fields (checked against it).
     ``source: synthetic`` draws random packed rows addressed by step (benchmarks, smoke tests).
-    ``pipeline`` passes further ``PipelineConfig`` fields; they are checked against it.
     """
 
     source: Literal["pyx", "synthetic"] = "pyx"
     path: str | None = None
     tokenizer: str | None = None
     seq_len: int = 256
-    eval_split: str | None = None
+    mode: Literal["pack", "pad"] = "pack"
+    eval_path: str | None = None
+    eval_fraction: float = 0.0
     pipeline: dict = dataclasses.field(default_factory=dict)
 
 
@@ -196,6 +207,8 @@ class TrainRunConfig:
         if t.global_batch % t.micro_batches:
             raise TrainConfigError(f"train.global_batch={t.global_batch} is not divisible by "
                                    f"train.micro_batches={t.micro_batches}")
+        if not 0.0 <= self.data.eval_fraction < 1.0:
+            raise TrainConfigError(f"data.eval_fraction: must lie in [0, 1), got {self.data.eval_fraction}")
         if self.data.seq_len <= 1:
             raise TrainConfigError(f"data.seq_len: must be > 1, got {self.data.seq_len}")
         o = self.optimizer
@@ -254,6 +267,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise TrainConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TrainConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

@@ -95,11 +95,17 @@ class DataSources:
 
 
 def build_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed: int,
-                  process_index: int, process_count: int, eval_batches: int) -> DataSources:
-    """Builds this process's batch sources from the data section."""
+                  process_index: int, process_count: int, count_epoch: bool = False) -> DataSources:
+    """Builds this process's batch sources from the data section.
+
+    ``count_epoch`` makes one pass over the training data to learn the number of batches per epoch
+    (needed when the run's length is given in epochs; the minimum over processes is used).
+    """
+    if global_batch % process_count:
+        raise DataConfigError(f"train.global_batch={global_batch} is not divisible by the {process_count} processes")
     if data.source == "synthetic":
-        if data.pipeline:
-            raise DataConfigError(f"data.pipeline: not used by the synthetic source, got {sorted(data.pipeline)}")
+        if data.pipeline or data.path or data.eval_path:
+            raise DataConfigError("data.path / data.eval_path / data.pipeline: not used by data.source=synthetic")
         kw = dict(global_batch=global_batch, seq_len=data.seq_len, vocab_size=vocab_size,
                   process_index=process_index, process_count=process_count)
 
@@ -109,52 +115,54 @@ def build_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed
 
         return DataSources(train=SyntheticBatches(seed=seed, **kw), make_eval=make_eval, batches_per_epoch=None,
                            tokenizer=None, tokenizer_dir=None)
-    return _pipeline_sources(data, global_batch=global_batch, seed=seed, process_index=process_index,
-                             process_count=process_count)
+    return _pipeline_sources(data, global_batch=global_batch, vocab_size=vocab_size, seed=seed,
+                             process_index=process_index, process_count=process_count, count_epoch=count_epoch)
 
 
-def _pipeline_sources(data: DataSection, *, global_batch: int, seed: int, process_index: int,
-                      process_count: int) -> DataSources:
+def _pipeline_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed: int, process_index: int,
+                      process_count: int, count_epoch: bool) -> DataSources:
     try:
         from data_pipeline import pipeline as dp
-        from data_pipeline import sample as dsample
         from data_pipeline.tokenizer import load_tokenizer
     except ImportError as e:
         raise DataConfigError(f"data.source=pyx needs the data_pipeline package ({e}); "
                               "use data.source=synthetic meanwhile") from None
-    tokenizer_dir = data.tokenizer or str(dsample.sample_tokenizer_dir())
+    path, tokenizer_dir = data.path, data.tokenizer
+    if path is None or tokenizer_dir is None:
+        from data_pipeline import sample as dsample
+
+        path = path or str(dsample.sample_data_dir())
+        tokenizer_dir = tokenizer_dir or str(dsample.sample_tokenizer_dir())
     tokenizer = load_tokenizer(tokenizer_dir)
+    if tokenizer.vocab_size > vocab_size:
+        raise DataConfigError(f"data.tokenizer: {tokenizer_dir} has {tokenizer.vocab_size} tokens but the model's "
+                              f"vocabulary has {vocab_size} rows (set model.vocab_size or use a matching preset)")
     fields = {f.name for f in dataclasses.fields(dp.PipelineConfig)}
+    reserved = {"files", "seq_len", "batch_size", "mode", "seed", "epochs", "eval_files", "eval_fraction"}
     for key in data.pipeline:
+        if key in reserved:
+            raise DataConfigError(f"data.pipeline.{key}: set through the data/train sections instead")
         if key not in fields:
-            close = difflib.get_close_matches(key, sorted(fields), n=3)
+            close = difflib.get_close_matches(key, sorted(fields - reserved), n=3)
             hint = f"; did you mean {', '.join('data.pipeline.' + c for c in close)}?" if close else ""
             raise DataConfigError(f"unknown config key 'data.pipeline.{key}'{hint}")
-    base = dict(data.pipeline)
-    path = data.path or str(dsample.sample_data_dir())
-    base.setdefault("seed", seed)
-
-    def config(**extra):
-        kw = {**base, **extra}
-        return dp.PipelineConfig(**{k: v for k, v in kw.items() if k in fields})
-
-    train_cfg = config(**_pipeline_fields(fields, path=path, seq_len=data.seq_len, global_batch=global_batch,
-                                          split="train"))
+    fields_in = dict(data.pipeline, files=(path,), seq_len=data.seq_len,
+                     batch_size=global_batch // process_count, mode=data.mode, seed=seed,
+                     eval_files=(data.eval_path,) if data.eval_path else (), eval_fraction=data.eval_fraction)
+    train_cfg = dp.PipelineConfig(**fields_in, epochs=None)
     train = dp.build_batches(train_cfg, tokenizer, process_index=process_index, process_count=process_count)
     make_eval = None
-    if data.eval_split:
-        eval_cfg = config(**_pipeline_fields(fields, path=path, seq_len=data.seq_len, global_batch=global_batch,
-                                             split=data.eval_split), repeat=False)
+    if data.eval_path or data.eval_fraction > 0:
+        eval_cfg = dp.PipelineConfig(**fields_in, epochs=1)
 
         def make_eval():
-            return dp.build_batches(eval_cfg, tokenizer, process_index=process_index, process_count=process_count)
+            return dp.build_eval_batches(eval_cfg, tokenizer, process_index=process_index,
+                                         process_count=process_count)
 
-    per_epoch = getattr(train, "batches_per_epoch", None)
-    if callable(per_epoch):
-        per_epoch = per_epoch()
+    per_epoch = None
+    if count_epoch:
+        one_pass = dp.build_batches(dp.PipelineConfig(**fields_in, epochs=1), tokenizer,
+                                    process_index=process_index, process_count=process_count)
+        per_epoch = sum(1 for _ in one_pass)
     return DataSources(train=train, make_eval=make_eval, batches_per_epoch=per_epoch, tokenizer=tokenizer,
                        tokenizer_dir=tokenizer_dir)
-
-
-def _pipeline_fields(fields: set[str], **values: Any) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k in fields}

@@ -132,11 +132,15 @@ def resolve_model(config: TrainRunConfig) -> tuple[ModelConfig, str | None, str 
         _, found, _ = resolve_params_checkpoint(path)
         model = found.replace(**overrides)
     if section.preset is not None:
-        expected = section.preset_config()
-        diff = _architecture_diff(expected, model)
+        diff = _architecture_diff(section.preset_config(), model)
         if diff:
-            raise RunError(f"model.init_from: {path} holds a different architecture than "
-                           f"model.preset={section.preset} ({diff}); drop model.preset to take the checkpoint's")
+            raise RunError(f"model.init_from: {path} holds a different architecture than model.preset="
+                           f"{section.preset} with overrides ({diff}); drop model.preset to take the checkpoint's")
+    else:
+        diff = ", ".join(f"{k}: {v} vs {getattr(model, k)}" for k, v in section.architecture_overrides().items()
+                         if getattr(model, k) != v)
+        if diff:
+            raise RunError(f"model.init_from: {path} holds a different architecture than model.* asks ({diff})")
     return model, kind, path
 
 
@@ -260,11 +264,13 @@ def _check_geometry(config: TrainRunConfig, mesh) -> None:
 
 
 def _total_steps(config: TrainRunConfig, batches_per_epoch: int | None) -> int:
+    """``train.steps``, or epochs x batches per epoch (the fewest any process has, so all stop together)."""
     if config.train.steps is not None:
         return config.train.steps
     if not batches_per_epoch:
         raise RunError("train.epochs: this data source has no epoch length; set train.steps instead")
-    return max(1, math.ceil(config.train.epochs * batches_per_epoch))
+    per_epoch = min(int(n) for n in _gather_json(int(batches_per_epoch)))
+    return max(1, math.ceil(config.train.epochs * per_epoch))
 
 
 def _host_params(params: Any) -> Any:
@@ -296,11 +302,15 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
     sources = data_lib.build_sources(config.data, global_batch=config.train.global_batch,
                                      vocab_size=model.vocab_size, seed=config.train.seed,
                                      process_index=jax.process_index(), process_count=jax.process_count(),
-                                     eval_batches=config.train.eval_batches)
+                                     count_epoch=config.train.epochs is not None)
     if config.data.seq_len > model.max_position_embeddings:
         raise RunError(f"data.seq_len={config.data.seq_len} exceeds the model's max_position_embeddings="
                        f"{model.max_position_embeddings}")
     total = _total_steps(config, sources.batches_per_epoch)
+    tok = sources.tokenizer
+    if tok is not None and init_kind is None:
+        # a model trained from scratch takes its special ids from the tokenizer it is trained with
+        model = model.replace(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
 
     os.makedirs(run_dir, exist_ok=True)
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(run_dir), keep=config.checkpoint.keep,

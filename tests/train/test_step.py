@@ -1,0 +1,139 @@
+"""The compiled train step: sharding-invariant, exact gradient accumulation, the loss it promises."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from semcoder_jax import sharding as shd
+from semcoder_jax.config import get_preset
+from semcoder_jax.model import forward
+from semcoder_jax.train import optimizer as opt_lib
+from semcoder_jax.train import step as st
+from semcoder_jax.train.config import OptimizerSection
+from semcoder_jax.train.data import SyntheticBatches
+
+CFG = get_preset("tiny", dtype="float32", param_dtype="float32")
+OPT = OptimizerSection(learning_rate=3e-3, warmup_steps=2, schedule="cosine_with_min_lr", weight_decay=0.01)
+
+
+def run_steps(mesh, steps=5, micro_batches=1, batches=None, model=CFG):
+    tx = opt_lib.build_optimizer(OPT, 10)
+    schedule = opt_lib.learning_rate_schedule(OPT, 10)
+    shardings = st.state_shardings(model, tx, mesh)
+    state = st.init_state(model, tx, shardings, seed=0)
+    fn = st.compile_train_step(st.make_train_step(model, tx, schedule, micro_batches=micro_batches, mesh=mesh,
+                                                  param_sharding=shardings.params), shardings, mesh)
+    data = batches or SyntheticBatches(global_batch=8, seq_len=32, vocab_size=model.vocab_size, seed=0)
+    losses = []
+    for _ in range(steps):
+        state, m = fn(state, st.shard_batch(next(data), mesh))
+        losses.append(float(m["loss"]))
+    return losses, state
+
+
+@pytest.fixture(scope="module")
+def single_device_run():
+    return run_steps(shd.build_mesh({"data": 1}, jax.devices()[:1]))
+
+
+@pytest.mark.parametrize("shape", [{"data": 8}, {"fsdp": 8}, {"fsdp": 4, "tensor": 2},
+                                   {"data": 2, "fsdp": 2, "tensor": 2}], ids=str)
+def test_every_mesh_gives_the_single_device_losses(shape, single_device_run):
+    ref_losses, ref_state = single_device_run
+    mesh = shd.build_mesh(shape)
+    losses, state = run_steps(mesh)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    leaves = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))),
+                                          state.params, ref_state.params))
+    assert max(leaves) < 1e-5
+    # parameters and Adam moments are laid out exactly as the rules table says
+    expected = {"embedding": ("vocab", "embed"), "lm_head": ("embed", "vocab")}
+    for name, logical in expected.items():
+        spec = shd.logical_to_mesh_spec(logical, state.params[name].shape, mesh)
+        assert state.params[name].sharding.spec == spec
+    q = state.params["layers"]["attention"]["q_proj"]  # [layers, embed, heads, head_dim]
+    fsdp, tensor = mesh.shape["fsdp"], mesh.shape["tensor"]
+    assert q.addressable_shards[0].data.shape == (2, 64 // fsdp, 4 // tensor, 16)
+    mu = state.opt_state[1][0].mu["layers"]["mlp"]["down_proj"]  # [layers, mlp, embed]
+    assert mu.sharding.spec == state.params["layers"]["mlp"]["down_proj"].sharding.spec
+    assert mu.addressable_shards[0].data.shape == (2, 176 // tensor, 64 // fsdp)
+
+
+def test_sharding_table_maps_logical_names_to_mesh_axes():
+    mesh = shd.build_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    assert shd.logical_to_mesh_spec(("layers", "embed", "mlp"), (2, 64, 176), mesh) == P(None, "fsdp", "tensor")
+    assert shd.logical_to_mesh_spec(("vocab", "embed"), (512, 64), mesh) == P("tensor", "fsdp")
+    assert shd.logical_to_mesh_spec(("norm",), (64,), mesh) == P(None)
+    # a dimension the mesh does not divide is replicated rather than failing inside XLA
+    assert shd.logical_to_mesh_spec(("embed", "kv_heads"), (64, 3), mesh) == P("fsdp", None)
+    assert shd.batch_sharding(mesh).spec == P(("data", "fsdp"), None)
+
+
+def test_mesh_must_match_the_device_count():
+    with pytest.raises(shd.MeshError, match=r"data=3 x fsdp=1 x tensor=1 needs 3 devices but 8 are available"):
+        shd.build_mesh({"data": 3})
+    with pytest.raises(shd.MeshError, match="not divisible"):
+        shd.build_mesh({"data": -1, "fsdp": 3})
+    assert shd.build_mesh({"data": -1, "fsdp": 2, "tensor": 2}).shape["data"] == 2
+
+
+class Uneven:
+    """A batch whose micro-batches carry very different numbers of loss tokens (1 vs ~all)."""
+
+    def __init__(self):
+        self.src = SyntheticBatches(global_batch=8, seq_len=32, vocab_size=512, seed=3, max_segments=1)
+
+    def __next__(self):
+        b = next(self.src)
+        mask = np.zeros_like(b["loss_mask"])
+        mask[0::4, 5] = 1  # rows of micro-batch 0 (k=4): one loss token each
+        mask[1::4, :-1] = b["segment_ids"][1::4, :-1] > 0  # micro-batch 1: every real token
+        mask[2::4, 10:20] = 1
+        mask[3::4, 3] = 1
+        b["loss_mask"] = mask.astype(np.int32)
+        return b
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_gradient_accumulation_equals_one_step_on_the_whole_batch(k):
+    mesh = shd.build_mesh({"data": 2, "fsdp": 1, "tensor": 1}, jax.devices()[:2])
+    whole_losses, whole = run_steps(mesh, steps=2, micro_batches=1, batches=Uneven())
+    acc_losses, acc = run_steps(mesh, steps=2, micro_batches=k, batches=Uneven())
+    np.testing.assert_allclose(acc_losses, whole_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(acc.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+def test_loss_is_cross_entropy_over_loss_tokens_normalised_by_the_global_count():
+    from semcoder_jax.model import init_params
+
+    params = init_params(CFG, jax.random.key(1))
+    b = next(Uneven())
+    logits = np.asarray(forward(params, CFG, b["input_ids"], b["positions"], b["segment_ids"]), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        logits.max(-1, keepdims=True)
+    nll = -np.take_along_axis(logp, b["targets"][..., None], -1)[..., 0]
+    expected = (nll * b["loss_mask"]).sum() / b["loss_mask"].sum()
+    ce, _, n = st.loss_sums(params, CFG, {k: jnp.asarray(v) for k, v in b.items()})
+    assert float(n) == b["loss_mask"].sum()
+    assert float(ce) / float(n) == pytest.approx(expected, rel=1e-5)
+
+
+def test_bf16_compute_keeps_fp32_parameters_and_optimizer_state():
+    model = get_preset("tiny", dtype="bfloat16", param_dtype="float32")
+    mesh = shd.build_mesh({"fsdp": 8})
+    losses, state = run_steps(mesh, steps=3, model=model)
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype("float32")}
+    assert state.opt_state[1][0].mu["lm_head"].dtype == jnp.float32
+
+
+def test_flops_per_token_matches_the_6n_rule_for_the_6_7b_model():
+    cfg = get_preset("deepseek-coder-6.7b")
+    f = st.flops_per_token(cfg, 2048)
+    n = cfg.num_params() - cfg.vocab_size * cfg.hidden_size
+    assert 6 * n < f < 6 * n * 1.2
