@@ -36,11 +36,12 @@ def _iter_file(path: str, max_bytes: int):
             yield bad
 
 
-def _load_records(files: list[str], max_bytes: int, out=sys.stdout):
+def _load_records(files: list[str], max_bytes: int, out=None):
     """(valid records, bad records) of all files; prints each bad one as FILE:LINE: reason."""
     from data_pipeline.pipeline import expand_files
     from data_pipeline.records import BadRecord
 
+    out = out or sys.stdout
     good, bad = [], []
     for path in expand_files(tuple(files)):
         for item in _iter_file(path, max_bytes):

@@ -1,0 +1,106 @@
+"""Every class of bad record gets a message naming file, line and field, and is counted; none is lost."""
+
+import json
+
+import pytest
+
+from data_pipeline.cli import register  # noqa: F401  (the CLI module imports cleanly)
+from data_pipeline.pipeline import PipelineConfig, build_batches
+from data_pipeline.records import BadRecord, iter_jsonl, parse_json_line
+from semcoder_jax.cli import main as semcoder_main
+
+from .conftest import write_jsonl
+
+GOOD = {"nl": "add two numbers", "fwd_mnl": "", "bwd_mnl": "", "response": "def f(a, b):\n    return a + b\n"}
+
+# (raw line, reason code, field named in the message or None)
+BAD_LINES = [
+    (b"{not json", "invalid_json", None),
+    (b"[1, 2, 3]", "not_object", None),
+    (json.dumps({"nl": "x"}).encode(), "missing_field", "response"),
+    (json.dumps({"response": "x", "id": 3}).encode(), "missing_field", "nl/bwd_mnl/fwd_mnl/fault/instruction"),
+    (json.dumps({"nl": 3, "response": "x"}).encode(), "wrong_type", "nl"),
+    (json.dumps({"nl": "x", "response": ["a"]}).encode(), "wrong_type", "response"),
+    (json.dumps({"nl": "", "fwd_mnl": "", "bwd_mnl": "", "response": "x"}).encode(), "no_task_field", "nl/bwd_mnl/fwd_mnl"),
+    (json.dumps({"nl": "a", "fwd_mnl": "b", "bwd_mnl": "", "response": "x"}).encode(), "several_task_fields", "nl/fwd_mnl"),
+    (json.dumps({"fault": "bug", "response": "   \n"}).encode(), "empty_response", "response"),
+    (b'{"nl": "caf\xe9", "response": "x"}', "invalid_utf8", None),
+    (json.dumps({"nl": "x" * 5000, "response": "x"}).encode(), "too_large", None),
+]
+
+
+@pytest.mark.parametrize("raw,reason,field", BAD_LINES, ids=[b[1] + str(i) for i, b in enumerate(BAD_LINES)])
+def test_each_bad_record_class_has_its_reason_and_location(raw, reason, field):
+    with pytest.raises(BadRecord) as info:
+        parse_json_line(raw, "data.jsonl", 7, max_bytes=4096)
+    bad = info.value
+    assert bad.reason == reason
+    assert str(bad).startswith("data.jsonl:7: ")
+    if field:
+        assert f"field {field!r}" in str(bad)
+
+
+def test_the_three_released_schemas_select_their_task():
+    def task(obj):
+        return parse_json_line(json.dumps(obj).encode(), "f", 1).task
+
+    assert task(GOOD) == "nl2code"
+    assert task({**GOOD, "nl": "", "fwd_mnl": "x"}) == "exec_o"
+    assert task({**GOOD, "nl": None, "bwd_mnl": "x"}) == "exec_i"
+    assert task({"fault": "buggy", "response": "fixed"}) == "refine"
+    assert task({"instruction": "hi", "response": "hello", "extra": {"meta": 1}}) == "chat"
+
+
+def _mixed_file(tmp_path):
+    rows = []
+    for i, (raw, _, _) in enumerate(BAD_LINES):
+        rows.append({**GOOD, "nl": f"task {i}"})
+        rows.append(raw)
+    return write_jsonl(tmp_path / "mixed.jsonl", rows)
+
+
+def test_iter_jsonl_reports_line_numbers_of_bad_records(tmp_path):
+    path = _mixed_file(tmp_path)
+    items = list(iter_jsonl(path, max_bytes=4096))
+    bad = [x for x in items if isinstance(x, BadRecord)]
+    assert [b.line for b in bad] == list(range(2, 2 * len(BAD_LINES) + 1, 2))
+    assert [b.reason for b in bad] == [r for _, r, _ in BAD_LINES]
+
+
+def test_skip_policy_counts_every_reason_and_writes_the_sidecar(tmp_path, tokenizer):
+    path = _mixed_file(tmp_path)
+    sidecar = tmp_path / "bad.jsonl"
+    config = PipelineConfig(files=(str(path),), seq_len=128, batch_size=4, on_bad_record="skip",
+                            bad_records_file=str(sidecar), max_record_bytes=4096, window_size=8)
+    with build_batches(config, tokenizer) as it:
+        list(it)
+        assert it.stats.records == len(BAD_LINES)
+        expected = {}
+        for _, reason, _ in BAD_LINES:
+            expected[reason] = expected.get(reason, 0) + 1
+        assert dict(it.bad_records.counts) == expected
+        assert "skipped 11 bad records" in it.bad_records.summary()
+    logged = [json.loads(line) for line in sidecar.read_text().splitlines()]
+    assert sorted(x["line"] for x in logged) == list(range(2, 2 * len(BAD_LINES) + 1, 2))
+    assert all(x["message"].startswith(f"{path}:") for x in logged)
+
+
+def test_error_policy_stops_at_the_first_bad_record_with_its_location(tmp_path, tokenizer):
+    path = _mixed_file(tmp_path)
+    config = PipelineConfig(files=(str(path),), seq_len=128, batch_size=4, shuffle=False, window_size=64)
+    with build_batches(config, tokenizer) as it, pytest.raises(BadRecord, match=f"{path}:2: not valid JSON"):
+        next(it)
+
+
+def test_data_check_lists_bad_records_and_exits_1(tmp_path, capsys):
+    path = _mixed_file(tmp_path)
+    assert semcoder_main(["data", "check", "--max-record-bytes", "4096", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert f"{path}:2: not valid JSON" in out
+    assert f"{path}:10: field 'nl': wrong type" in out
+    assert "11 valid records" in out and "11 bad records" in out
+
+
+def test_data_check_passes_clean_files(sample_paths, capsys):
+    assert semcoder_main(["data", "check", *sample_paths]) == 0
+    assert "0 bad records" in capsys.readouterr().out
