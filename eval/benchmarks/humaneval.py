@@ -27,7 +27,7 @@ exec(compile(P["test"], "<test>", "exec"), ns)
 try:
     ns["check"](ns[P["entry_point"]])
 except AssertionError as e:
-    lines = [f.lineno for f, _ in traceback.walk_tb(e.__traceback__) if f.f_code.co_filename == "<test>"]
+    lines = [n for f, n in traceback.walk_tb(e.__traceback__) if f.f_code.co_filename == "<test>"]
     report("failed", "AssertionError: " + str(e)[:500], test_line=lines[-1] if lines else None)
 '''
 
