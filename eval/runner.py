@@ -163,7 +163,7 @@ def score(bench: Benchmark, sandbox: Sandbox, items: Sequence[tuple[Problem, Ext
 
 # ---- summary -----------------------------------------------------------------------------------------------
 
-def summarise(bench: Benchmark, records: list[dict], n_problems: int) -> dict:
+def summarise(bench: Benchmark, records: list[dict], n_problems: int, refine_rounds: int = 0) -> dict:
     """pass@k over tasks, per part for multi-part sets; self-refine pass@1 after each round."""
     latest: dict[tuple[str, int], dict] = {}
     for rec in sorted(records, key=lambda r: r["round"]):
@@ -191,8 +191,8 @@ def summarise(bench: Benchmark, records: list[dict], n_problems: int) -> dict:
         summary["plus"] = stats(lambda r: r["status"] == "passed")
     headline = stats(lambda r: r["status"] == "passed")
     summary.update(headline)
-    if any(r["round"] > 0 for r in records):
-        rounds = max(r["round"] for r in records)
+    if refine_rounds or any(r["round"] > 0 for r in records):
+        rounds = max([refine_rounds] + [r["round"] for r in records])
         curve = []
         for k in range(rounds + 1):
             best: dict[tuple[str, int], dict] = {}
@@ -327,7 +327,7 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
                                   round_, progress)
             wanted = {p.task_id for p in problems}
             summary[name] = summarise(bench, [r for r in records.records if r["task_id"] in wanted],
-                                      len(problems))
+                                      len(problems), 0 if config.predictions else config.self_refine)
             summary[name]["isolation"] = sandbox.isolation
             tmp = summary_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(summary, indent=2))
