@@ -1,0 +1,142 @@
+"""Conversion cost at full deepseek-coder-6.7b shapes: HF -> native -> HF beside a plain file copy.
+
+Writes a random bf16 checkpoint with the 6.7B shapes (13.5 GB; ``--layers`` shrinks it) as sharded
+safetensors, then measures in one run, each step in a fresh subprocess so its peak RSS is its own:
+  1. a buffered read+write copy of the same bytes (the baseline: moving that much data through this
+     disk), and ``cp -r`` for reference (it may use copy_file_range, which skips user space),
+  2. ``semcoder convert hf-to-orbax``,
+  3. ``semcoder convert orbax-to-hf``,
+and checks the round trip is bit-identical.  Goals: peak RSS <= 1.5 x the largest shard, wall time
+<= 2 x the copy.
+
+    python benchmarks/convert.py --workdir /tmp/convert-bench [--layers 32] [--shard-size 5GB]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from semcoder_jax.config import get_preset
+from semcoder_jax.convert import _hf_config_json, mappings
+from semcoder_jax.safetensors_stream import TensorSpec, parse_size, plan_shards, read_header, write_file
+
+
+def write_random_hf(directory: str, layers: int, shard_size: str) -> int:
+    """A random checkpoint with the 6.7B shapes; returns the largest shard's size in bytes."""
+    import ml_dtypes
+
+    dtype = np.dtype(ml_dtypes.bfloat16)
+    config = get_preset("deepseek-coder-6.7b", num_layers=layers)
+    os.makedirs(directory, exist_ok=True)
+    specs = [TensorSpec(name, m.hf_shape, dtype) for m in mappings(config) for name in m.hf_names(layers)]
+    shards = plan_shards(specs, parse_size(shard_size))
+    pool = np.random.default_rng(0).standard_normal(2**24, dtype=np.float32).astype(dtype)
+
+    def data(spec: TensorSpec) -> np.ndarray:
+        n = int(np.prod(spec.shape))
+        offset = int(hashlib.md5(spec.name.encode()).hexdigest(), 16) % 4096  # distinct tensors
+        reps = -(-(n + offset) // pool.size)
+        return np.tile(pool, reps)[offset: offset + n].reshape(spec.shape)
+
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards):
+        write_file(os.path.join(directory, name), shard, data)
+    index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
+             "weight_map": {s.name: n for n, shard in zip(names, shards) for s in shard}}
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+        json.dump(index, f)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        f.write(_hf_config_json(config, dtype))
+    return max(os.path.getsize(os.path.join(directory, n)) for n in names)
+
+
+def measured(argv: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (bytes) of one child process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _RUNNER, json.dumps(argv)], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv} failed:\n{proc.stderr[-3000:]}")
+    rss = json.loads(proc.stdout.strip().splitlines()[-1])["maxrss_kb"] * 1024
+    del before
+    return wall, rss
+
+
+_RUNNER = """
+import json, resource, subprocess, sys
+argv = json.loads(sys.argv[1])
+if argv[0] == "cp":
+    subprocess.run(["cp", "-r", argv[1], argv[2]], check=True)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+elif argv[0] == "read-write":
+    import os
+    os.makedirs(argv[2])
+    buf = bytearray(16 << 20)
+    for name in sorted(os.listdir(argv[1])):
+        with open(os.path.join(argv[1], name), "rb") as src, open(os.path.join(argv[2], name), "wb") as dst:
+            while n := src.readinto(buf):
+                dst.write(memoryview(buf)[:n])
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+else:
+    from semcoder_jax.cli import main
+    assert main(argv) == 0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"maxrss_kb": rss}))
+"""
+
+
+def tensors_equal(a_dir: str, b_dir: str) -> bool:
+    from semcoder_jax.convert import HFCheckpoint
+
+    a, b = HFCheckpoint(a_dir), HFCheckpoint(b_dir)
+    if a.names() != b.names():
+        return False
+    return all(np.array_equal(a.read(n).view(np.uint16), b.read(n).view(np.uint16)) for n in sorted(a.names()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="/tmp/semcoder-convert-bench")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--shard-size", default="5GB")
+    parser.add_argument("--skip-verify", action="store_true", help="skip the bit-identity check (saves a re-read)")
+    args = parser.parse_args()
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    src, copy, native, back = (os.path.join(args.workdir, n) for n in ("hf", "copy", "native", "back"))
+    t = time.perf_counter()
+    largest = write_random_hf(src, args.layers, args.shard_size)
+    total = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
+    print(f"wrote random deepseek-coder-6.7b-shaped checkpoint ({args.layers} layers): {total / 1e9:.2f} GB, "
+          f"largest shard {largest / 1e9:.2f} GB, in {time.perf_counter() - t:.0f}s")
+    rows = [("read+write copy", *measured(["read-write", src, copy]))]
+    shutil.rmtree(copy)
+    cp_row = ("cp -r", *measured(["cp", src, copy]))
+    shutil.rmtree(copy)
+    rows.append(("hf-to-orbax", *measured(["convert", "hf-to-orbax", "--hf", src, "--out", native])))
+    rows.append(("orbax-to-hf", *measured(["convert", "orbax-to-hf", "--ckpt", native, "--out", back,
+                                            "--max-shard-size", args.shard_size])))
+    copy_time = rows[0][1]
+    rows.insert(1, cp_row)
+    print(f"\n{'step':<18}{'wall s':>9}{'x copy':>9}{'peak RSS GB':>13}{'x shard':>9}")
+    for name, wall, rss in rows:
+        print(f"{name:<18}{wall:>9.1f}{wall / copy_time:>9.2f}{rss / 1e9:>13.2f}{rss / largest:>9.2f}")
+    if not args.skip_verify:
+        print(f"\nround trip bit-identical: {tensors_equal(src, back)}")
+    header, _ = read_header(os.path.join(back, sorted(f for f in os.listdir(back) if f.endswith('.safetensors'))[0]))
+    print(f"export shards: {len([f for f in os.listdir(back) if f.endswith('.safetensors')])}, "
+          f"first holds {len(header)} tensors")
+
+
+if __name__ == "__main__":
+    main()
