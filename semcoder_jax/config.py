@@ -219,7 +219,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                                 num_heads=32, num_kv_heads=32),
     "deepseek-coder-33b": dict(_DEEPSEEK_COMMON, hidden_size=7168, intermediate_size=19200, num_layers=62,
                                num_heads=56, num_kv_heads=8),
-    "tiny": dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4,
+    "tiny": dict(vocab_size=1024, hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4,
                  num_kv_heads=2, max_position_embeddings=2048, rope_theta=10000.0, rope_scaling_factor=1.0,
                  rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2),
 }
