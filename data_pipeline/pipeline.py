@@ -358,7 +358,9 @@ class BatchIterator:
         if self.shard_by == "file":
             indices = indices[self.process_index::self.process_count]
         if self._shuffle:
-            rng = np.random.default_rng(_seed_for(cfg.seed, epoch, self.process_index, 1))
+            # Record sharding needs the same stream on every host; file sharding may differ per host.
+            host = self.process_index if self.shard_by == "file" else -1
+            rng = np.random.default_rng(_seed_for(cfg.seed, epoch, host, 1))
             indices = [indices[i] for i in rng.permutation(len(indices))]
         streams = []
         for kind in ("jsonl", "tfrecord"):

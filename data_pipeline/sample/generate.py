@@ -309,8 +309,9 @@ def generate(seed: int = 0, per_task: int = 300, refine: int = 150) -> tuple[lis
         buggy = code.replace(old, new, 1)
         args = family.inputs(rng, params)
         good, bad = run_traced(code, args), run_traced(buggy, args)
-        if good is None or bad is None or good.result == bad.result:
-            continue  # only mutants that really fail the test
+        if good is None or bad is None or good.result == bad.result or (buggy, repr(args)) in seen:
+            continue  # only mutants that really fail the test, each once
+        seen.add((buggy, repr(args)))
         pyx_r.append(refine_record(code, buggy, nl, args, good, bad, f"pyx-r-{len(pyx_r)}"))
     rng.shuffle(pyx)
     return pyx, pyx_r

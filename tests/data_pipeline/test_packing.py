@@ -66,7 +66,7 @@ def test_packing_utilisation_of_the_sample_at_2048_is_at_least_97_percent(sample
 def test_pipeline_batches_in_pack_mode_satisfy_the_row_invariants(tokenizer, sample_paths):
     config = PipelineConfig(files=tuple(sample_paths), seq_len=1024, batch_size=4, mode="pack", window_size=128)
     with build_batches(config, tokenizer) as it:
-        for _, batch in zip(range(5), it):
+        for _, batch in zip(range(2), it):
             check_row_invariants(batch)
 
 
