@@ -13,6 +13,7 @@ import pytest
 from eval.sandbox import Job, Limits, Sandbox, detect_isolation
 
 HERE = Path(__file__).resolve().parent
+REPO_EVAL = HERE.parents[1] / "eval"
 SECRET = "semcoder-sandbox-test-secret-4242"
 
 
@@ -214,3 +215,41 @@ def test_without_namespaces_limits_and_guards_still_apply():
         results = sb.map([Job("x = 1"), Job("while True: pass", timeout_s=1),
                           Job("x = bytearray(10 * 1024 ** 3)"), Job("import os\nos.remove('/etc/hostname')")])
     assert [o.status for o in results] == ["passed", "timeout", "failed", "failed"]
+
+
+@pytest.mark.slow
+def test_800_samples_with_5_percent_hostile_leave_benign_results_unchanged(shared_data_dir):
+    import json
+
+    rows = [json.loads(line) for line in open(shared_data_dir / "cruxeval" / "cruxeval.jsonl")]
+    # gold answers, with every fourth one made wrong so benign results are a mix of passed and failed
+    benign = [Job(f"{r['code']}\nassert {r['output']} == f({r['input']})" + (" and False" if i % 4 == 0 else ""),
+                  timeout_s=3) for i, r in enumerate(rows)]
+    hostile_programs = [
+        "while True: pass",
+        "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass",
+        "x = bytearray(10 * 1024 ** 3)",
+        f"import posix\nassert posix.system('rm -rf {REPO_EVAL}') == 0",
+        "import _socket\n_socket.socket().connect(('127.0.0.1', 22))",
+        "import os\nos._exit(0)",
+        "import ctypes\nctypes.string_at(0)",
+        "import posix\nfd = posix.open('/tmp/fill', posix.O_WRONLY | posix.O_CREAT)\nwhile True:\n    posix.write(fd, b'x' * 65536)",
+    ]
+    hostile_at = set(range(0, 800, 20))  # 40 of 800 = 5 %
+    mixed, order = [], []
+    for i, job in enumerate(benign):
+        if i in hostile_at:
+            mixed.append(Job(hostile_programs[(i // 20) % len(hostile_programs)], timeout_s=2))
+            order.append(None)
+        mixed.append(job)
+        order.append(i)
+    with Sandbox(workers=2) as sb:
+        alone = [o.status for o in sb.map(benign)]
+        together = sb.map(mixed)
+        pids = worker_pids(sb)
+        assert all(not descendants(pid) for pid in pids)
+    benign_together = [o.status for o, i in zip(together, order) if i is not None]
+    assert benign_together == alone
+    assert alone.count("passed") == 600
+    assert all(o.status != "passed" for o, i in zip(together, order) if i is None)
+    assert (REPO_EVAL / "sandbox.py").is_file()
