@@ -83,10 +83,15 @@ def permute(x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     Runs through torch's multi-threaded strided copy (3-4x numpy's on large 2-byte arrays), on an
     integer view so every dtype (bf16 included) moves bit for bit.
     """
+    import warnings
+
     import torch
 
     bits = np.ascontiguousarray(x).view(f"i{x.dtype.itemsize}")
-    return torch.from_numpy(bits).permute(axes).contiguous().numpy().view(x.dtype)
+    with warnings.catch_warnings():  # read-only inputs (e.g. from jax) are only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        source = torch.from_numpy(bits)
+    return source.permute(axes).contiguous().numpy().view(x.dtype)
 
 
 def _transpose(x: np.ndarray) -> np.ndarray:
