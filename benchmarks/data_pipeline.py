@@ -82,7 +82,7 @@ def run_release(files: list[str], tokenizer_dir: str, seq_len: int, batch_size: 
     def tokenize(batch):
         prompts, responses = [], []
         for i in range(len(batch["response"])):
-            for task, (field, template) in TASKS.items():
+            for field, template in TASKS.values():
                 value = batch.get(field, [None] * len(batch["response"]))[i]
                 if value:
                     prompts.append(template.format(instruction=value, response="") if template else value)

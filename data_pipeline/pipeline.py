@@ -431,7 +431,7 @@ class BatchIterator:
         self._iter: Iterator | None = None
         self._cur: dict[str, np.ndarray] | None = None
         self._cur_window, self._cur_row = window, row
-        self._epoch_rows = 0
+        self._epoch_rows, self._epoch_start_window = 0, window
         self._done = False
 
     def get_state(self) -> dict:
@@ -463,7 +463,7 @@ class BatchIterator:
             try:
                 *fields, stats, bad = next(self._iter)
             except StopIteration:
-                if self._epoch_rows == 0 and self._next_window == 0:
+                if self._epoch_rows == 0 and self._epoch_start_window == 0:
                     raise UserError(f"host {self.process_index}: epoch {self._epoch} produced no examples "
                                     f"({self.bad_records.summary()}; {self.stats.filtered} filtered by task)") from None
                 if self._epochs is not None and self._epoch + 1 >= self._epochs:
@@ -471,7 +471,7 @@ class BatchIterator:
                     log.info("data pipeline finished: %s", self.bad_records.summary())
                     return False
                 self._epoch += 1
-                self._iter, self._next_window, self._epoch_rows = None, 0, 0
+                self._iter, self._next_window, self._epoch_rows, self._epoch_start_window = None, 0, 0, 0
                 continue
             self._handle_bad(bad)
             self.stats.add(stats)

@@ -145,3 +145,12 @@ def test_config_errors_name_the_field(sample_paths):
         PipelineConfig.from_dict({"files": sample_paths, "seqlen": 3})
     with pytest.raises(UserError, match="no data files"):
         build_batches(PipelineConfig(files=("/nonexistent/*.jsonl",)), None)
+
+
+def test_an_epoch_without_any_valid_record_is_an_error_not_an_endless_loop(tmp_path, tokenizer):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"nl": 1, "response": "x"}\n' * 5)
+    config = PipelineConfig(files=(str(path),), seq_len=64, batch_size=2, epochs=None, on_bad_record="skip",
+                            bad_records_file=str(tmp_path / "side.jsonl"))
+    with build_batches(config, tokenizer) as it, pytest.raises(UserError, match="produced no examples"):
+        next(it)
