@@ -189,6 +189,11 @@ def _matches(out, exp, inp, atol):
         return bool(np.allclose(out, exp, rtol=1e-07, atol=atol)), atol
     return bool(exact), atol
 
+# EvalPlus's reliability_guard also takes these away from candidates; a solution using them fails there.
+import builtins, os
+def _disabled(*args, **kwargs):
+    raise TypeError("'NoneType' object is not callable")
+builtins.open = os.getcwd = os.chdir = _disabled
 env = {"__name__": "__main__"}
 exec(compile(P["solution"], "<candidate>", "exec"), env)
 fn = env[P["entry_point"]]
