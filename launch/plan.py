@@ -1,0 +1,446 @@
+"""The ahead-of-time memory planner: will this run fit on N devices of a kind, and how fast will it be?
+
+``plan(config, devices=N, device_kind=KIND)`` builds the real train step (``semcoder_jax.train.step``)
+for the run's model, optimizer, mesh, batch and remat policy, lowers it with abstract shapes
+(``jax.ShapeDtypeStruct`` carrying ``NamedSharding``: no parameter is ever allocated) and compiles it
+ahead of time for an N-device mesh of CPU devices standing in for the target chips.  XLA's buffer
+assignment of the compiled SPMD program then gives the per-device bytes:
+
+- parameters / optimizer state: the per-device shard of every leaf (exact, from the shardings);
+- gradients: the float32 gradient tree sharded like the parameters (the step accumulates in float32);
+- temporaries: ``memory_analysis().temp_size_in_bytes`` of the compiled step (gradients live there);
+- peak: arguments + temporaries + outputs not aliased to donated arguments.
+
+The peak is compared with the device kind's memory (``DEVICE_KINDS``) to say fits / does not fit and
+by how much.  The step time and tokens/s follow from the model FLOPs (``step.flops_per_token``) at a
+stated MFU.  When the run does not fit, ``suggest`` re-plans the single changes that cost the least
+throughput first (more fsdp, then more micro-batches, then a stronger remat policy) and reports the
+first that fits.
+
+Two things differ between the CPU stand-in and the target and are handled explicitly:
+- The fused attention kernels (``splash`` on TPU, ``cudnn`` on GPU) do not compile for CPU.  They are
+  planned with a stand-in of the same memory behaviour (a ``custom_vjp`` that keeps q, k, v, the
+  output and the float32 log-sum-exp for the backward pass, as flash attention does, and never forms
+  the [T, T] score matrix).  ``xla`` attention is planned as itself.
+- XLA:CPU's fusion and scheduling decisions are not the TPU's or GPU's; the temporaries are those of
+  the CPU compilation of the same partitioned program.  The report states this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from semcoder_jax.errors import UserError
+from semcoder_jax.train.config import TrainRunConfig
+
+GIB = 1024**3
+
+
+class PlanError(UserError):
+    """A plan that cannot be made: unknown device kind, too few simulated devices, bad mesh."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceKind:
+    """Memory per device and dense bf16 peak FLOP/s (vendor datasheets)."""
+
+    name: str
+    memory_bytes: int
+    peak_flops: float
+    platform: str  # "tpu" or "gpu"
+
+
+DEVICE_KINDS: dict[str, DeviceKind] = {
+    "v4": DeviceKind("TPU v4", 32 * GIB, 275e12, "tpu"),
+    "v5e": DeviceKind("TPU v5e", 16 * GIB, 197e12, "tpu"),
+    "v5p": DeviceKind("TPU v5p", 95 * GIB, 459e12, "tpu"),
+    "v6e": DeviceKind("TPU v6e", 32 * GIB, 918e12, "tpu"),
+    "a100-80g": DeviceKind("NVIDIA A100 80GB", 80 * GIB, 312e12, "gpu"),
+    "h100": DeviceKind("NVIDIA H100 80GB", 80 * GIB, 989e12, "gpu"),
+    "h200": DeviceKind("NVIDIA H200", 141 * GIB, 989e12, "gpu"),
+}
+
+# The share of device memory a run may use: XLA/the runtime keep the rest (TPU: program and runtime
+# buffers; GPU: the launch scripts set XLA_PYTHON_CLIENT_MEM_FRACTION=0.95, cuDNN/NCCL workspaces).
+USABLE_FRACTION = 0.95
+DEFAULT_MFU = 0.40
+REMAT_ORDER = ("none", "dots", "minimal", "full")  # most memory first
+
+
+@dataclasses.dataclass
+class PlanReport:
+    """Per-device bytes of one compiled train step, the verdict, and the speed estimate."""
+
+    model: str
+    num_params: int
+    devices: int
+    device_kind: str
+    mesh: dict[str, int]
+    global_batch: int
+    per_device_batch: float
+    micro_batches: int
+    seq_len: int
+    remat_policy: str
+    attention_impl: str
+    dtype: str
+    param_dtype: str
+    params_bytes: int
+    optimizer_bytes: int
+    gradient_bytes: int
+    temp_bytes: int
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    peak_bytes: int
+    usable_bytes: int
+    memory_bytes: int
+    flops_per_step: float
+    mfu: float
+    step_seconds: float
+    tokens_per_second: float
+    compile_seconds: float
+    notes: list[str] = dataclasses.field(default_factory=list)
+    suggestion: str | None = None
+    suggestion_report: PlanReport | None = None
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.usable_bytes
+
+    @property
+    def margin_bytes(self) -> int:
+        """Usable memory left over (negative: how much is missing)."""
+        return self.usable_bytes - self.peak_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("suggestion_report")
+        out["fits"] = self.fits
+        out["margin_bytes"] = self.margin_bytes
+        if self.suggestion_report is not None:
+            out["suggestion_report"] = self.suggestion_report.to_dict()
+        return out
+
+    def format(self) -> str:
+        """The human-readable report."""
+        g = lambda b: f"{b / GIB:8.2f} GiB"  # noqa: E731
+        mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
+        lines = [
+            f"plan: {self.model} ({self.num_params / 1e9:.2f} B params) on {self.devices} x {self.device_kind}",
+            f"  mesh {mesh}; global batch {self.global_batch} x {self.seq_len} tokens, "
+            f"{self.per_device_batch:g} sequences per device in {self.micro_batches} micro-batch(es); "
+            f"remat {self.remat_policy}; attention {self.attention_impl}; compute {self.dtype}, params {self.param_dtype}",
+            "  per device:",
+            f"    parameters        {g(self.params_bytes)}",
+            f"    optimizer state   {g(self.optimizer_bytes)}",
+            f"    gradients (fp32)  {g(self.gradient_bytes)}   (held in the temporaries)",
+            f"    temporaries       {g(self.temp_bytes)}   (compiled step's buffer assignment)",
+            f"    peak              {g(self.peak_bytes)}   = arguments {self.argument_bytes / GIB:.2f} + temporaries "
+            f"{self.temp_bytes / GIB:.2f} + outputs not aliased {(self.output_bytes - self.alias_bytes) / GIB:.2f}",
+            f"    usable            {g(self.usable_bytes)}   ({USABLE_FRACTION:.0%} of {self.memory_bytes / GIB:.0f} GiB)",
+        ]
+        pct = 100.0 * self.margin_bytes / self.usable_bytes
+        if self.fits:
+            lines.append(f"  FITS with {self.margin_bytes / GIB:.2f} GiB to spare ({pct:.0f} % of usable memory)")
+        else:
+            lines.append(f"  DOES NOT FIT: {-self.margin_bytes / GIB:.2f} GiB over ({-pct:.0f} % of usable memory)")
+        lines.append(f"  speed at {self.mfu:.0%} MFU: {self.step_seconds:.2f} s/step, "
+                     f"{self.tokens_per_second:,.0f} tokens/s ({self.tokens_per_second / self.devices:,.0f} per device); "
+                     f"{self.flops_per_step:.3g} model FLOPs/step")
+        if self.suggestion:
+            lines.append(f"  suggestion: {self.suggestion}")
+            if self.suggestion_report is not None:
+                s = self.suggestion_report
+                lines.append(f"    -> peak {s.peak_bytes / GIB:.2f} GiB, {s.margin_bytes / GIB:.2f} GiB to spare, "
+                             f"{s.step_seconds:.2f} s/step")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        lines.append(f"  (compiled for {self.devices} simulated CPU devices in {self.compile_seconds:.1f} s)")
+        return "\n".join(lines)
+
+
+# ---- the fused-attention stand-in -------------------------------------------------------------
+
+
+def _flash_like_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot):
+    """Same shapes and residuals as a flash-attention kernel, without the [T, S] score matrix.
+
+    Forward keeps (q, k, v, out, lse) for the backward pass, which returns dq, dk, dv: the HBM
+    traffic of splash/cuDNN attention.  The values are not attention (planning only).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    heads, kv_heads = q.shape[2], k.shape[2]
+
+    def kv_to_q(x):
+        return jnp.repeat(x, heads // kv_heads, axis=2)[:, : q.shape[1]]
+
+    @jax.custom_vjp
+    def attend(q, k, v):
+        return q * kv_to_q(k) + kv_to_q(v)
+
+    def fwd(q, k, v):
+        out = attend(q, k, v)
+        lse = jnp.sum(q.astype(jnp.float32), axis=-1)  # [B, T, H]
+        return out, (q, k, v, out, lse)
+
+    def bwd(res, d_out):
+        q, k, v, out, lse = res
+        scale = lse[..., None].astype(d_out.dtype)
+        dq = d_out * out * scale
+        dkv = jnp.sum(d_out.reshape(d_out.shape[:2] + (kv_heads, heads // kv_heads, -1)), axis=3)
+        return dq, (dkv * k).astype(k.dtype), (dkv * v).astype(v.dtype)
+
+    attend.defvjp(fwd, bwd)
+    return attend(q, k, v)
+
+
+@contextlib.contextmanager
+def _fused_attention_stand_in(impl: str) -> Iterator[None]:
+    """Routes ``impl`` (splash/cudnn) to the flash-like stand-in while the step is traced."""
+    from semcoder_jax import attention as attention_lib
+
+    if impl == "xla":
+        yield
+        return
+    table = attention_lib._IMPLS
+    original = table[impl]
+    table[impl] = _flash_like_attention
+    try:
+        yield
+    finally:
+        table[impl] = original
+
+
+# ---- planning ---------------------------------------------------------------------------------
+
+
+def _leaf_bytes_per_device(tree, shardings) -> int:
+    import jax
+    import numpy as np
+
+    leaves = jax.tree.leaves(tree)
+    shard_leaves = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+    if len(leaves) != len(shard_leaves):
+        raise AssertionError("sharding tree does not match the value tree")
+    total = 0
+    for leaf, sharding in zip(leaves, shard_leaves):
+        shape = sharding.shard_shape(leaf.shape)
+        total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+    return total
+
+
+def resolve_plan_model(config: TrainRunConfig):
+    """The ModelConfig to plan: the preset (with overrides), else the ``init_from`` checkpoint's config."""
+    if config.model.preset is not None:
+        return config.model.preset_config()
+    from semcoder_jax.train.loop import resolve_model
+
+    return resolve_model(config)[0]
+
+
+def plan(config: TrainRunConfig, *, devices: int, device_kind: str, mfu: float = DEFAULT_MFU,
+         suggest: bool = True) -> PlanReport:
+    """Compiles ``config``'s train step for ``devices`` simulated devices and reports the memory per device.
+
+    Needs at least ``devices`` JAX CPU devices (``launch.plan_cli`` arranges them).  With ``suggest``
+    and a run that does not fit, also finds the smallest change that does (``suggestion``).
+    """
+    if device_kind not in DEVICE_KINDS:
+        raise PlanError(f"--device-kind {device_kind!r}: unknown (known: {', '.join(DEVICE_KINDS)})")
+    if not 0 < mfu <= 1:
+        raise PlanError(f"--mfu {mfu}: must lie in (0, 1]")
+    report = _plan_once(config, devices, DEVICE_KINDS[device_kind], mfu)
+    if suggest and not report.fits:
+        found = suggest_fix(config, devices, device_kind, mfu)
+        if found is None:
+            report.suggestion = ("no single change fits (tried more fsdp, more micro-batches, remat full): "
+                                 "use more devices, a smaller global batch or seq_len")
+        else:
+            report.suggestion, report.suggestion_report = found
+    return report
+
+
+def _plan_once(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: float) -> PlanReport:
+    impl = config.model.attention_impl
+    if impl not in ("xla", "splash", "cudnn"):
+        raise PlanError(f"model.attention_impl={impl!r}: unknown")
+    # The stand-in covers parameter init too: the fused kernels cannot trace the 1-token init call.
+    with _fused_attention_stand_in(impl):
+        return _plan_traced(config, devices, kind, mfu)
+
+
+def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: float) -> PlanReport:
+    import jax
+    import jax.numpy as jnp
+
+    from semcoder_jax import sharding as shd
+    from semcoder_jax.train import optimizer as opt_lib
+    from semcoder_jax.train import step as step_lib
+
+    config.validate()
+    available = jax.devices()
+    if len(available) < devices:
+        raise PlanError(f"--devices {devices}: only {len(available)} JAX devices here; run through "
+                        "`semcoder plan`, which simulates them on the CPU")
+    model = resolve_plan_model(config)
+    mesh = shd.build_mesh(config.mesh.as_dict(), available[:devices])
+    t = config.train
+    shards = shd.batch_shards(mesh)
+    if t.global_batch % (shards * t.micro_batches):
+        raise shd.MeshError(
+            f"train.global_batch={t.global_batch} is not divisible by data x fsdp x micro_batches = "
+            f"{mesh.shape['data']} x {mesh.shape['fsdp']} x {t.micro_batches} = {shards * t.micro_batches}")
+    seq = config.data.seq_len
+    total_steps = t.steps if t.steps is not None else 1000  # the schedule's length does not change memory
+    tx = opt_lib.build_optimizer(config.optimizer, total_steps)
+    schedule = opt_lib.learning_rate_schedule(config.optimizer, total_steps)
+    shardings = step_lib.state_shardings(model, tx, mesh)
+    state = step_lib.abstract_state(model, tx, shardings)
+    batch_sharding = shd.batch_sharding(mesh)
+    batch = {key: jax.ShapeDtypeStruct((t.global_batch, seq), jnp.int32, sharding=batch_sharding)
+             for key in step_lib.BATCH_KEYS}
+    step_fn = step_lib.make_train_step(model, tx, schedule, micro_batches=t.micro_batches, z_loss=t.z_loss,
+                                       mesh=mesh, param_sharding=shardings.params)
+    start = time.perf_counter()
+    lowered = step_lib.compile_train_step(step_fn, shardings, mesh).lower(state, batch)
+    compiled = lowered.compile()
+    compile_seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+
+    params_bytes = _leaf_bytes_per_device(state.params, shardings.params)
+    opt_bytes = _leaf_bytes_per_device(state.opt_state, shardings.opt_state)
+    grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32), state.params)
+    grad_bytes = _leaf_bytes_per_device(grads, shardings.params)
+    peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+
+    tokens = t.global_batch * seq
+    flops = step_lib.flops_per_token(model, seq) * tokens
+    step_seconds = flops / (devices * kind.peak_flops * mfu)
+    notes = ["temporaries are XLA:CPU's buffer assignment of the same partitioned step; the target "
+             "compiler fuses differently (validated within 20 % on CPU, see docs/launch.md)"]
+    if model.attention_impl != "xla":
+        notes.append(f"attention {model.attention_impl} planned with a flash-like stand-in (no [T, T] scores)")
+    elif seq >= 1024:
+        notes.append(f"attention xla materialises [batch, heads, {seq}, {seq}] float32 scores per layer; "
+                     f"model.attention_impl={'splash' if kind.platform == 'tpu' else 'cudnn'} avoids them")
+    dropped = [f"{k}" for k, v in mesh.shape.items() if v > 1 and k == "tensor" and model.num_heads % v]
+    if dropped:
+        notes.append(f"num_heads={model.num_heads} is not divisible by mesh.tensor; heads are replicated")
+    return PlanReport(
+        model=config.model.preset or str(config.model.init_from), num_params=model.num_params(), devices=devices,
+        device_kind=kind.name, mesh=shd.mesh_shape(mesh), global_batch=t.global_batch,
+        per_device_batch=t.global_batch / shards, micro_batches=t.micro_batches, seq_len=seq,
+        remat_policy=model.remat_policy, attention_impl=model.attention_impl, dtype=model.dtype,
+        param_dtype=model.param_dtype, params_bytes=params_bytes, optimizer_bytes=opt_bytes,
+        gradient_bytes=grad_bytes, temp_bytes=int(mem.temp_size_in_bytes),
+        argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+        alias_bytes=int(mem.alias_size_in_bytes), peak_bytes=int(peak),
+        usable_bytes=int(kind.memory_bytes * USABLE_FRACTION), memory_bytes=kind.memory_bytes,
+        flops_per_step=flops, mfu=mfu, step_seconds=step_seconds, tokens_per_second=tokens / step_seconds,
+        compile_seconds=compile_seconds, notes=notes)
+
+
+def candidate_changes(config: TrainRunConfig, devices: int) -> list[tuple[str, list[str]]]:
+    """Single changes that lower memory, cheapest in throughput first: (description, overrides)."""
+    from semcoder_jax import sharding as shd
+
+    sizes = shd.resolve_mesh_shape(config.mesh.as_dict(), devices)
+    t = config.train
+    out: list[tuple[str, list[str]]] = []
+    if sizes["data"] > 1:
+        out.append((f"shard parameters over all data-parallel devices: mesh.fsdp={sizes['fsdp'] * sizes['data']} "
+                    "mesh.data=1", [f"mesh.fsdp={sizes['fsdp'] * sizes['data']}", "mesh.data=1"]))
+    shards = sizes["data"] * sizes["fsdp"]
+    micro = t.micro_batches * 2
+    while t.global_batch % (shards * micro) == 0:
+        out.append((f"more gradient-accumulation steps: train.micro_batches={micro}", [f"train.micro_batches={micro}"]))
+        micro *= 2
+    current = REMAT_ORDER.index(config.model.remat_policy)
+    for policy in REMAT_ORDER[current + 1:]:
+        out.append((f"a stronger remat policy: model.remat_policy={policy}", [f"model.remat_policy={policy}"]))
+    return out
+
+
+def suggest_fix(config: TrainRunConfig, devices: int, device_kind: str, mfu: float = DEFAULT_MFU,
+                max_tries: int = 6) -> tuple[str, PlanReport] | None:
+    """The first single change (in ``candidate_changes`` order) whose plan fits, with its report."""
+    from semcoder_jax.train.config import apply_overrides, from_dict, to_dict
+
+    kind = DEVICE_KINDS[device_kind]
+    tried = 0
+    micro_failed = False
+    for description, overrides in candidate_changes(config, devices):
+        is_micro = overrides[0].startswith("train.micro_batches")
+        if is_micro and micro_failed and tried >= max_tries // 2:
+            continue
+        if tried >= max_tries:
+            break
+        changed = from_dict(TrainRunConfig, apply_overrides(to_dict(config), overrides))
+        tried += 1
+        report = _plan_once(changed, devices, kind, mfu)
+        if report.fits:
+            return description, report
+        micro_failed = micro_failed or is_micro
+    return None
+
+
+# ---- measuring the real step (validation of the plan) -----------------------------------------
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def measure_step_peak(config: TrainRunConfig, devices: int) -> dict[str, float]:
+    """Runs the real train step on ``devices`` CPU devices and measures its peak memory per device.
+
+    The CPU backend keeps no allocator statistics (``Device.memory_stats()`` is None), so the peak is
+    the process's resident-set high-water mark (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``
+    just before the step) above the resident size measured before the state existed, divided by the
+    devices.  Run it in a fresh process with ``MALLOC_MMAP_THRESHOLD_=65536`` so that freed buffers
+    leave the resident set.  Returns bytes per device: ``arguments`` (state + batch) and ``peak``.
+    """
+    import gc
+
+    import jax
+
+    from semcoder_jax import sharding as shd
+    from semcoder_jax.train import optimizer as opt_lib
+    from semcoder_jax.train import step as step_lib
+    from semcoder_jax.train.data import SyntheticBatches
+
+    model = resolve_plan_model(config)
+    mesh = shd.build_mesh(config.mesh.as_dict(), jax.devices()[:devices])
+    t = config.train
+    tx = opt_lib.build_optimizer(config.optimizer, t.steps or 1000)
+    schedule = opt_lib.learning_rate_schedule(config.optimizer, t.steps or 1000)
+    shardings = step_lib.state_shardings(model, tx, mesh)
+    step_fn = step_lib.compile_train_step(
+        step_lib.make_train_step(model, tx, schedule, micro_batches=t.micro_batches, z_loss=t.z_loss, mesh=mesh,
+                                 param_sharding=shardings.params), shardings, mesh)
+    data = SyntheticBatches(global_batch=t.global_batch, seq_len=config.data.seq_len, vocab_size=model.vocab_size)
+    batch = step_lib.shard_batch(next(data), mesh)
+    compiled = step_fn.lower(step_lib.init_state(model, tx, shardings, 0), batch).compile()
+    gc.collect()
+    base = _proc_status_kib("VmRSS")
+    state = step_lib.init_state(model, tx, shardings, 0)
+    jax.block_until_ready(state)
+    gc.collect()
+    with_args = _proc_status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    peak = _proc_status_kib("VmHWM")
+    return {"arguments": (with_args - base) * 1024 / devices, "peak": (peak - base) * 1024 / devices}
