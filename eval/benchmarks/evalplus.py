@@ -88,6 +88,15 @@ def mbpp_deserialize_inputs(task_id: str, inputs: list) -> list:
     return [_all_tuples(inp) for inp in inputs]  # all_tuples
 
 
+def _short_repr(value: Any, limit: int = 2000) -> str:
+    """``repr`` cut to ``limit`` characters; values Python refuses to print (huge ints) get a placeholder."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 # ---- ground truth ------------------------------------------------------------------------------------------
 
 def _ground_truth_one(code: str, entry_point: str, inputs_by_part: dict[str, list], not_none: bool) -> dict:
@@ -308,9 +317,9 @@ class EvalPlus(Benchmark):
         gt = self.ground_truth.get(problem.task_id)
         if not 0 <= index < len(inputs) or gt is None:
             return ""
-        args = ", ".join(repr(a) for a in inputs[index])
+        args = ", ".join(_short_repr(a) for a in inputs[index])
         call = f"{problem.record['entry_point']}({args})"
-        return f"retv = {call}\nassert retv == {gt[part][index]!r}"[:4000]
+        return f"retv = {call}\nassert retv == {_short_repr(gt[part][index])}"
 
     def description(self, problem: Problem) -> str:
         return problem.record["prompt"].strip()
