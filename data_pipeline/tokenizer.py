@@ -143,7 +143,8 @@ class HFTokenizer(Tokenizer):
 class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece ``.model`` (LLaMA-style tokenizers)."""
 
-    def __init__(self, model_file: pathlib.Path, overrides: dict[str, int | None]):
+    def __init__(self, model_file: pathlib.Path, overrides: dict[str, int | None],
+                 configured: dict[str, str] | None = None):
         import sentencepiece
 
         self._model_file = model_file
@@ -158,6 +159,10 @@ class SentencePieceTokenizer(Tokenizer):
             return i if i >= 0 else None
 
         found = {"bos": valid(self._sp.bos_id()), "eos": valid(self._sp.eos_id()), "pad": valid(self._sp.pad_id())}
+        for key, piece in (configured or {}).items():  # tokens named by a directory's tokenizer_config.json
+            piece_id = self._sp.piece_to_id(piece) if piece else self._sp.unk_id()
+            if piece_id != self._sp.unk_id() or piece == self._sp.id_to_piece(self._sp.unk_id()):
+                found[key] = piece_id
         self._resolve_special(found, overrides)
 
     def encode(self, text: str) -> list[int]:
@@ -243,7 +248,13 @@ def _load_hf_dir(directory: pathlib.Path, overrides: dict[str, int | None]) -> T
     if json_file.is_file():
         backend = RustTokenizer.from_file(str(json_file))
     elif (directory / "tokenizer.model").is_file():
-        return SentencePieceTokenizer(directory / "tokenizer.model", overrides)
+        configured = {}
+        for key in ("bos", "eos", "pad"):
+            token = config.get(f"{key}_token")
+            token = token.get("content") if isinstance(token, dict) else token
+            if token:
+                configured[key] = token
+        return SentencePieceTokenizer(directory / "tokenizer.model", overrides, configured)
     else:
         raise TokenizerError(f"{directory}: no tokenizer.json or tokenizer.model in this directory")
     found = _special_from_added_tokens(backend)

@@ -235,12 +235,15 @@ def backward_record(code: str, nl: str, args: tuple, trace: Trace, family: str, 
     instruction = f"[PYTHON]\n{code}assert f(??) == {trace.result!r}\n[/PYTHON]"
     lines = code.splitlines()
     reverse = []
-    for lineno, after in reversed(trace.steps):
+    for k in range(len(trace.steps) - 1, -1, -1):
+        lineno, after = trace.steps[k]
         stmt = lines[lineno - 1].strip()
+        entered = k + 1 < len(trace.steps) and trace.steps[k + 1][0] == lineno + 1
         if stmt.startswith("return"):
             reverse.append(f"- The output {trace.result!r} comes from `{stmt}` at [L{lineno}].")
         elif stmt.startswith("for "):
-            reverse.append(f"- [L{lineno}] `{stmt}` had reached {_loop_values(stmt, after)}.")
+            if entered:  # the final check that ends the loop adds nothing
+                reverse.append(f"- [L{lineno}] `{stmt}` had reached {_loop_values(stmt, after)}.")
         elif not stmt.startswith(("if ", "while ", "else")):
             shown = ", ".join(f"`{k}` = {v!r}" for k, v in after.items() if k not in trace.args or
                               after[k] != trace.args[k]) or "no new values"

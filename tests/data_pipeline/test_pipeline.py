@@ -154,3 +154,25 @@ def test_an_epoch_without_any_valid_record_is_an_error_not_an_endless_loop(tmp_p
                             bad_records_file=str(tmp_path / "side.jsonl"))
     with build_batches(config, tokenizer) as it, pytest.raises(UserError, match="produced no examples"):
         next(it)
+
+
+def test_tfrecord_shards_of_examples_read_like_json_lines(tmp_path, tokenizer, sample_paths):
+    import tensorflow as tf
+
+    records = [r for p in sample_paths for r in iter_jsonl(p)][:40]
+    fields = {"nl2code": "nl", "exec_i": "bwd_mnl", "exec_o": "fwd_mnl", "refine": "fault"}
+    shard = tmp_path / "pyx.tfrecord"
+    with tf.io.TFRecordWriter(str(shard)) as writer:
+        for r in records:
+            feature = {fields[r.task]: r.instruction, "response": r.response}
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode()])) for k, v in feature.items()
+            })).SerializeToString())
+        writer.write(b"not a proto")
+    config = small([str(shard)], on_bad_record="skip", bad_records_file=str(tmp_path / "bad.jsonl"))
+    with build_batches(config, tokenizer) as it:
+        got = epoch_examples(it)
+        assert dict(it.bad_records.counts) == {"invalid_example": 1}
+    expected = collections.Counter((tuple(e.tokens.tolist()), tuple(e.label_mask[1:].tolist()) + (0,))
+                                   for e in build_examples(records, tokenizer, 1024))
+    assert got == expected

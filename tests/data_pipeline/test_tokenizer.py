@@ -89,3 +89,8 @@ def test_sentencepiece_model_loads_and_round_trips_through_transformers(sp_model
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (1, 2, 3)
     assert hf("def f(x): return x", add_special_tokens=False)["input_ids"] == tok.encode("def f(x): return x")
     assert load_tokenizer(tmp_path / "sp_dir").encode("abc def") == tok.encode("abc def")
+    # A directory's config names the special tokens; here pad is redirected to eos's piece.
+    config = json.loads((tmp_path / "sp_dir" / "tokenizer_config.json").read_text())
+    config["pad_token"] = config["eos_token"]
+    (tmp_path / "sp_dir" / "tokenizer_config.json").write_text(json.dumps(config))
+    assert load_tokenizer(tmp_path / "sp_dir").pad_id == 2
