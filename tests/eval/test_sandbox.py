@@ -253,3 +253,40 @@ def test_800_samples_with_5_percent_hostile_leave_benign_results_unchanged(share
     assert alone.count("passed") == 600
     assert all(o.status != "passed" for o, i in zip(together, order) if i is None)
     assert (REPO_EVAL / "sandbox.py").is_file()
+
+
+NORMAL_USER_CHECK = r'''
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from eval.sandbox import Job, Sandbox
+count = ("import posix, time\nfor i in range(200):\n    try:\n        pid = posix.fork()\n    except OSError:\n"
+         "        print(i)\n        break\n    if pid == 0:\n        time.sleep(20)\n        posix._exit(0)\n")
+programs = ["x = 1", "while True: pass", "x = bytearray(10 * 1024 ** 3)",
+            "import _socket\n_socket.socket().connect(('127.0.0.1', 22))",
+            "import posix\nposix.unlink(%r)" % sys.argv[2], count]
+with Sandbox(workers=1, preload=()) as sb:
+    results = sb.map([Job(p, timeout_s=2) for p in programs])
+print(json.dumps({"uid": os.getuid(), "isolation": sb.isolation,
+                  "results": [[o.status, o.message, o.stdout] for o in results]}))
+'''
+
+
+def test_works_as_a_normal_user():
+    import json
+    import shutil
+    import subprocess
+
+    system_python = "/usr/bin/python3"  # the venv's interpreter may live under root's home, unreadable to others
+    if os.geteuid() != 0 or not shutil.which("runuser") or not os.access(system_python, os.X_OK):
+        pytest.skip("needs root (to switch to 'nobody'), runuser and a system python3")
+    victim = HERE.parents[1] / "pyproject.toml"
+    proc = subprocess.run(["runuser", "-u", "nobody", "--", system_python, "-c", NORMAL_USER_CHECK, str(HERE.parents[1]),
+                           str(victim)], capture_output=True, text=True, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    assert report["uid"] != 0 and report["isolation"] == "userns"
+    statuses = [r[0] for r in report["results"]]
+    assert statuses == ["passed", "timeout", "failed", "failed", "failed", "passed"]
+    assert "Network is unreachable" in report["results"][3][1]
+    assert int(report["results"][5][2]) <= Limits().max_processes
+    assert victim.is_file()
