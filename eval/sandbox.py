@@ -25,11 +25,13 @@ import json
 import os
 import pickle
 import queue
+import select
 import shutil
 import struct
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +132,20 @@ def _cgroup_v1_dirs(controller: str) -> Path | None:
     return None
 
 
+def _remove_stale_cgroups(base: Path) -> None:
+    """Empty cgroups left by a harness that was killed (named after its pid, which is gone)."""
+    for path in base.glob("semcoder-sandbox-*-*"):
+        try:
+            owner = int(path.name.split("-")[2])
+        except (IndexError, ValueError):
+            continue
+        if owner != os.getpid() and not os.path.exists(f"/proc/{owner}"):
+            try:
+                path.rmdir()
+            except OSError:
+                pass
+
+
 class _WorkerCgroup:
     """Per-worker cgroups (root only) capping the process count and the memory of everything a sample
     starts.  RLIMIT_NPROC does not bind a process whose real uid is 0, so as root this is what stops a
@@ -145,6 +161,7 @@ class _WorkerCgroup:
             base = _cgroup_v1_dirs(controller)
             if base is None:
                 continue
+            _remove_stale_cgroups(base)
             path = base / name
             try:
                 path.mkdir(exist_ok=True)
@@ -193,20 +210,34 @@ class _Worker:
                                     self.limits.max_processes + 2,
                                     self.limits.memory_bytes + 512 * 1024**2)
         self.proc = subprocess.Popen([*prefix, sys.executable, "-I", str(WORKER_PATH), json.dumps(cfg)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/")
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/",
+                                     bufsize=0)
         self.cgroup.add(self.proc.pid)
-        hello = self._recv()
+        hello = self._recv(timeout_s=60.0)
         if not hello.get("ready"):
             raise RuntimeError(f"sandbox worker {self.index} failed to start: {hello}")
         self.writable_mounts = hello.get("writable_mounts", [])
 
-    def _recv(self) -> dict:
+    def _recv(self, timeout_s: float | None = None) -> dict:
+        """One reply frame; raises ``TimeoutError`` if none arrives in ``timeout_s`` (a stuck worker)."""
         assert self.proc is not None and self.proc.stdout is not None
-        head = self.proc.stdout.read(4)
-        if len(head) < 4:
-            raise EOFError("sandbox worker exited")
-        (n,) = struct.unpack(">I", head)
-        return json.loads(self.proc.stdout.read(n))
+        fd = self.proc.stdout.fileno()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def read(n: int) -> bytes:
+            buf = b""
+            while len(buf) < n:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not select.select([fd], [], [], left)[0]:
+                    raise TimeoutError("sandbox worker did not answer")
+                chunk = os.read(fd, n - len(buf))
+                if not chunk:
+                    raise EOFError("sandbox worker exited")
+                buf += chunk
+            return buf
+
+        (n,) = struct.unpack(">I", read(4))
+        return json.loads(read(n))
 
     def run(self, job: Job) -> dict:
         assert self.proc is not None and self.proc.stdin is not None
@@ -219,13 +250,14 @@ class _Worker:
             "timeout_s": float(job.timeout_s), "stdin": job.stdin, "limits": limits})
         self.proc.stdin.write(struct.pack(">I", len(request)) + request)
         self.proc.stdin.flush()
-        return self._recv()
+        return self._recv(timeout_s=job.timeout_s + 30.0)
 
     def close(self) -> None:
         if self.proc is None:
             return
         try:
             self.proc.stdin.close()  # type: ignore[union-attr]
+            self.proc.stdout.close()  # type: ignore[union-attr]
             self.proc.wait(timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
@@ -295,7 +327,7 @@ class Sandbox:
     def _run_on(self, worker: _Worker, job: Job) -> Outcome:
         try:
             return _outcome(worker.run(job))
-        except (EOFError, OSError, ValueError, json.JSONDecodeError) as e:
+        except (EOFError, OSError, ValueError, TimeoutError, json.JSONDecodeError) as e:
             worker.close()
             worker.start()
             return Outcome("error", f"sandbox worker failed and was restarted: {e}")

@@ -290,3 +290,17 @@ def test_works_as_a_normal_user():
     assert "Network is unreachable" in report["results"][3][1]
     assert int(report["results"][5][2]) <= Limits().max_processes
     assert victim.is_file()
+
+
+def test_a_dead_worker_fails_only_its_job_and_is_replaced():
+    import signal
+
+    with Sandbox(workers=1) as sb:
+        pid = sb._workers[0].proc.pid
+        timer = threading.Timer(0.5, os.kill, (pid, signal.SIGKILL))
+        timer.start()
+        outcome = sb.run(Job("while True: pass", timeout_s=5))
+        timer.join()
+        assert outcome.status == "error" and "restarted" in outcome.message
+        assert sb._workers[0].proc.pid != pid
+        assert sb.run(Job("x = 1")).status == "passed"
