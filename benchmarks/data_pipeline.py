@@ -31,12 +31,15 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 
 
 def cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds of this process (all threads) and its reaped children."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    return total
 
 
 def write_shards(out: pathlib.Path, copies: int, shards: int = 8) -> list[str]:
@@ -69,9 +72,18 @@ def run_ours(files: list[str], tokenizer, seq_len: int, batch_size: int, mode: s
             "slots": slots, "batches": batches, "records": records}
 
 
-def run_release(files: list[str], tokenizer_dir: str, seq_len: int, batch_size: int, seed: int = 0) -> dict:
-    """HF datasets.map tokenization + a dynamic-padding collator, as the release trains."""
+def run_release(files: list[str], tokenizer_dir: str, seq_len: int, batch_size: int, debug_decode: bool,
+                seed: int = 0) -> dict:
+    """The release's data path (ARiSE-Lab/SemCoder src/train.py, src/dataset.py, src/wrapper.py, re-implemented).
+
+    ``datasets.load_dataset("json")`` -> ``map(batched=True)`` that formats the templates, tokenizes
+    prompts and completions without special tokens, adds bos / eos, truncates and masks labels (and, as
+    released, batch-decodes every mapped batch for a debug print: ``debug_decode``) -> seeded shuffle ->
+    batches padded to their longest row with torch (``pad_sequences``), attention mask ``ids != pad``.
+    ``num_proc=1`` here (the release uses one process per core; per CPU-second that only adds overhead).
+    """
     import datasets
+    import torch
     from transformers import AutoTokenizer
 
     from data_pipeline.prompts import TASKS
@@ -79,47 +91,42 @@ def run_release(files: list[str], tokenizer_dir: str, seq_len: int, batch_size: 
     hf = AutoTokenizer.from_pretrained(tokenizer_dir)
     pad = hf.pad_token_id if hf.pad_token_id is not None else hf.eos_token_id
 
-    def tokenize(batch):
-        prompts, responses = [], []
-        for i in range(len(batch["response"])):
+    def map_fn(batch):
+        prompts = []
+        n = len(batch["response"])
+        for i in range(n):
             for field, template in TASKS.values():
-                value = batch.get(field, [None] * len(batch["response"]))[i]
+                value = (batch.get(field) or [None] * n)[i]
                 if value:
                     prompts.append(template.format(instruction=value, response="") if template else value)
                     break
-            responses.append(batch["response"][i])
-        p_ids = hf(prompts, add_special_tokens=False)["input_ids"]
-        r_ids = hf(responses, add_special_tokens=False)["input_ids"]
-        input_ids, labels = [], []
-        for p, r in zip(p_ids, r_ids):
-            ids = ([hf.bos_token_id] + p + r + [hf.eos_token_id])[:seq_len]
-            lab = ([-100] * (len(p) + 1) + r + [hf.eos_token_id])[:seq_len]
-            input_ids.append(ids)
-            labels.append(lab)
-        return {"input_ids": input_ids, "labels": labels}
+        p_ids = [[hf.bos_token_id] + ids for ids in hf(prompts, add_special_tokens=False)["input_ids"]]
+        c_ids = [ids + [hf.eos_token_id] for ids in hf(batch["response"], add_special_tokens=False)["input_ids"]]
+        full = [p + c for p, c in zip(p_ids, c_ids)]
+        input_ids = [x[:seq_len] for x in full]
+        labels = [([-100] * len(p) + c)[:seq_len] for p, c in zip(p_ids, c_ids)]
+        if debug_decode:
+            hf.batch_decode(input_ids, skip_special_tokens=True)[0]  # the release prints this
+        return {"input_ids": input_ids, "labels": labels, "exceeding_length": [len(x) > seq_len for x in full]}
 
-    def collate(rows):
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = np.full((len(rows), width), pad, np.int64)
-        labels = np.full((len(rows), width), -100, np.int64)
-        attn = np.zeros((len(rows), width), np.int64)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n], labels[i, :n], attn[i, :n] = r["input_ids"], r["labels"], 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": attn}
+    def pad_right(seqs, value):
+        out = torch.nn.utils.rnn.pad_sequence([torch.tensor(x, dtype=torch.long) for x in seqs], batch_first=True,
+                                              padding_value=value)
+        return out
 
     with tempfile.TemporaryDirectory() as cache:
         wall, cpu = time.perf_counter(), cpu_seconds()
         ds = datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache)
-        ds = ds.map(tokenize, batched=True, remove_columns=ds.column_names, desc=None)
-        order = np.random.default_rng(seed).permutation(len(ds))
+        ds = ds.map(map_fn, batched=True, num_proc=1, remove_columns=ds.column_names)
+        ds = ds.shuffle(seed=seed)
         real = loss = slots = batches = 0
-        for start in range(0, len(order), batch_size):
-            rows = ds[order[start:start + batch_size]]
-            batch = collate([{"input_ids": a, "labels": b} for a, b in zip(rows["input_ids"], rows["labels"])])
-            real += int(batch["attention_mask"].sum())
-            loss += int((batch["labels"][:, 1:] != -100).sum())
-            slots += batch["input_ids"].size
+        for start in range(0, len(ds), batch_size):
+            rows = ds[start:start + batch_size]
+            ids, labels = pad_right(rows["input_ids"], pad), pad_right(rows["labels"], -100)
+            attention = sum(len(x) for x in rows["input_ids"])  # real tokens (ids.ne(pad) would drop eos)
+            real += attention
+            loss += int((labels[:, 1:] != -100).sum())
+            slots += ids.numel()
             batches += 1
         out = {"wall": time.perf_counter() - wall, "cpu": cpu_seconds() - cpu, "real": real, "loss": loss,
                "slots": slots, "batches": batches, "records": len(ds)}
@@ -176,20 +183,27 @@ def main() -> int:
         results = {
             "ours pack": run_ours(files, tokenizer, args.seq_len, args.batch_size, "pack"),
             "ours pad (fixed)": run_ours(files, tokenizer, args.seq_len, args.batch_size, "pad"),
-            "release (datasets.map + dynamic pad)": run_release(files, tok_dir, args.seq_len, args.batch_size),
+            "release, as released (map + debug decode)": run_release(files, tok_dir, args.seq_len, args.batch_size,
+                                                                     debug_decode=True),
+            "release without its debug decode": run_release(files, tok_dir, args.seq_len, args.batch_size,
+                                                            debug_decode=False),
         }
     print(f"machine: {os.cpu_count()} CPU cores; data: sample x{args.copies} "
           f"({results['ours pack']['records']} records); tokenizer: {tok_dir}; seq_len {args.seq_len}, "
           f"batch {args.batch_size}")
-    header = f"{'pipeline':38s} {'wall s':>7s} {'cpu s':>7s} {'tok/s':>9s} {'tok/s/core':>10s} {'real %':>7s} {'loss %':>7s} {'batches':>8s}"
+    header = f"{'pipeline':42s} {'wall s':>7s} {'cpu s':>7s} {'tok/s':>9s} {'tok/s/core':>10s} {'real %':>7s} {'loss %':>7s} {'batches':>8s}"
     print(header)
     print("-" * len(header))
     for name, r in results.items():
-        print(f"{name:38s} {r['wall']:7.2f} {r['cpu']:7.2f} {r['real'] / r['wall']:9.0f} {r['real'] / r['cpu']:10.0f} "
+        print(f"{name:42s} {r['wall']:7.2f} {r['cpu']:7.2f} {r['real'] / r['wall']:9.0f} {r['real'] / r['cpu']:10.0f} "
               f"{100 * r['real'] / r['slots']:7.2f} {100 * r['loss'] / r['slots']:7.2f} {r['batches']:8d}")
-    ours, rel = results["ours pack"], results["release (datasets.map + dynamic pad)"]
-    speed = (ours["real"] / ours["cpu"]) / (rel["real"] / rel["cpu"])
-    print(f"\npack vs release: {speed:.2f}x tokens per CPU-second; pack utilisation "
+    ours = results["ours pack"]
+    print()
+    for name in ("release, as released (map + debug decode)", "release without its debug decode"):
+        rel = results[name]
+        print(f"pack vs {name}: {(ours['real'] / ours['cpu']) / (rel['real'] / rel['cpu']):.2f}x tokens per "
+              f"CPU-second, {(ours['real'] / ours['wall']) / (rel['real'] / rel['wall']):.2f}x wall")
+    print(f"pack utilisation "
           f"{100 * ours['real'] / ours['slots']:.2f} % real, {100 * ours['loss'] / ours['slots']:.2f} % loss-bearing; "
           f"{ours['real'] / ours['wall']:.0f} tokens/s on this host")
     if args.resume_copies:
