@@ -258,11 +258,14 @@ def _monitor(job: dict, cfg: dict, workdir: str, report_w: int, status_w: int) -
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            os.close(status_w)
-            if not cfg["userns"]:
-                os.setsid()
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            _candidate(job, cfg, workdir, report_w)
+            try:
+                os.close(status_w)
+                if not cfg["userns"]:
+                    os.setsid()
+                _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                _candidate(job, cfg, workdir, report_w)
+            finally:
+                os._exit(70)
         os.close(report_w)
         deadline = start + job["timeout_s"]
         status = _wait_until(pid, deadline)
@@ -279,8 +282,10 @@ def _monitor(job: dict, cfg: dict, workdir: str, report_w: int, status_w: int) -
             result["exit_code"] = os.WEXITSTATUS(status)
     except BaseException as e:  # noqa: BLE001
         result["monitor_error"] = str(e)
-    os.write(status_w, json.dumps(result).encode())
-    os._exit(0)
+    try:
+        os.write(status_w, json.dumps(result).encode())
+    finally:
+        os._exit(0)
 
 
 def _wait_until(pid: int, deadline: float) -> int | None:
@@ -348,10 +353,18 @@ def run_job(job: dict, cfg: dict) -> dict:
     status_r, status_w = os.pipe()
     os.set_blocking(report_r, False)
     pid = os.fork()
-    if pid == 0:
-        os.close(report_r)
-        os.close(status_r)
-        _monitor(job, cfg, workdir, report_w, status_w)
+    if pid == 0:  # the monitor: must never return into the worker's loop
+        try:
+            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with the worker
+            os.close(report_r)
+            os.close(status_r)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            os.dup2(devnull, 0)  # let go of the worker's protocol pipes
+            os.dup2(devnull, 1)
+            os.close(devnull)
+            _monitor(job, cfg, workdir, report_w, status_w)
+        finally:
+            os._exit(71)
     os.close(report_w)
     os.close(status_w)
     report_chunks = []
