@@ -101,7 +101,7 @@ def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, sched
 
             zeros = constrain(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
             (grads, ce_sum, z_sum), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), micro)
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = global_norm(grads)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -115,6 +115,11 @@ def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, sched
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 
     return train_step
+
+
+def global_norm(tree) -> Array:
+    """sqrt of the sum of squares of every leaf, in float32."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
 def make_eval_step(config: ModelConfig) -> Callable[[Any, Batch], dict]:

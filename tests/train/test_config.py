@@ -13,9 +13,9 @@ CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "configs
 
 def test_overrides_set_nested_values_with_yaml_types(tmp_path):
     cfg = load_config(os.path.join(CONFIGS, "tiny_cpu.yaml"),
-                      ["train.steps=50", "mesh.fsdp=4", "optimizer.learning_rate=1e-4", "run.tensorboard=false"])
+                      ["train.steps=50", "mesh.fsdp=4", "optimizer.learning_rate=1e-3", "run.tensorboard=false"])
     assert cfg.train.steps == 50 and cfg.mesh.fsdp == 4
-    assert cfg.optimizer.learning_rate == pytest.approx(1e-4) and cfg.run.tensorboard is False
+    assert cfg.optimizer.learning_rate == pytest.approx(1e-3) and cfg.run.tensorboard is False
 
 
 def test_unknown_key_in_file_names_file_line_and_close_match(tmp_path):

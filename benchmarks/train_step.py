@@ -1,0 +1,209 @@
+"""Training throughput of our compiled step beside the release's stack, same shapes, batch and precision.
+
+Ours: ``semcoder_jax.train.step`` (jit, sharded state, AdamW, optional remat) on a mesh of all local
+devices.  Theirs: transformers ``LlamaForCausalLM`` + ``torch.optim.AdamW`` (fused on GPU), autocast
+for bf16 compute over fp32 parameters, gradient checkpointing when remat is on, SDPA attention.
+Each stack runs in its own subprocess (so neither holds the other's device memory); the parent
+prints tokens/s, MFU where the device's peak is known, and the ratio ours / torch.
+
+    python benchmarks/train_step.py --preset tiny --hidden 256 --layers 4 --seq 256 --batch 8 --dtype float32
+    python benchmarks/train_step.py --preset deepseek-coder-1.3b --seq 2048 --batch 8 --dtype bfloat16 --remat full
+    python benchmarks/train_step.py --preset deepseek-coder-6.7b --layers 12 --seq 2048 --batch 4 --remat full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+
+def model_config(args):
+    from semcoder_jax.config import get_preset
+
+    overrides = dict(dtype=args.dtype, param_dtype=args.param_dtype, attention_impl=args.attention,
+                     remat_policy=args.remat)
+    if args.layers:
+        overrides["num_layers"] = args.layers
+    if args.hidden:
+        overrides.update(hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
+                         num_heads=max(args.hidden // 64, 1), num_kv_heads=max(args.hidden // 64, 1))
+    if args.vocab:
+        overrides["vocab_size"] = args.vocab
+    return get_preset(args.preset, **overrides)
+
+
+def batch_arrays(args, vocab: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, vocab, (args.batch, args.seq + 1)).astype(np.int32)
+    return {
+        "input_ids": ids[:, :-1], "targets": ids[:, 1:],
+        "loss_mask": np.ones((args.batch, args.seq), np.int32),
+        "segment_ids": np.ones((args.batch, args.seq), np.int32),
+        "positions": np.tile(np.arange(args.seq, dtype=np.int32), (args.batch, 1)),
+    }
+
+
+def run_jax(args) -> dict:
+    import jax
+
+    from semcoder_jax import sharding as shd
+    from semcoder_jax.train import optimizer as opt_lib
+    from semcoder_jax.train import step as st
+    from semcoder_jax.train.config import OptimizerSection
+
+    cfg = model_config(args)
+    opt = OptimizerSection(learning_rate=1e-5, warmup_steps=0, schedule="constant", grad_clip=1.0)
+    tx = opt_lib.build_optimizer(opt, 1000)
+    mesh = shd.build_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    shardings = st.state_shardings(cfg, tx, mesh)
+    state = st.init_state(cfg, tx, shardings, seed=0)
+    fn = st.compile_train_step(st.make_train_step(cfg, tx, opt_lib.learning_rate_schedule(opt, 1000),
+                                                  micro_batches=args.micro_batches, mesh=mesh,
+                                                  param_sharding=shardings.params), shardings, mesh)
+    batch = st.shard_batch(batch_arrays(args, cfg.vocab_size), mesh)
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    elapsed = time.perf_counter() - t0
+    mem = None
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        mem = stats["peak_bytes_in_use"] / 2**30
+    return _result("jax", cfg, args, elapsed, jax.devices()[0].device_kind, len(jax.devices()),
+                   st.peak_flops(jax.devices()[0]), compile_s=compile_s, loss=float(metrics["loss"]), peak_gib=mem)
+
+
+def run_torch(args) -> dict:
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from semcoder_jax.train import step as st
+
+    cfg = model_config(args)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf = cfg.to_hf_dict()
+    hf.pop("model_type")
+    config = LlamaConfig(**hf, attn_implementation="sdpa")
+    torch.manual_seed(0)
+    param_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.param_dtype]
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype=param_dtype)
+    if args.remat != "none":
+        model.gradient_checkpointing_enable()
+    model.train()
+    optim = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                              fused=device == "cuda")
+    arrays = batch_arrays(args, cfg.vocab_size)
+    ids = torch.from_numpy(arrays["input_ids"].astype(np.int64)).to(device)
+    labels = torch.from_numpy(arrays["targets"].astype(np.int64)).to(device)
+    compute = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    micro = args.micro_batches
+
+    def step():
+        optim.zero_grad(set_to_none=True)
+        total = 0.0
+        for chunk_ids, chunk_labels in zip(ids.chunk(micro), labels.chunk(micro)):
+            with torch.autocast(device_type=device, dtype=compute, enabled=compute != torch.float32):
+                logits = model(input_ids=chunk_ids).logits
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), chunk_labels.flatten()) / micro
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        return total
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(args.warmup):
+        loss = step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    sync()
+    elapsed = time.perf_counter() - t0
+    kind = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    peak = None
+    for prefix, flops in st.PEAK_FLOPS.items():
+        if kind.startswith(prefix):
+            peak = flops
+    mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return _result("torch", cfg, args, elapsed, kind, 1, peak, loss=loss, peak_gib=mem,
+                   threads=torch.get_num_threads())
+
+
+def _result(stack, cfg, args, elapsed, kind, devices, peak, **extra) -> dict:
+    from semcoder_jax.train.step import flops_per_token
+
+    tokens_per_s = args.batch * args.seq * args.steps / elapsed
+    out = {"stack": stack, "device": kind, "devices": devices, "tokens_per_second": tokens_per_s,
+           "step_seconds": elapsed / args.steps, "params": cfg.num_params(), **extra}
+    if peak:
+        out["mfu"] = tokens_per_s * flops_per_token(cfg, args.seq) / (peak * devices)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--layers", type=int, help="override the preset's layer count (fit a large shape in memory)")
+    p.add_argument("--hidden", type=int, help="override hidden size (heads of 64, MLP 2.75x): small CPU shapes")
+    p.add_argument("--vocab", type=int)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--micro-batches", type=int, default=1)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--attention", default="xla", choices=["xla", "cudnn", "splash"])
+    p.add_argument("--remat", default="none", choices=["none", "minimal", "dots", "full"])
+    p.add_argument("--only", choices=["jax", "torch"], help="run one stack in this process (internal)")
+    p.add_argument("--json", help="append the results as one JSON line to this file")
+    args = p.parse_args(argv)
+    if args.only:
+        result = run_jax(args) if args.only == "jax" else run_torch(args)
+        print("RESULT " + json.dumps(result), flush=True)
+        return 0
+    results = {}
+    for stack in ("jax", "torch"):
+        cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]), "--only", stack]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(f"{stack}: failed ({proc.returncode})\n{proc.stderr[-4000:]}", file=sys.stderr)
+            continue
+        results[stack] = json.loads(lines[-1][len("RESULT "):])
+        r = results[stack]
+        mfu = f", MFU {100 * r['mfu']:.1f}%" if "mfu" in r else ""
+        mem = f", peak {r['peak_gib']:.1f} GiB" if r.get("peak_gib") else ""
+        print(f"{stack:5s} {r['device']} x{r['devices']}: {r['tokens_per_second']:.0f} tokens/s, "
+              f"{r['step_seconds'] * 1000:.1f} ms/step{mfu}{mem}, final loss {r['loss']:.4f}", flush=True)
+    if len(results) == 2:
+        ratio = results["jax"]["tokens_per_second"] / results["torch"]["tokens_per_second"]
+        print(f"ratio jax/torch: {ratio:.2f}x", flush=True)
+        results["ratio"] = ratio
+    if args.json:
+        with open(args.json, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"args": vars(args), **results}) + "\n")
+    return 0 if len(results) == 2 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
