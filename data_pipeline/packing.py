@@ -48,7 +48,8 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]
     return bins
 
 
-def _empty_rows(num_rows: int, seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+def empty_rows(num_rows: int, seq_len: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Rows holding no example: pad ids, segment 0, no loss (fill for a last partial batch)."""
     rows = {name: np.zeros((num_rows, seq_len), np.int32) for name in FIELDS}
     rows["input_ids"][:] = pad_id
     return rows
@@ -68,7 +69,7 @@ def _place(rows: dict[str, np.ndarray], r: int, start: int, segment: int, ex: Ex
 def rows_from_groups(examples: Sequence[Example], groups: Sequence[Sequence[int]], seq_len: int,
                      pad_id: int) -> dict[str, np.ndarray]:
     """Lay out ``groups`` (lists of example indices) as rows; examples keep the order given."""
-    rows = _empty_rows(len(groups), seq_len, pad_id)
+    rows = empty_rows(len(groups), seq_len, pad_id)
     for r, group in enumerate(groups):
         start = 0
         for segment, i in enumerate(group, start=1):

@@ -514,7 +514,7 @@ class BatchIterator:
         if not have:
             raise StopIteration
         if have < cfg.batch_size:
-            parts.append(packing._empty_rows(cfg.batch_size - have, cfg.seq_len, self.tokenizer.pad_id))
+            parts.append(packing.empty_rows(cfg.batch_size - have, cfg.seq_len, self.tokenizer.pad_id))
         batch = {k: np.concatenate([p[k] for p in parts]) for k in packing.FIELDS}
         if cfg.mode == "pad" and cfg.pad_to_multiple_of:
             longest = int((batch["segment_ids"] > 0).sum(axis=1).max())
