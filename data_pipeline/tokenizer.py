@@ -121,7 +121,8 @@ class HFTokenizer(Tokenizer):
     def save(self, directory: str | os.PathLike) -> None:
         directory = pathlib.Path(directory)
         config = {k: v for k, v in self._extra_config.items()
-                  if k not in ("bos_token", "eos_token", "pad_token", "tokenizer_class", "added_tokens_decoder")}
+                  if k not in ("bos_token", "eos_token", "pad_token", "tokenizer_class", "added_tokens_decoder",
+                               "tokenizer_file", "auto_map", "name_or_path")}
         config.update({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": self.token_name(self.bos_id),
@@ -256,13 +257,29 @@ def _load_hf_dir(directory: pathlib.Path, overrides: dict[str, int | None]) -> T
                 configured[key] = token
         return SentencePieceTokenizer(directory / "tokenizer.model", overrides, configured)
     else:
-        raise TokenizerError(f"{directory}: no tokenizer.json or tokenizer.model in this directory")
+        return _load_via_transformers(directory, overrides)
     found = _special_from_added_tokens(backend)
     for key in ("bos", "eos", "pad"):
         configured = _token_id(backend, config.get(f"{key}_token"))
         if configured is not None:
             found[key] = configured
     return HFTokenizer(backend, str(directory), found, overrides, extra_config=config)
+
+
+def _load_via_transformers(directory: pathlib.Path, overrides: dict[str, int | None]) -> Tokenizer:
+    """Other HF layouts (e.g. vocab.json + merges.txt): let transformers build the fast tokenizer."""
+    try:
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(str(directory))
+    except Exception as e:  # transformers raises OSError, ValueError, KeyError... for unusable dirs
+        raise TokenizerError(f"{directory}: no tokenizer.json or tokenizer.model, and transformers cannot "
+                             f"load it ({type(e).__name__}: {e})") from e
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None:
+        raise TokenizerError(f"{directory}: only a slow (Python) tokenizer is available; save it as tokenizer.json")
+    found = {"bos": hf.bos_token_id, "eos": hf.eos_token_id, "pad": hf.pad_token_id}
+    return HFTokenizer(backend, str(directory), found, overrides)
 
 
 def load_tokenizer(path: str | os.PathLike, *, bos_id: int | None = None, eos_id: int | None = None,

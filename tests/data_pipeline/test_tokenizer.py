@@ -56,7 +56,7 @@ def test_bad_paths_are_user_errors(tmp_path):
     with pytest.raises(TokenizerError, match="does not exist"):
         load_tokenizer(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(TokenizerError, match="no tokenizer.json or tokenizer.model"):
+    with pytest.raises(TokenizerError, match="no tokenizer.json or tokenizer.model, and transformers cannot"):
         load_tokenizer(tmp_path / "empty")
 
 
@@ -94,3 +94,16 @@ def test_sentencepiece_model_loads_and_round_trips_through_transformers(sp_model
     config["pad_token"] = config["eos_token"]
     (tmp_path / "sp_dir" / "tokenizer_config.json").write_text(json.dumps(config))
     assert load_tokenizer(tmp_path / "sp_dir").pad_id == 2
+
+
+def test_a_vocab_and_merges_directory_loads_through_transformers(tokenizer, tmp_path):
+    data = json.loads((sample_tokenizer_dir() / "tokenizer.json").read_text())
+    (tmp_path / "vocab.json").write_text(json.dumps(data["model"]["vocab"]))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "GPT2Tokenizer", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+         "add_prefix_space": False}))
+    tok = load_tokenizer(tmp_path)
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 0)
+    assert tok.encode(TEXTS[0]) == tokenizer.encode(TEXTS[0])
