@@ -28,6 +28,7 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
+DIST_DIR=${SEMCODER_DIST_DIR:-$REPO_DIR/dist}
 
 NAME=${TPU_NAME:-}
 ZONE=${TPU_ZONE:-}
@@ -67,10 +68,12 @@ run() {
   fi
 }
 
-# A query whose output is parsed: under --dry-run it is printed and answers nothing.
+# A query whose output is parsed: under --dry-run it is printed (on fd 3, the script's stdout, which
+# command substitution does not capture) and answers nothing.
+exec 3>&1
 query() {
   if [[ $DRY_RUN == 1 ]]; then
-    run "$@" >&2
+    run "$@" >&3
   else
     "$@"
   fi
@@ -122,7 +125,10 @@ need() {
 
 do_create() {
   need NAME ZONE TYPE
-  local runtime=${RUNTIME:-$(default_runtime "$TYPE")}
+  local runtime=$RUNTIME
+  if [[ -z $runtime ]]; then
+    runtime=$(default_runtime "$TYPE") || exit 2
+  fi
   local -a flags=(--accelerator-type "$TYPE")
   if [[ $QUEUED == 1 ]]; then
     flags+=(--runtime-version "$runtime" --node-id "$NAME")
@@ -166,10 +172,10 @@ do_setup() {
     gcloud_tpu tpu-vm scp "$WHEEL" "$SCRIPT_DIR/worker.sh" "$NAME:$REMOTE_HOME/" --worker=all
   else
     # The committed tree of the local checkout, as a source archive pip builds on each worker.
-    mkdir -p "$REPO_DIR/dist"
-    run git -C "$REPO_DIR" archive --format=tar.gz --prefix=semcoder-jax/ -o "$REPO_DIR/dist/semcoder-src.tar.gz" HEAD
+    run mkdir -p "$DIST_DIR"
+    run git -C "$REPO_DIR" archive --format=tar.gz --prefix=semcoder-jax/ -o "$DIST_DIR/semcoder-src.tar.gz" HEAD
     package="$REMOTE_HOME/semcoder-src.tar.gz"
-    gcloud_tpu tpu-vm scp "$REPO_DIR/dist/semcoder-src.tar.gz" "$SCRIPT_DIR/worker.sh" "$NAME:$REMOTE_HOME/" --worker=all
+    gcloud_tpu tpu-vm scp "$DIST_DIR/semcoder-src.tar.gz" "$SCRIPT_DIR/worker.sh" "$NAME:$REMOTE_HOME/" --worker=all
   fi
   local -a args=(bash "$REMOTE_HOME/worker.sh" setup --venv "$REMOTE_VENV" --jax-spec "$JAX_SPEC" --package "$package")
   [[ -n $BUCKET ]] && args+=(--bucket "$BUCKET")

@@ -4,7 +4,7 @@
 #
 #   worker.sh setup  --venv DIR --jax-spec SPEC --package FILE [--bucket NAME]
 #   worker.sh start  --venv DIR --config FILE --run-dir DIR [--export-hf DIR] [-- OVERRIDES...]
-#   worker.sh stop        SIGTERM to the training's process group (it saves a checkpoint and exits)
+#   worker.sh stop        SIGTERM to the trainer (it saves a checkpoint and exits)
 #   worker.sh status      running / finished with status N / not started
 #   worker.sh exit-code   the finished run's exit status, or "running" / "none"
 #   worker.sh logs [--lines N] [--follow]
@@ -17,6 +17,7 @@ LOG_DIR=$HOME_DIR/logs
 LOG=$LOG_DIR/train.log
 PID_FILE=$LOG_DIR/train.pid
 EXIT_FILE=$LOG_DIR/train.exit
+TRAINER_PID_FILE=$LOG_DIR/train.trainer.pid
 TAG="[$(hostname)]"
 
 die() { echo "worker.sh: $*" >&2; exit 2; }
@@ -72,22 +73,26 @@ cmd_start() {
     return 0
   fi
   mkdir -p "$LOG_DIR"
-  rm -f "$EXIT_FILE"
+  rm -f "$EXIT_FILE" "$TRAINER_PID_FILE"
   local -a cmd=("$venv/bin/semcoder" train --config "$config" --run-dir "$run_dir")
   [[ -n $export_hf ]] && cmd+=(--export-hf "$export_hf")
   cmd+=(distributed.auto=true "$@")
-  # setsid: the run gets its own process group, so `stop` reaches the trainer and not just this shell.
+  # setsid: the run outlives the ssh session.  The wrapper records the trainer's pid (what `stop` signals)
+  # and, when the trainer ends, its exit status (what `supervise` reads).
   # shellcheck disable=SC2016  # expanded by the inner bash
-  setsid bash -c '"$@" >>"$0" 2>&1; echo $? >"$0.exit.tmp" && mv "$0.exit.tmp" "${0%.log}.exit"' \
-    "$LOG" "${cmd[@]}" </dev/null >/dev/null 2>&1 &
+  setsid bash -c '"$@" >>"$0" 2>&1 & echo $! >"${0%.log}.trainer.pid"; wait $!; echo $? >"$0.exit.tmp"
+                  mv "$0.exit.tmp" "${0%.log}.exit"' "$LOG" "${cmd[@]}" </dev/null >/dev/null 2>&1 &
   echo $! >"$PID_FILE"
   echo "$TAG started pid $! : ${cmd[*]}"
 }
 
 cmd_stop() {
   if is_running; then
-    kill -TERM -- "-$(cat "$PID_FILE")" 2>/dev/null || kill -TERM "$(cat "$PID_FILE")"
-    echo "$TAG sent SIGTERM to $(cat "$PID_FILE")"
+    for _ in $(seq 1 50); do [[ -s $TRAINER_PID_FILE ]] && break; sleep 0.1; done
+    local pid
+    pid=$(cat "$TRAINER_PID_FILE")
+    kill -TERM "$pid"
+    echo "$TAG sent SIGTERM to the trainer (pid $pid); it saves a checkpoint and exits"
   else
     echo "$TAG not running"
   fi
