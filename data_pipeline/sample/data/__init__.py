@@ -1,0 +1,1 @@
+"""Sample PyX / PyX-R JSON Lines (package data; see ``data_pipeline.sample``)."""

@@ -1,0 +1,1 @@
+"""Sample byte-level BPE tokenizer files (package data; see ``data_pipeline.sample``)."""
