@@ -1,0 +1,49 @@
+"""`semcoder train` on the bundled PyX sample: the run directory it leaves and how it reports bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from semcoder_jax.cli import main
+
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "configs", "tiny_cpu.yaml")
+
+
+def test_tiny_cpu_config_trains_on_the_sample_evaluates_checkpoints_and_exports(tmp_path):
+    run_dir, export = tmp_path / "run", tmp_path / "hf"
+    rc = main(["train", "--config", CONFIG, "--run-dir", str(run_dir), "--export-hf", str(export),
+               "train.steps=4", "train.log_every=1", "train.eval_every=2", "train.eval_batches=1",
+               "checkpoint.every=2", "data.seq_len=64", "train.global_batch=8", "run.progress=false"])
+    assert rc == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train_records] == [1, 2, 3, 4]
+    assert {"step", "loss", "learning_rate", "grad_norm", "tokens_per_second"} <= set(train_records[0])
+    assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
+    assert (run_dir / "config.yaml").exists() and (run_dir / "tokenizer").is_dir()
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(run_dir / "tensorboard"))
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
+    assert (export / "config.json").exists() and (export / "tokenizer.json").exists()
+    assert json.loads((export / "config.json").read_text())["vocab_size"] == 1024
+
+
+def test_unknown_key_on_the_command_line_is_one_clear_error(tmp_path, capsys):
+    rc = main(["train", "--config", CONFIG, "--run-dir", str(tmp_path), "train.stepz=3"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "semcoder train: error:" in err and "'train.stepz'" in err and "train.steps" in err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_main_job_trains_the_tiny_model_with_a_falling_loss(tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", CONFIG, "--run-dir", str(run_dir), "--export-hf", str(tmp_path / "hf"),
+                 "run.progress=false"]) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    evals = [r["eval_loss"] for r in records if "eval_loss" in r]
+    assert losses[-1] < losses[0] / 3 and evals[-1] < evals[0]
