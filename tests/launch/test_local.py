@@ -1,0 +1,130 @@
+"""`semcoder launch local`: P processes x D CPU devices train like one process with P*D devices; a
+failing process takes the others down; launching again resumes from the checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from launch.local import LaunchError, build_processes
+from semcoder_jax.train.config import load_config
+from semcoder_jax.train.loop import train
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = tempfile.mkdtemp(prefix="semcoder-launch-tests-jaxcache-")
+
+TRAIN = [
+    "model.preset=tiny", "model.dtype=float32", "model.param_dtype=float32",
+    "data.source=synthetic", "data.seq_len=32", "train.global_batch=8", "train.log_every=1",
+    "optimizer.learning_rate=3e-3", "optimizer.warmup_steps=2", "optimizer.schedule=cosine_with_min_lr",
+    "checkpoint.every=5", "checkpoint.keep=10", "checkpoint.async_save=false",
+    "run.tensorboard=false", "run.progress=false", "mesh.data=2", "mesh.fsdp=2",
+]
+
+
+def start_launcher(run_dir: Path, *overrides: str) -> subprocess.Popen:
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    argv = [sys.executable, "-m", "semcoder_jax.cli", "launch", "local", "--processes", "2",
+            "--devices-per-process", "2", "--grace", "5", "--", "--run-dir", str(run_dir), *TRAIN, *overrides]
+    return subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    with open(run_dir / "metrics.jsonl") as f:
+        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+
+
+def reference_losses(tmp_path: Path, steps: int) -> dict[int, float]:
+    """The same run in this process on 4 of the 8 test devices."""
+    config = load_config(None, TRAIN + [f"train.steps={steps}"])
+    train(config, run_dir=str(tmp_path / "reference"), devices=jax.devices()[:4])
+    return losses(tmp_path / "reference")
+
+
+def test_dry_run_prints_one_train_command_per_process_with_coordinator_and_forced_devices():
+    specs = build_processes(3, 2, ["--", "--config", "c.yaml", "a=1"][1:], port=4321, python="python")
+    assert [s.shell() for s in specs] == [
+        "JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=2 python -m semcoder_jax.cli train "
+        f"--coordinator 127.0.0.1:4321 --num-processes 3 --process-id {i} --config c.yaml a=1" for i in range(3)]
+    out = subprocess.run([sys.executable, "-m", "semcoder_jax.cli", "launch", "local", "--processes", "2",
+                          "--devices-per-process", "4", "--port", "9999", "--dry-run", "--", "a=1"],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout.splitlines()
+    assert len(out) == 2 and all("--coordinator 127.0.0.1:9999" in line and "device_count=4" in line for line in out)
+
+
+def test_launcher_refuses_flags_it_sets_itself_and_bad_counts():
+    with pytest.raises(LaunchError, match="--process-id"):
+        build_processes(2, 1, ["--process-id", "0"], port=1)
+    with pytest.raises(LaunchError, match="--processes 0"):
+        build_processes(0, 1, [], port=1)
+
+
+def test_two_processes_of_two_devices_train_like_one_four_device_process(tmp_path):
+    proc = start_launcher(tmp_path / "two", "train.steps=4")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:] + out[-3000:]
+    assert "[p0] " in out and "[p1] " in out  # both processes' output, prefixed
+    two = losses(tmp_path / "two")
+    one = reference_losses(tmp_path, 4)
+    assert sorted(two) == [1, 2, 3, 4]
+    np.testing.assert_allclose([two[s] for s in range(1, 5)], [one[s] for s in range(1, 5)], rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_killing_one_process_stops_the_other_and_the_next_launch_resumes_from_the_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_launcher(run_dir, "train.steps=40")
+    pids: dict[int, int] = {}
+    stderr_lines: list[str] = []
+
+    def read_stderr():
+        for line in proc.stderr:
+            stderr_lines.append(line)
+            if line.startswith("semcoder launch local: process") and " pid " in line:
+                words = line.split()
+                pids[int(words[4])] = int(words[6])
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        assert proc.poll() is None, "".join(stderr_lines)[-3000:]
+        if (run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= 6:
+            break
+        time.sleep(0.005)
+    else:
+        proc.kill()
+        pytest.fail("no step 6 within 240 s")
+    os.kill(pids[1], signal.SIGKILL)
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    assert proc.returncode == 128 + signal.SIGKILL
+    assert any("process 1 exited with status -9" in line for line in stderr_lines)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)  # the other process was stopped and reaped
+    killed_at = max(losses(run_dir))
+    assert killed_at < 40, "the run finished before it was killed"
+
+    again = start_launcher(run_dir, "train.steps=40")
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0, err[-3000:] + out[-3000:]
+    resumed = [line for line in out.splitlines() if "resuming" in line]
+    assert resumed, out[-3000:]
+    step = int(resumed[0].rsplit("from step", 1)[1].split()[0])
+    assert step % 5 == 0 and 5 <= step <= killed_at  # the latest checkpoint before the kill
+    final = losses(run_dir)
+    assert sorted(final) == list(range(1, 41))
+    reference = reference_losses(tmp_path, 40)
+    np.testing.assert_allclose([final[s] for s in range(1, 41)], [reference[s] for s in range(1, 41)], rtol=1e-5)
