@@ -81,6 +81,10 @@ class HFBackend:
         results: list[Generation | None] = [None] * len(prompts)
         tokenizer, eos_id = self.tokenizer, self.eos_id
 
+        # A stop string of L characters spans at most 4L byte-level tokens, so checking a tail that long
+        # at every step finds each occurrence when it completes; _finish then cuts the full text exactly.
+        window = 4 * max((len(s) for s in stop), default=0) + 2
+
         class StopStrings(StoppingCriteria):
             def __init__(self, width: int):
                 self.width = width
@@ -90,7 +94,7 @@ class HFBackend:
                 for row in input_ids[:, self.width:].tolist():
                     if eos_id in row:
                         row = row[: row.index(eos_id)]
-                    done.append(cut_at_stop(tokenizer.decode(row), stop)[1])
+                    done.append(cut_at_stop(tokenizer.decode(row[-window:]), stop)[1])
                 return torch.tensor(done, device=input_ids.device)
 
         for start in range(0, len(order), batch_size):
