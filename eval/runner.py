@@ -184,7 +184,8 @@ def summarise(bench: Benchmark, records: list[dict], n_problems: int, refine_rou
         out["total"] = int(sum(len(v) for v in per_task.values()))
         return out
 
-    summary: dict[str, Any] = {"tasks": len({t for t, _ in latest}), "problems": n_problems}
+    summary: dict[str, Any] = {"tasks": len({t for t, _ in latest}), "problems": n_problems,
+                               "truncated": sum(r.get("finish_reason") == "length" for r in latest.values())}
     if len(bench.parts) > 1:
         # EvalPlus: "plus" passes only when the base tests pass too.
         summary["base"] = stats(lambda r: r["parts"]["base"]["status"] == "passed")

@@ -23,7 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from eval.benchmarks import Benchmark, Extracted, Problem, data_file, read_jsonl, require_keys
+from eval.benchmarks import Benchmark, DataError, Extracted, Problem, data_file, read_jsonl, require_keys
 from eval.extract import completion_before_fence, sanitize
 from eval.prompts import humaneval_prompt, mbpp_prompt
 from eval.sandbox import Job
@@ -119,10 +119,13 @@ def _ground_truth_one(code: str, entry_point: str, inputs_by_part: dict[str, lis
     return result
 
 
-def _ground_truth_worker(args: tuple) -> tuple[str, bytes]:
+def _ground_truth_worker(args: tuple) -> tuple[str, bytes | str]:
     task_id, code, entry_point, inputs, not_none = args
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 10000))
-    return task_id, pickle.dumps(_ground_truth_one(code, entry_point, inputs, not_none))
+    try:
+        return task_id, pickle.dumps(_ground_truth_one(code, entry_point, inputs, not_none))
+    except Exception as e:  # noqa: BLE001 - reported with the task id by the caller
+        return task_id, f"{type(e).__name__}: {e}"
 
 
 # ---- the program that runs in the sandbox ------------------------------------------------------------------
@@ -280,6 +283,9 @@ class EvalPlus(Benchmark):
         # Ground truth is trusted code but can be slow; a spawned pool keeps the harness responsive.
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=get_context("spawn")) as pool:
             for task_id, blob in pool.map(_ground_truth_worker, args):
+                if isinstance(blob, str):
+                    raise DataError(f"{self._path}: {task_id}: the canonical solution fails on its own inputs "
+                                    f"({blob[:300]})")
                 self.ground_truth[task_id] = pickle.loads(blob)
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_suffix(f".tmp{os.getpid()}")

@@ -153,3 +153,18 @@ def test_malformed_data_names_file_and_line(tmp_path):
     (tmp_path / "cruxeval" / "cruxeval.jsonl").write_text('{"code": "def f(): pass", "input": "", "output": "None", "id": "sample_0"}\n{oops\n')
     with pytest.raises(DataError, match=r"cruxeval.jsonl:2: not valid JSON"):
         get_benchmark("cruxeval-o").load(tmp_path)
+
+
+def test_a_broken_canonical_solution_is_reported_with_its_task(tmp_path, gt_cache):
+    import gzip
+
+    record = {"task_id": "Mbpp/1", "prompt": '"""\nAdd one.\nassert add_one(1) == 2\n"""\n', "entry_point": "add_one",
+              "canonical_solution": "def add_one(x):\n    return x + undefined_name\n", "base_input": [[1]],
+              "plus_input": [], "atol": 0}
+    (tmp_path / "mbppplus").mkdir()
+    with gzip.open(tmp_path / "mbppplus" / "MbppPlus-v0.2.0.jsonl.gz", "wt") as f:
+        f.write(json.dumps(record) + "\n")
+    bench = get_benchmark("mbpp+", gt_cache_dir=gt_cache)
+    problems = bench.load(tmp_path)
+    with pytest.raises(DataError, match=r"Mbpp/1: the canonical solution fails on its own inputs \(NameError"):
+        bench.prepare(problems)
