@@ -231,7 +231,7 @@ def _candidate(job: dict, cfg: dict, workdir: str, report_w: int) -> None:
         try:
             exec(program, env)
         except BaseException as e:  # noqa: BLE001 - any escape is the sample's failure
-            report("failed", f"{type(e).__name__}: {e}")
+            report("failed", _describe(e))
         else:
             report("passed")
         code = 0
@@ -247,6 +247,13 @@ def _candidate(job: dict, cfg: dict, workdir: str, report_w: int) -> None:
         except BaseException:  # noqa: BLE001
             pass
     os._exit(code)
+
+
+def _describe(e: BaseException) -> str:
+    try:
+        return f"{type(e).__name__}: {e}"
+    except BaseException:  # noqa: BLE001 - str() of the exception itself failed (e.g. a huge int)
+        return type(e).__name__
 
 
 def _monitor(job: dict, cfg: dict, workdir: str, report_w: int, status_w: int) -> None:

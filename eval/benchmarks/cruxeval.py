@@ -16,6 +16,8 @@ from eval.prompts import CRUXEVAL_MODES, cruxeval_prompt
 from eval.sandbox import Job
 
 TIMEOUT_S = 3.0
+# The program runs in a namespace of its own, so an answer cannot reach the sandbox's ``report``.
+DRIVER = 'exec(compile(PAYLOAD, "<candidate>", "exec"), {"__name__": "__main__"})\n'
 
 
 class CruxEval(Benchmark):
@@ -49,7 +51,8 @@ class CruxEval(Benchmark):
             return {"main": "input prediction does not call f("}
         if self.task == "o" and f"f({record['input']})" in answer:
             return {"main": "output prediction contains the call f(input)"}
-        return {"main": Job(f"{record['code']}\nassert {record['output']} == {answer}", timeout_s=TIMEOUT_S)}
+        program = f"{record['code']}\nassert {record['output']} == {answer}"
+        return {"main": Job(DRIVER, program, timeout_s=TIMEOUT_S)}
 
     def gold(self, problem: Problem) -> str:
         """The reference answer (the gold input call for -I, the output literal for -O)."""

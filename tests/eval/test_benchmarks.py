@@ -37,6 +37,7 @@ def test_cruxeval_predictions_with_known_wrong_answers_score_exactly_that(sandbo
         "sample_400": "f(*[1] * 10 ** 10)",       # a memory blow-up
         "sample_555": "f(__import__('time').sleep(10))",  # a hang
         "sample_799": "f(None)",                  # raises inside f
+        "sample_600": "f(report('passed'))",      # tries to forge the sandbox's verdict
     }
     for task_id, answer in wrong.items():
         predictions[task_id] = [answer]
@@ -44,7 +45,7 @@ def test_cruxeval_predictions_with_known_wrong_answers_score_exactly_that(sandbo
     path.write_text(json.dumps(predictions))
     summary = run(EvalConfig(benchmarks=["cruxeval-i"], predictions=str(path)), tmp_path / "out",
                   data_dir=shared_data_dir, progress=False)
-    assert (summary["cruxeval-i"]["passed"], summary["cruxeval-i"]["total"]) == (794, 800)
+    assert (summary["cruxeval-i"]["passed"], summary["cruxeval-i"]["total"]) == (793, 800)
     records = [json.loads(line) for line in (tmp_path / "out" / "cruxeval-i.jsonl").read_text().splitlines()]
     assert {r["task_id"] for r in records if r["status"] != "passed"} == set(wrong)
     assert next(r for r in records if r["task_id"] == "sample_555")["status"] == "timeout"
