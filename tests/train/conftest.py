@@ -32,6 +32,7 @@ BASE = [
     "data.source=synthetic", "data.seq_len=32",
     "train.global_batch=8", "train.log_every=1", "train.seed=0",
     "optimizer.learning_rate=3e-3", "optimizer.warmup_steps=2", "optimizer.schedule=cosine_with_min_lr",
+    "optimizer.weight_decay=0.01",
     "checkpoint.every=5", "checkpoint.keep=10", "checkpoint.async_save=false",
     "run.tensorboard=false", "run.progress=false",
 ]
