@@ -80,11 +80,19 @@ def test_evalplus_canonical_solutions_pass_base_and_plus_on_a_subset(sandbox, sh
 @pytest.mark.slow
 @pytest.mark.parametrize("name,count", [("humaneval+", 164), ("mbpp+", 378)])
 def test_evalplus_canonical_solutions_pass_everything(sandbox, shared_data_dir, gt_cache, name, count):
+    """All canonical solutions pass base and plus.  On a loaded 2-core machine a few heavy plus inputs can
+    exceed max(1 s, 4 x ground-truth time) (seen: HumanEval/15, Mbpp/255 at load average ~7); such a
+    sample must be a time-out, and must pass when rerun on its own."""
     bench = get_benchmark(name, gt_cache_dir=gt_cache)
     problems = bench.load(shared_data_dir)
     assert len(problems) == count
-    results = _score(bench, sandbox, problems, [p.record["prompt"] + p.record["canonical_solution"] for p in problems])
-    assert [(p.task_id, r["message"]) for p, r in zip(problems, results) if r["status"] != "passed"] == []
+    solutions = [p.record["prompt"] + p.record["canonical_solution"] for p in problems]
+    results = _score(bench, sandbox, problems, solutions)
+    failed = [i for i, r in enumerate(results) if r["status"] != "passed"]
+    assert all(results[i]["status"] == "timeout" for i in failed), [results[i]["message"] for i in failed]
+    assert len(failed) <= 3
+    retried = [_score(bench, sandbox, [problems[i]], [solutions[i]])[0] for i in failed]
+    assert [(problems[i].task_id, r["message"]) for i, r in zip(failed, retried) if r["status"] != "passed"] == []
 
 
 @pytest.fixture(scope="module")
