@@ -47,3 +47,17 @@ def test_main_job_trains_the_tiny_model_with_a_falling_loss(tmp_path):
     losses = [r["loss"] for r in records if "loss" in r]
     evals = [r["eval_loss"] for r in records if "eval_loss" in r]
     assert losses[-1] < losses[0] / 3 and evals[-1] < evals[0]
+
+
+def test_length_in_epochs_counts_one_pass_of_the_data(th):
+    from data_pipeline.sample import sample_data_dir
+    from semcoder_jax.train.data import build_sources
+    from semcoder_jax.train.loop import _total_steps
+
+    config = th.tiny_config("train.epochs=2", f"data.path={sample_data_dir()}/pyx_r_sample.jsonl.gz",
+                            "data.source=pyx", "data.mode=pad", "data.seq_len=64", "model.vocab_size=1024")
+    sources = build_sources(config.data, global_batch=8, vocab_size=1024, seed=0, process_index=0,
+                            process_count=1, count_epoch=True)
+    assert sources.batches_per_epoch == 19  # pad mode: 150 records, one per row, 8 rows a batch
+    assert _total_steps(config, sources.batches_per_epoch) == 38
+    assert _total_steps(th.tiny_config("train.epochs=0.5"), 19) == 10
