@@ -133,7 +133,7 @@ class PlanReport:
         lines = [
             f"plan: {self.model} ({self.num_params / 1e9:.2f} B params) on {self.devices} x {self.device_kind}",
             f"  mesh {mesh}; global batch {self.global_batch} x {self.seq_len} tokens, "
-            f"{self.per_device_batch:g} sequences per device in {self.micro_batches} micro-batch(es); "
+            f"{self.per_device_batch:g} sequences per batch shard (data x fsdp) in {self.micro_batches} micro-batch(es); "
             f"remat {self.remat_policy}; attention {self.attention_impl}; compute {self.dtype}, params {self.param_dtype}",
             "  per device:",
             f"    parameters        {g(self.params_bytes)}",
