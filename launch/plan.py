@@ -260,8 +260,9 @@ def plan(config: TrainRunConfig, *, devices: int, device_kind: str, mfu: float =
     if suggest and not report.fits:
         found = suggest_fix(config, devices, device_kind, mfu)
         if found is None:
-            report.suggestion = ("no single change fits (tried more fsdp, more micro-batches, remat full): "
-                                 "use more devices, a smaller global batch or seq_len")
+            report.suggestion = ("no single change fits (tried more fsdp, up to 8x the micro-batches, "
+                                 "stronger remat): try tensor parallelism (mesh.tensor), more devices, "
+                                 "a smaller global batch or seq_len")
         else:
             report.suggestion, report.suggestion_report = found
     return report
@@ -348,46 +349,43 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
 
 
 def candidate_changes(config: TrainRunConfig, devices: int) -> list[tuple[str, list[str]]]:
-    """Single changes that lower memory, cheapest in throughput first: (description, overrides)."""
+    """Single changes that lower memory, cheapest in throughput first: (description, overrides).
+
+    All data parallelism into fsdp (more communication, no recompute); then 2x, 4x, 8x micro-batches
+    (smaller matmuls); then each stronger remat policy (recompute).
+    """
     from semcoder_jax import sharding as shd
 
     sizes = shd.resolve_mesh_shape(config.mesh.as_dict(), devices)
     t = config.train
     out: list[tuple[str, list[str]]] = []
     if sizes["data"] > 1:
-        out.append((f"shard parameters over all data-parallel devices: mesh.fsdp={sizes['fsdp'] * sizes['data']} "
-                    "mesh.data=1", [f"mesh.fsdp={sizes['fsdp'] * sizes['data']}", "mesh.data=1"]))
+        fsdp = sizes["fsdp"] * sizes["data"]
+        out.append((f"shard parameters over all data-parallel devices: mesh.fsdp={fsdp} mesh.data=1",
+                    [f"mesh.fsdp={fsdp}", "mesh.data=1"]))
     shards = sizes["data"] * sizes["fsdp"]
-    micro = t.micro_batches * 2
-    while t.global_batch % (shards * micro) == 0:
-        out.append((f"more gradient-accumulation steps: train.micro_batches={micro}", [f"train.micro_batches={micro}"]))
-        micro *= 2
+    for factor in (2, 4, 8):
+        micro = t.micro_batches * factor
+        if t.global_batch % (shards * micro) == 0:
+            out.append((f"more gradient-accumulation steps: train.micro_batches={micro}",
+                        [f"train.micro_batches={micro}"]))
     current = REMAT_ORDER.index(config.model.remat_policy)
     for policy in REMAT_ORDER[current + 1:]:
         out.append((f"a stronger remat policy: model.remat_policy={policy}", [f"model.remat_policy={policy}"]))
     return out
 
 
-def suggest_fix(config: TrainRunConfig, devices: int, device_kind: str, mfu: float = DEFAULT_MFU,
-                max_tries: int = 6) -> tuple[str, PlanReport] | None:
+def suggest_fix(config: TrainRunConfig, devices: int, device_kind: str,
+                mfu: float = DEFAULT_MFU) -> tuple[str, PlanReport] | None:
     """The first single change (in ``candidate_changes`` order) whose plan fits, with its report."""
     from semcoder_jax.train.config import apply_overrides, from_dict, to_dict
 
     kind = DEVICE_KINDS[device_kind]
-    tried = 0
-    micro_failed = False
     for description, overrides in candidate_changes(config, devices):
-        is_micro = overrides[0].startswith("train.micro_batches")
-        if is_micro and micro_failed and tried >= max_tries // 2:
-            continue
-        if tried >= max_tries:
-            break
         changed = from_dict(TrainRunConfig, apply_overrides(to_dict(config), overrides))
-        tried += 1
         report = _plan_once(changed, devices, kind, mfu)
         if report.fits:
             return description, report
-        micro_failed = micro_failed or is_micro
     return None
 
 
