@@ -26,10 +26,11 @@ def xla_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot) -> Array:
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) * (head_dim**-0.5)
+    precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, precision=precision).astype(jnp.float32) * (head_dim**-0.5)
     mask = attention_mask(q_segment, q_slot, kv_segment, kv_slot)[:, None, None]
     probs = jax.nn.softmax(jnp.where(mask, scores, _MASKED), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=precision)
     return out.reshape(batch, length, heads, head_dim)
 
 

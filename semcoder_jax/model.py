@@ -64,6 +64,11 @@ def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(cfg.param_dtype))
 
 
+def _precision(cfg: ModelConfig) -> jax.lax.Precision:
+    """float32 compute means float32 matmuls (GPUs otherwise use TF32, TPUs bf16 passes)."""
+    return jax.lax.Precision.HIGHEST if cfg.dtype == "float32" else jax.lax.Precision.DEFAULT
+
+
 def _dense_init(cfg: ModelConfig):
     return nn.initializers.normal(stddev=cfg.initializer_range)
 
@@ -110,9 +115,10 @@ class Attention(nn.Module):
         wv = _param(self, "v_proj", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), init)
         wo = _param(self, "o_proj", (h, hd, d), ("heads", "head_dim", "embed"), init)
         dt = jnp.dtype(cfg.dtype)
-        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dt))
-        k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dt))
-        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dt))
+        p = _precision(cfg)
+        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dt), precision=p)
+        k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dt), precision=p)
+        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dt), precision=p)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
         new_cache = None
@@ -126,7 +132,7 @@ class Attention(nn.Module):
         else:
             kv_slot = q_slot
         out = attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, impl=cfg.attention_impl)
-        return jnp.einsum("bthk,hkd->btd", out, wo.astype(dt)), new_cache
+        return jnp.einsum("bthk,hkd->btd", out, wo.astype(dt), precision=p), new_cache
 
 
 class MLP(nn.Module):
@@ -141,9 +147,10 @@ class MLP(nn.Module):
         w_gate = _param(self, "gate_proj", (d, f), ("embed", "mlp"), init)
         w_up = _param(self, "up_proj", (d, f), ("embed", "mlp"), init)
         w_down = _param(self, "down_proj", (f, d), ("mlp", "embed"), init)
-        gate = jnp.einsum("btd,df->btf", x, w_gate.astype(dt))
-        up = jnp.einsum("btd,df->btf", x, w_up.astype(dt))
-        return jnp.einsum("btf,fd->btd", nn.silu(gate) * up, w_down.astype(dt))
+        p = _precision(cfg)
+        gate = jnp.einsum("btd,df->btf", x, w_gate.astype(dt), precision=p)
+        up = jnp.einsum("btd,df->btf", x, w_up.astype(dt), precision=p)
+        return jnp.einsum("btf,fd->btd", nn.silu(gate) * up, w_down.astype(dt), precision=p)
 
 
 class DecoderLayer(nn.Module):
@@ -220,10 +227,10 @@ class Decoder(nn.Module):
 
         x = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tie_word_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt))
+            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt), precision=_precision(cfg))
         else:
             head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), _dense_init(cfg))
-            logits = jnp.einsum("btd,dv->btv", x, head.astype(dt))
+            logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), precision=_precision(cfg))
         if cache is None:
             return logits
         new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=valid, index=cache.index + length)
