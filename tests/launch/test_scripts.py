@@ -83,7 +83,10 @@ def fake(tmp_path):
 
         def calls(self) -> list[list[str]]:
             path = tmp_path / "calls"
-            return [shlex.split(line) for line in path.read_text().splitlines()] if path.exists() else []
+            if not path.exists():
+                return []
+            # "process N ..." lines are the fake semcoder's notes, not calls
+            return [shlex.split(line) for line in path.read_text().splitlines() if not line.startswith("process ")]
 
         def write(self, name: str, text: str) -> None:
             (tmp_path / name).write_text(text)
