@@ -117,6 +117,26 @@ def _mount_fresh_proc() -> None:
            "mount /proc")
 
 
+def _probe_fresh_proc() -> bool:
+    """Whether a sample will get its own /proc (some container runtimes forbid mounting one)."""
+    pid = os.fork()
+    if pid == 0:
+        ok = False
+        try:
+            _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare")
+            child = os.fork()
+            if child == 0:
+                try:
+                    _mount_fresh_proc()
+                    os._exit(0)
+                finally:
+                    os._exit(1)
+            ok = os.WEXITSTATUS(os.waitpid(child, 0)[1]) == 0
+        finally:
+            os._exit(0 if ok else 1)
+    return os.WEXITSTATUS(os.waitpid(pid, 0)[1]) == 0
+
+
 def _drop_capabilities() -> None:
     class Header(ctypes.Structure):
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
@@ -417,9 +437,11 @@ def run_job(job: dict, cfg: dict) -> dict:
 def main() -> None:
     cfg = json.loads(sys.argv[1])
     read_only_failed: list[str] = []
+    fresh_proc = False
     if cfg["userns"]:
         _mount_private_tmp()
         read_only_failed = _remount_read_only()
+        fresh_proc = _probe_fresh_proc()
     cfg["tmp_root"] = tempfile.mkdtemp(prefix="semcoder-sandbox-")
     os.chmod(cfg["tmp_root"], 0o711)
     for module in ("subprocess", "socket", "io", "glob", "traceback", *cfg.get("preload", [])):  # warm imports the tests use, shared by every fork
@@ -428,7 +450,7 @@ def main() -> None:
         except ImportError:
             pass
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _send({"ready": True, "pid": os.getpid(), "writable_mounts": read_only_failed})
+    _send({"ready": True, "pid": os.getpid(), "writable_mounts": read_only_failed, "fresh_proc": fresh_proc})
     stdin = sys.stdin.buffer
     while True:
         try:

@@ -216,7 +216,8 @@ class _Worker:
         hello = self._recv(timeout_s=60.0)
         if not hello.get("ready"):
             raise RuntimeError(f"sandbox worker {self.index} failed to start: {hello}")
-        self.writable_mounts = hello.get("writable_mounts", [])
+        self.writable_mounts: list[str] = hello.get("writable_mounts", [])
+        self.fresh_proc: bool = hello.get("fresh_proc", False)
 
     def _recv(self, timeout_s: float | None = None) -> dict:
         """One reply frame; raises ``TimeoutError`` if none arrives in ``timeout_s`` (a stuck worker)."""
@@ -312,6 +313,13 @@ class Sandbox:
         self.limits = limits = limits or Limits()
         self.n_workers = max(1, workers or os.cpu_count() or 1)
         self._workers = [_Worker(i, self.isolation, limits, preload) for i in range(self.n_workers)]
+        first = self._workers[0]
+        if self.isolation == "userns" and first.writable_mounts:
+            warnings.warn("sandbox: these filesystems could not be made read-only for candidates: "
+                          + ", ".join(first.writable_mounts), stacklevel=2)
+        if self.isolation == "userns" and not first.fresh_proc:
+            warnings.warn("sandbox: candidates cannot get their own /proc here, so they can see (not signal) "
+                          "the host's processes", stacklevel=2)
         self._lock = threading.Lock()
 
     def __enter__(self) -> Sandbox:
