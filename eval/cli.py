@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--self-refine", type=int, default=0, metavar="K", help="self-refine rounds after round 0")
     p.add_argument("--refine-temperature", type=float, default=None)
     p.add_argument("--refine-max-new-tokens", type=int, default=512)
+    p.add_argument("--refine-trace", action="store_true",
+                   help="add the failing input's execution trace (the [MONOLOGUE] section) to refine prompts")
     p.add_argument("--release-quotes", action="store_true",
                    help="CRUXEval: extract answers exactly as the release (including its double-to-single "
                    "quote replacement, which can turn correct answers wrong)")
@@ -87,7 +89,8 @@ def main(args: argparse.Namespace) -> int:
                         top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
                         release_quotes=args.release_quotes, self_refine=args.self_refine,
                         refine_temperature=args.refine_temperature,
-                        refine_max_new_tokens=args.refine_max_new_tokens, model=args.model,
+                        refine_max_new_tokens=args.refine_max_new_tokens, refine_trace=args.refine_trace,
+                        model=args.model,
                         backend=args.backend if args.model else None, predictions=args.predictions)
     backend = None
     if args.model:

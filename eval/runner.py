@@ -52,6 +52,7 @@ class EvalConfig:
     self_refine: int = 0
     refine_temperature: float | None = None
     refine_max_new_tokens: int = 512
+    refine_trace: bool = False
     model: str | None = None
     backend: str | None = None
     predictions: str | None = None
@@ -122,18 +123,23 @@ def _combine(bench: Benchmark, problem: Problem, parts: dict[str, Outcome | str]
     """One record's status from its parts: passed only if every part passed."""
     record: dict[str, Any] = {"parts": {}}
     status, message, failed_test = "passed", "", ""
+    failed_at: dict[str, Any] = {}
     for name in bench.parts:
         result = parts[name]
         if isinstance(result, str):
             part = {"status": "failed", "message": result}
         else:
             part = {"status": result.status, "message": result.message}
-            if result.status != "passed" and not failed_test:
+            if result.status != "passed" and status == "passed":  # the first failing part
                 failed_test = bench.failed_test(problem, name, result.details)
+                if isinstance(result.details.get("failed_test"), int):
+                    failed_at = {"part": name, "failed_test": result.details["failed_test"]}
         record["parts"][name] = part
         if status == "passed" and part["status"] != "passed":
             status, message = part["status"], f"{name}: {part['message']}" if len(bench.parts) > 1 else part["message"]
     record.update(status=status, message=message, failed_test=failed_test)
+    if failed_at:
+        record["failed_at"] = failed_at  # which part and input failed first (for traces)
     return record
 
 
@@ -270,7 +276,7 @@ def _check_config(out_dir: Path, config: EvalConfig) -> None:
     if path.is_file():
         previous = json.loads(path.read_text())
         keys = ("mode", "n_samples", "temperature", "top_p", "max_new_tokens", "seed", "release_quotes",
-                "model", "backend", "predictions", "refine_temperature", "refine_max_new_tokens")
+                "model", "backend", "predictions", "refine_temperature", "refine_max_new_tokens", "refine_trace")
         changed = [k for k in keys if previous.get(k) != current.get(k)]
         if changed:
             raise UserError(f"{path}: this output directory was made with different settings ({', '.join(changed)}); "
@@ -384,6 +390,24 @@ def _generate_and_score(config: EvalConfig, bench: Benchmark, problems: list[Pro
         bar.close()
 
 
+def _traces(bench: Benchmark, sandbox: Sandbox, part: list[tuple[Problem, int, dict]]) -> list[str | None]:
+    """Execution traces of the failing samples on their failing input, where the benchmark can make one."""
+    from eval.benchmarks.evalplus import annotate_trace
+
+    make = getattr(bench, "trace_job", None)
+    jobs: list[tuple[int, Job]] = []
+    for i, (problem, _, rec) in enumerate(part):
+        where = rec.get("failed_at")
+        job = make(problem, rec["extracted"], where["part"], where) if make and where else None
+        if job is not None:
+            jobs.append((i, job))
+    traces: list[str | None] = [None] * len(part)
+    for (i, _), outcome in zip(jobs, sandbox.map([job for _, job in jobs])):
+        if outcome.status == "passed":
+            traces[i] = annotate_trace(part[i][2]["extracted"], outcome.details)
+    return traces
+
+
 def _refine_round(config: EvalConfig, bench: Benchmark, problems: list[Problem], backend: Backend | None,
                   sandbox: Sandbox, records: _Records, batch_size: int, chunk: int, round_: int,
                   progress: bool) -> None:
@@ -400,8 +424,10 @@ def _refine_round(config: EvalConfig, bench: Benchmark, problems: list[Problem],
     bar = _progress(len(todo), f"{bench.name} refine {round_}", progress)
     for start in range(0, len(todo), chunk):
         part = todo[start: start + chunk]
+        traces = _traces(bench, sandbox, part) if config.refine_trace else [None] * len(part)
         prompts = [refine_prompt(bench.description(p), rec["extracted"],
-                                 rec.get("failed_test") or f"# {rec['message']}") for p, _, rec in part]
+                                 rec.get("failed_test") or f"# {rec['message']}", trace)
+                   for (p, _, rec), trace in zip(part, traces)]
         generations = backend.generate(prompts, max_new_tokens=config.refine_max_new_tokens,
                                        temperature=temperature, top_p=config.top_p,
                                        seed=config.seed + 1000003 * round_ + start, stop=("[/Refined]",),

@@ -234,6 +234,71 @@ for i, (inp, exp, limit) in enumerate(zip(P["inputs"], P["expected"], P["time_li
 '''
 
 
+# Runs the candidate on its failing input under sys.settrace and reports, per line of the candidate's code,
+# the local variables after its last execution and any exception raised there.
+TRACE_DRIVER = r'''
+import sys
+P = PAYLOAD
+states, errors, budget = {}, {}, [5000]
+
+def _short(value):
+    try:
+        text = repr(value)
+    except BaseException:
+        text = "<unprintable>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+def _snapshot(frame):
+    return ", ".join(f"{k} = {_short(v)}" for k, v in frame.f_locals.items() if not k.startswith("__"))
+
+def _tracer(frame, event, arg):
+    if frame.f_code.co_filename != "<candidate>":
+        return None
+    last = [None]
+
+    def local(frame, event, arg):
+        budget[0] -= 1
+        if budget[0] < 0:
+            return None
+        if last[0] is not None and event in ("line", "return"):
+            states[last[0]] = _snapshot(frame)
+        if event == "return" and last[0] is not None:
+            states[last[0]] += f"; return {_short(arg)}"
+        if event == "exception":
+            errors[frame.f_lineno] = f"{arg[0].__name__}: {_short(arg[1])[:200]}"
+        last[0] = frame.f_lineno if event == "line" else last[0]
+        return local
+    return local
+
+env = {"__name__": "__main__"}
+exec(compile(P["solution"], "<candidate>", "exec"), env)
+fn = env[P["entry_point"]]
+sys.settrace(_tracer)
+try:
+    fn(*P["input"])
+except BaseException:
+    pass
+finally:
+    sys.settrace(None)
+report("passed", "", states={str(k): v for k, v in states.items()}, errors={str(k): v for k, v in errors.items()})
+'''
+
+
+def annotate_trace(code: str, details: dict) -> str:
+    """The buggy code with each executed line's final state (``# [STATE] ... [/STATE]``) and exceptions
+    (``# [EXCEPTION] ... [/EXCEPTION]``, the release's marker) appended."""
+    lines = code.split("\n")
+    for key, state in details.get("states", {}).items():
+        i = int(key) - 1
+        if 0 <= i < len(lines) and state:
+            lines[i] += f" # [STATE] {state} [/STATE]"
+    for key, error in details.get("errors", {}).items():
+        i = int(key) - 1
+        if 0 <= i < len(lines):
+            lines[i] += f" # [EXCEPTION] {error} [/EXCEPTION]"
+    return "\n".join(lines)
+
+
 class EvalPlus(Benchmark):
     """``humaneval+``, ``mbpp`` (base tests only) or ``mbpp+``."""
 
@@ -329,3 +394,12 @@ class EvalPlus(Benchmark):
 
     def description(self, problem: Problem) -> str:
         return problem.record["prompt"].strip()
+
+    def trace_job(self, problem: Problem, code: str, part: str, details: dict) -> Job | None:
+        """A job tracing ``code`` on the input it failed (None when the failing input is unknown)."""
+        index = details.get("failed_test")
+        inputs = problem.record.get(part + "_input", [])
+        if not isinstance(index, int) or not 0 <= index < len(inputs):
+            return None
+        payload = {"solution": code, "entry_point": problem.record["entry_point"], "input": inputs[index]}
+        return Job(TRACE_DRIVER, payload, timeout_s=10.0)

@@ -156,3 +156,19 @@ def test_self_refine_reports_pass_at_1_after_each_round(shared_data_dir, gt_cach
     refine_prompts = [p for p in backend.prompts if "### Buggy Solution" in p]
     assert len(refine_prompts) == 1  # only the failing sample, only until it passes
     assert "### Failed Test\n```python\nretv = " + rows[1]["entry_point"] in refine_prompts[0]
+
+
+def test_refine_trace_shows_the_failing_inputs_execution(shared_data_dir, gt_cache, tmp_path):
+    rows = [json.loads(line) for line in __import__("gzip").open(
+        shared_data_dir / "mbppplus" / "MbppPlus-v0.2.0.jsonl.gz", "rt")][:1]  # Mbpp/2 similar_elements
+    buggy = "\ndef similar_elements(a, b):\n    out = []\n    for x in a:\n        if x in b:\n            out.append(x + 1)\n    return tuple(out)\n```"
+    backend = FakeBackend({"### Buggy Solution": "[Refined]\ndef similar_elements(a, b):\n    return ()\n[/Refined]",
+                           "similar_elements": buggy})
+    config = EvalConfig(benchmarks=["mbpp+"], limit=1, self_refine=1, refine_trace=True, max_new_tokens=64)
+    run(config, tmp_path, backend=backend, data_dir=shared_data_dir, progress=False, gt_cache_dir=gt_cache)
+    prompt = next(p for p in backend.prompts if "### Buggy Solution" in p)
+    assert "### Failed Test\n```python\nretv = similar_elements((3, 4, 5, 6), (5, 7, 4, 10))\nassert retv == " in prompt
+    assert "[MONOLOGUE]\n### Execution Simulation\n```python\n" in prompt
+    assert "            out.append(x + 1) # [STATE] a = (3, 4, 5, 6), b = (5, 7, 4, 10), out = [5, 6], x = 5 [/STATE]" in prompt
+    assert prompt.endswith("### Root Cause Analysis\n\n")
+    assert rows[0]["entry_point"] == "similar_elements"
