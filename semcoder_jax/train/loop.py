@@ -194,11 +194,21 @@ class MetricsLog:
         """Drops records of steps after ``step`` (they are recomputed by the resumed run)."""
         if not self.enabled or not os.path.exists(self.path):
             return
-        kept = []
+        kept, torn = [], 0
         with open(self.path, encoding="utf-8") as f:
             for line in f:
-                if line.strip() and json.loads(line).get("step", 0) <= step:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a kill mid-write
+                    torn += 1
+                    continue
+                if record.get("step", 0) <= step:
                     kept.append(line if line.endswith("\n") else line + "\n")
+        if torn:
+            print(f"semcoder train: warning: {self.path}: dropped {torn} incomplete line(s) left by an "
+                  "interrupted run", file=sys.stderr, flush=True)
         _write_atomic(self.path, "".join(kept))
 
     def write(self, record: dict[str, Any]) -> None:

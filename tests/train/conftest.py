@@ -81,7 +81,7 @@ def wait_for_step(run_dir: str, step: int, proc: subprocess.Popen, timeout: floa
             raise AssertionError(f"training exited early ({proc.returncode}):\n{err[-3000:]}")
         if os.path.exists(path):
             with open(path) as f:
-                steps = [json.loads(line)["step"] for line in f if line.strip()]
+                steps = [json.loads(line)["step"] for line in f if line.endswith("\n")]  # whole lines only
             if steps and steps[-1] >= step:
                 return steps[-1]
         time.sleep(0.005)

@@ -165,3 +165,16 @@ def test_export_hf_then_init_from_it_and_from_the_run(th, tmp_path, straight_run
     assert firsts[0] == firsts[1]
     fresh = th.read_metrics(run_dir)[0]["loss"]
     assert firsts[0] < fresh  # trained parameters fit the (same) first batch better than the random init
+
+
+def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(th, tmp_path, capsys):
+    from semcoder_jax.train.loop import MetricsLog
+
+    log = MetricsLog(str(tmp_path), enabled=True, tensorboard=False)
+    log.write({"step": 1, "loss": 2.0})
+    log.write({"step": 2, "loss": 1.5})
+    with open(log.path, "a") as f:
+        f.write('{"step": 3, "lo')
+    log.truncate_after(2)
+    assert th.read_metrics(str(tmp_path)) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    assert "dropped 1 incomplete line" in capsys.readouterr().err
