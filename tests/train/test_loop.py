@@ -31,7 +31,8 @@ def assert_same_params(a, b, atol=0.0):
 def straight_run(tmp_path_factory, th):
     """20 uninterrupted steps on the 8-device data-parallel mesh: the reference."""
     run_dir = str(tmp_path_factory.mktemp("straight"))
-    result = train(th.tiny_config("train.steps=20"), run_dir=run_dir)
+    result = train(th.tiny_config("train.steps=20", "run.export_dtype=float32"), run_dir=run_dir,
+                   export_hf=os.path.join(run_dir, "hf"))
     assert result.final_step == 20
     return run_dir, th.train_losses(th.read_metrics(run_dir))
 
@@ -150,17 +151,15 @@ def test_resuming_with_a_different_model_shape_is_refused(th, tmp_path, straight
 def test_export_hf_then_init_from_it_and_from_the_run(th, tmp_path, straight_run):
     from semcoder_jax.convert import load_hf_params
 
-    ref_dir, _ = straight_run
-    export = str(tmp_path / "hf")
-    run_dir = str(tmp_path / "export")
-    train(th.tiny_config("train.steps=3", "run.export_dtype=float32"), run_dir=run_dir, export_hf=export)
+    run_dir, _ = straight_run
+    export = os.path.join(run_dir, "hf")
     _, exported = load_hf_params(export)
     assert_same_params(exported, final_params(run_dir))
     # a run initialised from either source starts from exactly those parameters: same first loss
     firsts = []
     for source in (f"hf:{export}", f"orbax:{run_dir}"):
         d = str(tmp_path / source.split(":")[0])
-        train(th.tiny_config("train.steps=1", f"model.init_from={source}"), run_dir=d)
+        train(th.tiny_config("train.steps=20", f"model.init_from={source}"), run_dir=d, max_steps_this_run=1)
         firsts.append(th.read_metrics(d)[0]["loss"])
     assert firsts[0] == firsts[1]
     fresh = th.read_metrics(run_dir)[0]["loss"]
