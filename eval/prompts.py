@@ -7,16 +7,9 @@ included ("a a problem", and the backward-monologue prompt's ``PYTHON]`` without
 
 from __future__ import annotations
 
-NL2CODE_PROMPT = (
-    "You are an exceptionally intelligent coding assistant that consistently delivers accurate and reliable "
-    "<Code> according to <NL_Description>\n\n<NL_Description>\n{instruction}\n\n<Code>\n{response}"
-)
-REFINE_PROMPT = (
-    "Debug and Refine the Code: You are given a a problem to be implemented in Python, and a buggy code that "
-    "tries to solve the problem but fails the test case.\nYou should firstly simulate the execution with the "
-    "buggy code and the failed test to identify the root cause of the failure. \nThen, you should fix the bug "
-    "and wrap the refined code in between [Refined] and [/Refined].\n{instruction}\n{response}"
-)
+# The training templates live in one place; evaluation must use the very same bytes.
+from data_pipeline.prompts import NL2CODE_PROMPT, REFINE_PROMPT
+
 CRUXEVAL_MODES = ("direct", "cot", "monologue")
 
 

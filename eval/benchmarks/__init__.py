@@ -3,7 +3,9 @@
 Each benchmark module turns its release file into ``Problem``s (with the release's prompt), extracts the
 code or answer from a raw generation, and builds the sandbox ``Job``s that score it.  Nothing is
 downloaded at run time: ``--data-dir`` or ``$SEMCODER_DATA_DIR`` (default ``~/.cache/semcoder/eval-data``,
-filled by ``semcoder eval download``) points at a folder laid out like ``shared/data``.
+filled by ``semcoder eval download``) points at a folder laid out like ``shared/data``.  CRUXEval and
+HumanEval (both MIT-licensed, small) also ship inside the package (``eval/benchmarks/data``, byte copies
+with their PROVENANCE.md) and are used when neither flag nor variable is given and the cache lacks them.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from semcoder_jax.errors import UserError
 
 DATA_ENV = "SEMCODER_DATA_DIR"
 DEFAULT_DATA_DIR = Path.home() / ".cache" / "semcoder" / "eval-data"
+BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "data"
 # benchmark name -> path of its release file inside the data dir
 DATA_FILES: dict[str, str] = {
     "humaneval": "humaneval/HumanEval.jsonl.gz",
@@ -66,6 +69,9 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
 
 def data_file(name: str, data_dir: str | os.PathLike | None) -> Path:
     path = resolve_data_dir(data_dir) / DATA_FILES[name]
+    bundled = BUNDLED_DATA_DIR / DATA_FILES[name]
+    if not path.is_file() and not data_dir and not os.environ.get(DATA_ENV) and bundled.is_file():
+        return bundled
     if not path.is_file():
         raise DataError(f"{name}: data file {path} not found; pass --data-dir DIR or set ${DATA_ENV} to a "
                         f"folder laid out like shared/data, or run `semcoder eval download` while online")
