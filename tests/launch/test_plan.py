@@ -62,7 +62,8 @@ def plan_and_measure_in_subprocess(overrides: list[str], devices: int) -> tuple[
 def check_prediction(extra: list[str]) -> None:
     predicted, measured = plan_and_measure_in_subprocess(MEASURED + extra, 4)
     assert measured["arguments"] == pytest.approx(predicted["argument_bytes"], rel=0.1)
-    assert measured["peak"] == pytest.approx(predicted["peak_bytes"], rel=0.2), (measured, predicted["peak_bytes"])
+    # within 20 % of the measured peak: |predicted - measured| <= 0.2 x measured
+    assert predicted["peak_bytes"] == pytest.approx(measured["peak"], rel=0.2), (measured, predicted["peak_bytes"])
 
 
 def test_predicted_peak_is_within_20_percent_of_the_measured_peak_of_the_real_step():
