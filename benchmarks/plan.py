@@ -1,0 +1,76 @@
+"""The planner's claims: predicted vs measured peak on CPU, and the 6.7B plans for the shipped configs.
+
+    python benchmarks/plan.py validate      # predicted vs measured peak per device, 4 CPU devices
+    python benchmarks/plan.py configs       # `semcoder plan` of every launch/configs/semcoder_6.7b_*.yaml, timed
+
+``validate`` runs each layout in a fresh process with exactly 4 CPU devices and
+``MALLOC_MMAP_THRESHOLD_=65536``: ``launch.plan.plan`` predicts, ``launch.plan.measure_step_peak``
+measures (resident-set high-water mark of one real step; see docs/launch.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = ["model.preset=tiny", "model.vocab_size=16384", "model.num_layers=4", "model.dtype=float32",
+         "data.source=synthetic", "data.seq_len=128", "train.steps=10", "train.global_batch=16"]
+LAYOUTS = {
+    "fsdp=4, float32": ["mesh.fsdp=4", "mesh.data=1"],
+    "fsdp=4, 2 micro-batches": ["mesh.fsdp=4", "mesh.data=1", "train.micro_batches=2"],
+    "data=2 x fsdp=2, remat full": ["mesh.fsdp=2", "mesh.data=2", "model.remat_policy=full"],
+    "fsdp=2 x tensor=2, bfloat16": ["mesh.fsdp=2", "mesh.tensor=2", "mesh.data=1", "model.dtype=bfloat16"],
+}
+CONFIGS = [("semcoder_6.7b_v5p-32.yaml", 16, "v5p"), ("semcoder_6.7b_8xh100.yaml", 8, "h100"),
+           ("semcoder_6.7b_v4-64.yaml", 32, "v4"), ("semcoder_6.7b_v5e-64.yaml", 64, "v5e")]
+
+
+def plan_and_measure(overrides: list[str], devices: int = 4) -> tuple[dict, dict]:
+    code = ("import json, sys; from launch.plan import plan, measure_step_peak; "
+            "from semcoder_jax.train.config import load_config; c = load_config(None, sys.argv[1:]); "
+            f"p = plan(c, devices={devices}, device_kind='v5e', suggest=False).to_dict(); "
+            f"print(json.dumps([p, measure_step_peak(c, {devices})]))")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-c", code, *overrides], env=env, cwd=REPO, capture_output=True,
+                         text=True, check=True)
+    predicted, measured = json.loads(out.stdout.strip().splitlines()[-1])
+    return predicted, measured
+
+
+def validate() -> None:
+    print("| layout | predicted peak | measured peak | error |\n|---|---|---|---|")
+    for name, extra in LAYOUTS.items():
+        predicted, measured = plan_and_measure(MODEL + extra)
+        p, m = predicted["peak_bytes"], measured["peak"]
+        print(f"| {name} | {p / 1e6:.1f} MB | {m / 1e6:.1f} MB | {100 * (p - m) / m:+.0f} % |", flush=True)
+
+
+def configs() -> None:
+    print("| config | devices | peak / device | usable | fits | s/step @ 40 % MFU | plan wall time |\n"
+          "|---|---|---|---|---|---|---|")
+    for name, devices, kind in CONFIGS:
+        start = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "semcoder_jax.cli", "plan", "--config", f"launch/configs/{name}",
+                              "--devices", str(devices), "--device-kind", kind, "--json", "--no-suggest"],
+                             cwd=REPO, capture_output=True, text=True)
+        wall = time.monotonic() - start
+        r = json.loads(out.stdout)
+        print(f"| {name} | {devices} x {kind} | {r['peak_bytes'] / 2**30:.2f} GiB | {r['usable_bytes'] / 2**30:.2f} GiB "
+              f"| {r['fits']} | {r['step_seconds']:.1f} | {wall:.0f} s |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["validate", "configs"])
+    args = parser.parse_args()
+    validate() if args.what == "validate" else configs()
+
+
+if __name__ == "__main__":
+    main()
