@@ -19,8 +19,10 @@ from semcoder_jax.train.config import load_config
 # One persistent compilation cache for this test session, shared with the subprocess runs: the same
 # tiny programs are compiled by many tests (and by `semcoder train` subprocesses), and XLA's CPU
 # compile of them dominates the tests' time.  The cache is transparent: a hit runs the same executable.
-COMPILATION_CACHE = tempfile.mkdtemp(prefix="semcoder-train-tests-jaxcache-")
-atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
+# SEMCODER_TEST_JAX_CACHE=DIR keeps it between sessions (repeated local runs skip most compiles).
+COMPILATION_CACHE = os.environ.get("SEMCODER_TEST_JAX_CACHE") or tempfile.mkdtemp(prefix="semcoder-train-tests-jaxcache-")
+if not os.environ.get("SEMCODER_TEST_JAX_CACHE"):
+    atexit.register(shutil.rmtree, COMPILATION_CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
