@@ -153,6 +153,19 @@ class MLP(nn.Module):
         return jnp.einsum("btf,fd->btd", nn.silu(gate) * up, w_down.astype(dt), precision=p)
 
 
+# Logical names of activation dimensions; the rules table in ``semcoder_jax.sharding`` maps them.
+ACTIVATION_AXES = ("batch", "length", "act_embed")
+
+
+def constrain_activations(x: Array) -> Array:
+    """Keeps [B, T, D] activations split by batch across data-parallel devices.
+
+    A no-op unless the caller traces under a mesh and ``nn.logical_axis_rules`` (the train step
+    does); without it XLA may gather whole-batch activations on every fsdp device.
+    """
+    return nn.with_logical_constraint(x, ACTIVATION_AXES)
+
+
 class DecoderLayer(nn.Module):
     """One pre-norm block; written as a scan body: (carry, per-layer inputs) -> (carry, outputs)."""
 
@@ -161,12 +174,13 @@ class DecoderLayer(nn.Module):
     @nn.compact
     def __call__(self, x, cos, sin, q_segment, q_slot, kv_segment, cache_index, layer_kv):
         cfg = self.config
+        x = constrain_activations(x)
         layer_cache = None if layer_kv is None else (layer_kv[0], layer_kv[1], cache_index)
         attn_out, new_kv = Attention(cfg, name="attention")(
             RMSNorm(cfg, name="attention_norm")(x), cos, sin, q_segment, q_slot, kv_segment, layer_cache)
         x = x + attn_out
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
-        return x, new_kv
+        return constrain_activations(x), new_kv
 
 
 class Decoder(nn.Module):
@@ -197,7 +211,7 @@ class Decoder(nn.Module):
 
         embedding = _param(self, "embedding", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"),
                            _dense_init(cfg))
-        x = jnp.take(embedding, input_ids, axis=0).astype(dt)
+        x = constrain_activations(jnp.take(embedding, input_ids, axis=0).astype(dt))
         cos, sin = rope_cos_sin(positions, cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling_factor, dt)
 
         slots = jnp.arange(length, dtype=jnp.int32)
@@ -237,16 +251,22 @@ class Decoder(nn.Module):
         return logits, new_cache
 
 
+def _init_config(config: ModelConfig) -> ModelConfig:
+    """Parameters do not depend on the kernel; init traces a 1-token input, which fused kernels refuse."""
+    return config.replace(attention_impl="xla", remat_policy="none")
+
+
 def init_params(config: ModelConfig, rng: Array, *, boxed: bool = False) -> dict:
     """Random parameters (HF's normal(0, initializer_range) init); ``boxed`` keeps partitioning metadata."""
-    variables = Decoder(config).init(rng, jnp.zeros((1, 1), jnp.int32))
+    variables = Decoder(_init_config(config)).init(rng, jnp.zeros((1, 1), jnp.int32))
     params = variables["params"]
     return params if boxed else nn.unbox(params)
 
 
 def abstract_params(config: ModelConfig) -> dict:
     """Parameter shapes/dtypes with their logical-axis metadata, without allocating anything."""
-    return jax.eval_shape(lambda: Decoder(config).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
+    init = Decoder(_init_config(config)).init
+    return jax.eval_shape(lambda: init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))["params"])
 
 
 def logical_axes(config: ModelConfig) -> dict:
