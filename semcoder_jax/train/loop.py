@@ -307,15 +307,15 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
         raise RunError(f"run.dir: {run_dir} exists and is not a directory")
 
     model, init_kind, init_path = resolve_model(config)
+    if config.data.seq_len > model.max_position_embeddings:
+        raise RunError(f"data.seq_len={config.data.seq_len} exceeds the model's max_position_embeddings="
+                       f"{model.max_position_embeddings}")
     mesh = shd.build_mesh(config.mesh.as_dict(), devices)
     _check_geometry(config, mesh)
     sources = data_lib.build_sources(config.data, global_batch=config.train.global_batch,
                                      vocab_size=model.vocab_size, seed=config.train.seed,
                                      process_index=jax.process_index(), process_count=jax.process_count(),
                                      count_epoch=config.train.epochs is not None)
-    if config.data.seq_len > model.max_position_embeddings:
-        raise RunError(f"data.seq_len={config.data.seq_len} exceeds the model's max_position_embeddings="
-                       f"{model.max_position_embeddings}")
     total = _total_steps(config, sources.batches_per_epoch)
     tok = sources.tokenizer
     if tok is not None and init_kind is None:
