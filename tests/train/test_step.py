@@ -111,13 +111,19 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
 def test_loss_is_cross_entropy_over_loss_tokens_normalised_by_the_global_count(single_device_run):
     params = jax.device_get(single_device_run[1].params)
     b = next(Uneven())
-    logits = jax.jit(forward, static_argnums=1)(params, CFG, b["input_ids"], b["positions"], b["segment_ids"])
+
+
+    @jax.jit
+    def logits_and_sums(params, batch):
+        logits = forward(params, CFG, batch["input_ids"], batch["positions"], batch["segment_ids"])
+        return logits, st.loss_sums(params, CFG, batch)
+
+    logits, (ce, _, n) = logits_and_sums(params, {k: jnp.asarray(v) for k, v in b.items()})
     logits = np.asarray(logits, np.float64)
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
         logits.max(-1, keepdims=True)
     nll = -np.take_along_axis(logp, b["targets"][..., None], -1)[..., 0]
     expected = (nll * b["loss_mask"]).sum() / b["loss_mask"].sum()
-    ce, _, n = jax.jit(st.loss_sums, static_argnums=1)(params, CFG, {k: jnp.asarray(v) for k, v in b.items()})
     assert float(n) == b["loss_mask"].sum()
     assert float(ce) / float(n) == pytest.approx(expected, rel=1e-5)
 
