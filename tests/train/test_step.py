@@ -112,7 +112,6 @@ def test_loss_is_cross_entropy_over_loss_tokens_normalised_by_the_global_count(s
     params = jax.device_get(single_device_run[1].params)
     b = next(Uneven())
 
-
     @jax.jit
     def logits_and_sums(params, batch):
         logits = forward(params, CFG, batch["input_ids"], batch["positions"], batch["segment_ids"])
