@@ -13,8 +13,9 @@ exactly one answer.  A dimension whose size is not divisible by its mesh axes is
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -37,7 +38,24 @@ LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
     "norm": None,
     "layers": None,
+    "act_embed": None,  # the hidden dim of [batch, length, hidden] activations
 }
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh | None,
+                        rules: Mapping[str, str | tuple[str, ...] | None] = LOGICAL_AXIS_RULES) -> Iterator[None]:
+    """While tracing inside it, the model's logical activation constraints bind to ``mesh`` by ``rules``.
+
+    Without it (``mesh`` None, e.g. generation) the constraints are no-ops.
+    """
+    if mesh is None:
+        yield
+        return
+    import flax.linen as nn
+
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(list(rules.items())):
+        yield
 
 
 class MeshError(UserError):

@@ -380,7 +380,7 @@ def _run(config, run_dir, export_hf, model, init_kind, init_path, mesh, sources,
         shardings, mesh)
     eval_fn = None
     if config.train.eval_every and sources.make_eval is not None:
-        eval_fn = step_lib.compile_eval_step(step_lib.make_eval_step(model), shardings.params, mesh)
+        eval_fn = step_lib.compile_eval_step(step_lib.make_eval_step(model, mesh), shardings.params, mesh)
 
     seq = config.data.seq_len
     tokens_per_step = config.train.global_batch * seq

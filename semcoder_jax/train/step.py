@@ -74,6 +74,10 @@ def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, sched
     """A pure ``(state, global_batch) -> (state, metrics)`` function (jit it with ``compile_train_step``)."""
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
+        with shd.activation_sharding(mesh):
+            return _train_step(state, batch)
+
+    def _train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         num_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
         denom = jnp.maximum(num_tokens, 1.0)
 
@@ -122,11 +126,12 @@ def global_norm(tree) -> Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def make_eval_step(config: ModelConfig) -> Callable[[Any, Batch], dict]:
+def make_eval_step(config: ModelConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], dict]:
     """``(params, batch) -> {loss_sum, loss_tokens}``; the caller sums over batches and divides."""
 
     def eval_step(params, batch: Batch) -> dict:
-        ce, _, n = loss_sums(params, config, batch)
+        with shd.activation_sharding(mesh):
+            ce, _, n = loss_sums(params, config, batch)
         return {"loss_sum": ce, "loss_tokens": n}
 
     return eval_step
