@@ -108,7 +108,7 @@ def test_float_outputs_compare_with_evalplus_tolerance(sandbox, humaneval_plus):
     far = p.record["prompt"] + "    return number - int(number) + 1e-3\n"
     as_int = p.record["prompt"] + "    return int(number - int(number))\n"
     results = _score(bench, sandbox, [p, p, p], [close, far, as_int])
-    assert [r["status"] for r in results] == ["passed", "failed", "failed"]
+    assert [r["status"] for r in results] == ["passed", "failed", "failed"], [r["message"] for r in results]
 
 
 def test_find_zero_accepts_any_root_within_tolerance(sandbox, humaneval_plus):
