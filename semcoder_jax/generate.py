@@ -135,29 +135,31 @@ def generate_ids(params, config: ModelConfig, prompts: Sequence[Sequence[int]], 
     logits, cache, positions = prefill(settings, params, jnp.asarray(ids), jnp.asarray(valid), cache)
     state = dict(logits=logits, cache=cache, positions=positions, out=jnp.full((batch, max_new), eos_id, jnp.int32),
                  done=jnp.zeros((batch,), bool), step=jnp.zeros((), jnp.int32), rng=jax.random.key(seed))
-    stopped = np.zeros(batch, bool)
+    stopped_at = np.full(batch, -1)  # step at which a row's stop condition was seen (host side)
     temp = jnp.float32(max(temperature, 1e-6))
     while True:
         state = decode_chunk(settings, params, state, temp, jnp.float32(top_p), jnp.int32(eos_id),
                              jnp.int32(max_new_tokens))
         step = int(state["step"])
         done = np.asarray(state["done"])
-        if should_stop is not None and not (done | stopped).all():
+        if should_stop is not None:
             out = np.asarray(state["out"])
-            for row in np.flatnonzero(~(done | stopped)):
-                stopped[row] = should_stop(row, out[row, :step].tolist())
-            if stopped.any():
-                state["done"] = jnp.asarray(done | stopped)
+            for row in np.flatnonzero(~done & (stopped_at < 0)):
+                if should_stop(row, out[row, :step].tolist()):
+                    stopped_at[row] = step
+            if (stopped_at >= 0).any():
+                state["done"] = jnp.asarray(done | (stopped_at >= 0))
         if step >= max_new_tokens or bool(np.asarray(state["done"]).all()):
             break
     out = np.asarray(state["out"])[:, :step]
     results = []
     for row in range(batch):
-        tokens = out[row].tolist()
+        # A row stopped by the host stops at that step: later slots hold filler, not model output.
+        tokens = out[row, : stopped_at[row]].tolist() if stopped_at[row] >= 0 else out[row].tolist()
         if eos_id in tokens:
             results.append((tokens[: tokens.index(eos_id) + 1], "eos"))
         else:
-            results.append((tokens, "stop" if stopped[row] else "length"))
+            results.append((tokens, "stop" if stopped_at[row] >= 0 else "length"))
     return results
 
 

@@ -133,3 +133,16 @@ def test_bad_generate_arguments_are_one_line_errors(model_dir, capsys, tmp_path)
     bad.write_text('{"prompt": "ok"}\n{"text": 1}\n')
     assert main(["generate", "--model", str(root / "native"), "--prompt-file", str(bad)]) == 1
     assert "p.jsonl:2: expected an object with a string 'prompt' field" in capsys.readouterr().err
+
+
+def test_a_row_stopped_early_in_a_batch_keeps_only_its_own_tokens(model_dir):
+    root, _ = model_dir
+    config, params = load_hf_params(str(root / "hf"))
+    gen = Generator(config, jax_tree(params), _CharTokenizer())
+    free = gen.generate(["ab", "xyz"], max_new_tokens=30, chunk=4)
+    stop = free[0].text[5:7]
+    both = gen.generate(["ab", "xyz"], max_new_tokens=30, stop=[stop], chunk=4)
+    assert both[0].finish_reason == "stop" and both[0].text == free[0].text[: free[0].text.index(stop)]
+    assert both[0].token_ids == free[0].token_ids[: len(both[0].token_ids)]
+    if stop not in free[1].text:  # the other row is unaffected by its neighbour's stop
+        assert both[1].token_ids == free[1].token_ids and both[1].finish_reason == free[1].finish_reason
