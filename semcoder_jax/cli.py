@@ -31,13 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="semcoder", description="Train, convert and evaluate SemCoder-style code LLMs in JAX.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name and module_name.startswith(e.name):
-                continue  # subcommand not part of this build yet
-            raise
-        module.register(subparsers)
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 
