@@ -76,12 +76,36 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount_private_tmp() -> None:
-    """Give this mount namespace its own empty /tmp, /var/tmp and /dev/shm."""
-    for path in ("/tmp", "/var/tmp", "/dev/shm"):
+PRIVATE_SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _interpreter_paths() -> list[str]:
+    """Directories the interpreter imports from (prefix, stdlib, site-packages), deepest last."""
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, *sys.path) if p and os.path.isdir(p)}
+    return sorted(paths, key=len)
+
+
+def _mount_private_tmp() -> list[str]:
+    """Give this mount namespace its own empty /tmp, /var/tmp and /dev/shm.
+
+    The interpreter's own directories may live below one of them (a checkout or virtualenv in /tmp):
+    those are bound back, at the same paths, into the fresh tmpfs (read-only after the remount pass),
+    so candidates keep the standard library and site-packages.  Returns the paths bound back.
+    """
+    keep = [p for p in _interpreter_paths() if any(p == s or p.startswith(s + "/") for s in PRIVATE_SCRATCH)]
+    # Drop paths inside another kept path: binding the outer one carries them along.
+    keep = [p for p in keep if not any(p != q and p.startswith(q + "/") for q in keep)]
+    handles = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in keep}
+    for path in PRIVATE_SCRATCH:
         if os.path.isdir(path):
             _check(_libc.mount(b"tmpfs", path.encode(), b"tmpfs", MS_NOSUID | MS_NODEV,
                                b"size=512m,mode=1777"), f"mount tmpfs on {path}")
+    for path, fd in handles.items():
+        os.makedirs(path, exist_ok=True)
+        _check(_libc.mount(f"/proc/self/fd/{fd}".encode(), path.encode(), None, MS_BIND | MS_REC, None),
+               f"bind {path} back into the private scratch space")
+        os.close(fd)
+    return keep
 
 
 def _remount_read_only() -> list[str]:
@@ -426,10 +450,11 @@ def run_job(job: dict, cfg: dict) -> dict:
     result["stderr"], result["stderr_truncated"] = _read_head(os.path.join(workdir, ".stderr"), limit)
     shutil.rmtree(workdir, ignore_errors=True)
     if cfg["userns"]:  # anything a sample left elsewhere in the private /tmp goes too
-        for scratch in ("/tmp", "/var/tmp", "/dev/shm"):
+        kept = cfg.get("kept_paths", [])
+        for scratch in PRIVATE_SCRATCH:
             for name in os.listdir(scratch):
                 path = os.path.join(scratch, name)
-                if path != cfg["tmp_root"]:
+                if path != cfg["tmp_root"] and not any(k == path or k.startswith(path + "/") for k in kept):
                     shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
     return result
 
@@ -439,7 +464,7 @@ def main() -> None:
     read_only_failed: list[str] = []
     fresh_proc = False
     if cfg["userns"]:
-        _mount_private_tmp()
+        cfg["kept_paths"] = _mount_private_tmp()
         read_only_failed = _remount_read_only()
         fresh_proc = _probe_fresh_proc()
     cfg["tmp_root"] = tempfile.mkdtemp(prefix="semcoder-sandbox-")
