@@ -18,6 +18,8 @@ def register(subparsers) -> None:
     parser.add_argument("--config", help="YAML run config (launch/configs/*.yaml); defaults when omitted")
     parser.add_argument("--run-dir", help="run directory (same as run.dir=); resumes when it holds checkpoints")
     parser.add_argument("--export-hf", metavar="DIR", help="write an HF checkpoint here when training completes")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --export-hf directory (e.g. when re-running a finished run)")
     parser.add_argument("--coordinator", help="jax.distributed coordinator host:port (GPU clusters, local multi-process)")
     parser.add_argument("--num-processes", type=int, help="number of processes of a multi-process run")
     parser.add_argument("--process-id", type=int, help="this process's index in a multi-process run")
@@ -43,5 +45,5 @@ def run(args: argparse.Namespace) -> int:
     from semcoder_jax.train.loop import initialize_distributed, train
 
     initialize_distributed(config.distributed)
-    result = train(config)
+    result = train(config, overwrite_export=args.overwrite)
     return 0 if result.final_step >= result.total_steps or result.preempted else 1

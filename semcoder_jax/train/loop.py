@@ -292,16 +292,19 @@ def _host_params(params: Any) -> Any:
 
 
 def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str | None = None,
-          devices: list | None = None, max_steps_this_run: int | None = None) -> RunResult:
+          devices: list | None = None, max_steps_this_run: int | None = None,
+          overwrite_export: bool = False) -> RunResult:
     """Runs (or resumes) the training described by ``config`` in ``run_dir``.
 
     ``max_steps_this_run`` stops early after that many steps (with a checkpoint), as a preemption would.
+    ``overwrite_export`` lets the HF export replace a non-empty directory (checked before any compute
+    otherwise).
     """
     config.validate()
     run_dir = os.path.abspath(run_dir or config.run.dir or "runs/default")
     export_hf = export_hf or config.run.export_hf
-    if export_hf and os.path.isdir(export_hf) and os.listdir(export_hf):
-        raise RunError(f"--export-hf {export_hf}: exists and is not empty")
+    if export_hf and os.path.isdir(export_hf) and os.listdir(export_hf) and not overwrite_export:
+        raise RunError(f"--export-hf {export_hf}: exists and is not empty (pass --overwrite to replace it)")
     process0 = jax.process_index() == 0
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise RunError(f"run.dir: {run_dir} exists and is not a directory")
@@ -326,13 +329,13 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(run_dir), keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.async_save)
     try:
-        return _run(config, run_dir, export_hf, model, init_kind, init_path, mesh, sources, total,
+        return _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_path, mesh, sources, total,
                     checkpointer, process0, max_steps_this_run)
     finally:
         checkpointer.close()
 
 
-def _run(config, run_dir, export_hf, model, init_kind, init_path, mesh, sources, total, checkpointer,
+def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_path, mesh, sources, total, checkpointer,
          process0, max_steps_this_run) -> RunResult:
     tx = opt_lib.build_optimizer(config.optimizer, total)
     schedule = opt_lib.learning_rate_schedule(config.optimizer, total)
@@ -444,7 +447,7 @@ def _run(config, run_dir, export_hf, model, init_kind, init_path, mesh, sources,
     if preempted and process0:
         print(f"semcoder train: stopped by SIGTERM after step {step}; checkpoint saved", file=sys.stderr, flush=True)
     if export_hf and step == total and not preempted:
-        _export(state.params, model, export_hf, run_dir, config, process0)
+        _export(state.params, model, export_hf, run_dir, config, process0, overwrite_export)
     return RunResult(run_dir=run_dir, start_step=start, final_step=step, total_steps=total, preempted=preempted,
                      history=history)
 
@@ -474,12 +477,13 @@ def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
     return np.concatenate([x, pad], axis=0)
 
 
-def _export(params, model: ModelConfig, out_dir: str, run_dir: str, config: TrainRunConfig, process0: bool) -> None:
+def _export(params, model: ModelConfig, out_dir: str, run_dir: str, config: TrainRunConfig, process0: bool,
+            overwrite: bool = False) -> None:
     from semcoder_jax.convert import save_hf
 
     host = _host_params(params)
     if process0:
         tokenizer_dir = os.path.join(run_dir, "tokenizer")
         save_hf(host, model, out_dir, tokenizer_dir=tokenizer_dir if os.path.isdir(tokenizer_dir) else None,
-                dtype=config.run.export_dtype)
+                dtype=config.run.export_dtype, overwrite=overwrite)
         print(f"semcoder train: exported HF checkpoint to {out_dir}", file=sys.stderr, flush=True)

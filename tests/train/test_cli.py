@@ -14,9 +14,10 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "configs"
 
 def test_tiny_cpu_config_trains_on_the_sample_evaluates_checkpoints_and_exports(tmp_path):
     run_dir, export = tmp_path / "run", tmp_path / "hf"
-    rc = main(["train", "--config", CONFIG, "--run-dir", str(run_dir), "--export-hf", str(export),
-               "train.steps=4", "train.log_every=1", "train.eval_every=2", "train.eval_batches=1",
-               "checkpoint.every=2", "data.seq_len=64", "train.global_batch=8", "run.progress=false"])
+    argv = ["train", "--config", CONFIG, "--run-dir", str(run_dir), "--export-hf", str(export),
+            "train.steps=4", "train.log_every=1", "train.eval_every=2", "train.eval_batches=1",
+            "checkpoint.every=2", "data.seq_len=64", "train.global_batch=8", "run.progress=false"]
+    rc = main(argv)
     assert rc == 0
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     train_records = [r for r in records if "loss" in r]
@@ -28,6 +29,12 @@ def test_tiny_cpu_config_trains_on_the_sample_evaluates_checkpoints_and_exports(
     assert sorted(os.listdir(run_dir / "checkpoints")) == ["2", "4"]
     assert (export / "config.json").exists() and (export / "tokenizer.json").exists()
     assert json.loads((export / "config.json").read_text())["vocab_size"] == 1024
+    # Running the same command again (the README's main job, twice): refused without --overwrite,
+    # with it the finished run resumes, trains nothing more and exports again.
+    assert main(argv) == 1
+    assert main(argv + ["--overwrite"]) == 0
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == len(records)
+    assert (export / "config.json").exists()
 
 
 def test_unknown_key_on_the_command_line_is_one_clear_error(tmp_path, capsys):
