@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from eval.extract import completion_before_fence, sanitize
 from eval.sandbox import Job
 from semcoder_jax.errors import UserError
 
@@ -132,6 +133,17 @@ class Benchmark(ABC):
     def primary_part(self) -> str:
         """Which part's pass rate is this benchmark's headline number."""
         return self.parts[-1]
+
+
+class CodeBenchmark(Benchmark):
+    """A benchmark whose answer is a function: solution = problem prompt + completion, then sanitized."""
+
+    def extract(self, problem: Problem, raw: str) -> Extracted:
+        solution = self.solution_from_completion(problem, completion_before_fence(raw))
+        return Extracted(sanitize(solution, problem.record["entry_point"]))
+
+    def solution_from_completion(self, problem: Problem, completion: str) -> str:
+        return problem.record["prompt"] + completion
 
 
 def get_benchmark(name: str, **options: Any) -> Benchmark:

@@ -23,8 +23,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-from eval.benchmarks import Benchmark, DataError, Extracted, Problem, data_file, read_jsonl, require_keys
-from eval.extract import completion_before_fence, sanitize
+from eval.benchmarks import CodeBenchmark, DataError, Extracted, Problem, data_file, read_jsonl, require_keys
 from eval.prompts import humaneval_prompt, mbpp_prompt
 from eval.sandbox import Job
 
@@ -299,7 +298,7 @@ def annotate_trace(code: str, details: dict) -> str:
     return "\n".join(lines)
 
 
-class EvalPlus(Benchmark):
+class EvalPlus(CodeBenchmark):
     """``humaneval+``, ``mbpp`` (base tests only) or ``mbpp+``."""
 
     stop = ()
@@ -357,13 +356,6 @@ class EvalPlus(Benchmark):
         with open(tmp, "wb") as f:
             pickle.dump(self.ground_truth, f)
         os.replace(tmp, cache)
-
-    def extract(self, problem: Problem, raw: str) -> Extracted:
-        solution = problem.record["prompt"] + completion_before_fence(raw)
-        return Extracted(sanitize(solution, problem.record["entry_point"]))
-
-    def solution_from_completion(self, problem: Problem, completion: str) -> str:
-        return problem.record["prompt"] + completion
 
     def jobs(self, problem: Problem, extracted: Extracted) -> dict[str, Job | str]:
         if problem.task_id not in self.ground_truth:

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import os
 
-from eval.benchmarks import Benchmark, Extracted, Problem, data_file, read_jsonl, require_keys
-from eval.extract import completion_before_fence, sanitize
+from eval.benchmarks import CodeBenchmark, Extracted, Problem, data_file, read_jsonl, require_keys
 from eval.prompts import humaneval_prompt
 from eval.sandbox import Job
 
@@ -32,7 +31,7 @@ except AssertionError as e:
 '''
 
 
-class HumanEval(Benchmark):
+class HumanEval(CodeBenchmark):
     name = "humaneval"
     stop = ()
 
@@ -45,13 +44,6 @@ class HumanEval(Benchmark):
             prompt, prefix = humaneval_prompt(record["prompt"])
             problems.append(Problem(record["task_id"], prompt, record, prefix))
         return problems[:limit] if limit is not None else problems
-
-    def extract(self, problem: Problem, raw: str) -> Extracted:
-        solution = problem.record["prompt"] + completion_before_fence(raw)
-        return Extracted(sanitize(solution, problem.record["entry_point"]))
-
-    def solution_from_completion(self, problem: Problem, completion: str) -> str:
-        return problem.record["prompt"] + completion
 
     def jobs(self, problem: Problem, extracted: Extracted) -> dict[str, Job | str]:
         record = problem.record
