@@ -649,15 +649,12 @@ def resolve_params_checkpoint(path: str) -> tuple[str, ModelConfig, str]:
         raise ConversionError(f"{path}: checkpoint directory not found")
     if os.path.exists(os.path.join(path, MODEL_CONFIG_FILE)):
         return path, read_native_config(path), os.path.join(path, PARAMS_DIR)
-    try:
-        from semcoder_jax.train.checkpoint import latest_params_step
-    except ImportError:
-        latest_params_step = None
-    if latest_params_step is not None:
-        step_dir, config = latest_params_step(path)
-        run_dir = path if os.path.isdir(os.path.join(path, "checkpoints")) else os.path.dirname(os.path.dirname(step_dir))
-        return run_dir, config, os.path.join(step_dir, PARAMS_DIR)
-    raise ConversionError(f"{path}: not a native checkpoint ({MODEL_CONFIG_FILE} not found)")
+    from semcoder_jax.train.checkpoint import latest_params_step
+
+    # A training run, its checkpoints/ directory or one step: the run directory holds the tokenizer.
+    step_dir, config = latest_params_step(path)
+    run_dir = os.path.dirname(os.path.dirname(step_dir))
+    return run_dir, config, os.path.join(step_dir, PARAMS_DIR)
 
 
 def save_hf(params: dict, config: ModelConfig, out_dir: str, *, tokenizer_dir: str | None = None,
