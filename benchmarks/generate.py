@@ -63,7 +63,7 @@ def main() -> None:
         for key in m.leaf:
             leaf = leaf[key]
         for i, name in enumerate(m.hf_names(config.num_layers)):
-            state[name] = numpy_to_torch(m.to_hf(leaf[i] if m.per_layer else leaf))
+            state[name] = numpy_to_torch((leaf[i] if m.per_layer else leaf).reshape(m.hf_shape))
     hf.load_state_dict(state, strict=False)
     hf = hf.to(device).eval()
     ids = torch.tensor(prompts, device=device)

@@ -110,15 +110,15 @@ class Attention(nn.Module):
         cfg = self.config
         d, h, kvh, hd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
         init = _dense_init(cfg)
-        wq = _param(self, "q_proj", (d, h, hd), ("embed", "heads", "head_dim"), init)
-        wk = _param(self, "k_proj", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), init)
-        wv = _param(self, "v_proj", (d, kvh, hd), ("embed", "kv_heads", "head_dim"), init)
-        wo = _param(self, "o_proj", (h, hd, d), ("heads", "head_dim", "embed"), init)
+        wq = _param(self, "q_proj", (h, hd, d), ("heads", "head_dim", "embed"), init)
+        wk = _param(self, "k_proj", (kvh, hd, d), ("kv_heads", "head_dim", "embed"), init)
+        wv = _param(self, "v_proj", (kvh, hd, d), ("kv_heads", "head_dim", "embed"), init)
+        wo = _param(self, "o_proj", (d, h, hd), ("embed", "heads", "head_dim"), init)
         dt = jnp.dtype(cfg.dtype)
         p = _precision(cfg)
-        q = jnp.einsum("btd,dhk->bthk", x, wq.astype(dt), precision=p)
-        k = jnp.einsum("btd,dhk->bthk", x, wk.astype(dt), precision=p)
-        v = jnp.einsum("btd,dhk->bthk", x, wv.astype(dt), precision=p)
+        q = jnp.einsum("btd,hkd->bthk", x, wq.astype(dt), precision=p)
+        k = jnp.einsum("btd,hkd->bthk", x, wk.astype(dt), precision=p)
+        v = jnp.einsum("btd,hkd->bthk", x, wv.astype(dt), precision=p)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
         new_cache = None
@@ -132,7 +132,7 @@ class Attention(nn.Module):
         else:
             kv_slot = q_slot
         out = attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, impl=cfg.attention_impl)
-        return jnp.einsum("bthk,hkd->btd", out, wo.astype(dt), precision=p), new_cache
+        return jnp.einsum("bthk,dhk->btd", out, wo.astype(dt), precision=p), new_cache
 
 
 class MLP(nn.Module):
@@ -144,13 +144,13 @@ class MLP(nn.Module):
         d, f = cfg.hidden_size, cfg.intermediate_size
         init = _dense_init(cfg)
         dt = jnp.dtype(cfg.dtype)
-        w_gate = _param(self, "gate_proj", (d, f), ("embed", "mlp"), init)
-        w_up = _param(self, "up_proj", (d, f), ("embed", "mlp"), init)
-        w_down = _param(self, "down_proj", (f, d), ("mlp", "embed"), init)
+        w_gate = _param(self, "gate_proj", (f, d), ("mlp", "embed"), init)
+        w_up = _param(self, "up_proj", (f, d), ("mlp", "embed"), init)
+        w_down = _param(self, "down_proj", (d, f), ("embed", "mlp"), init)
         p = _precision(cfg)
-        gate = jnp.einsum("btd,df->btf", x, w_gate.astype(dt), precision=p)
-        up = jnp.einsum("btd,df->btf", x, w_up.astype(dt), precision=p)
-        return jnp.einsum("btf,fd->btd", nn.silu(gate) * up, w_down.astype(dt), precision=p)
+        gate = jnp.einsum("btd,fd->btf", x, w_gate.astype(dt), precision=p)
+        up = jnp.einsum("btd,fd->btf", x, w_up.astype(dt), precision=p)
+        return jnp.einsum("btf,df->btd", nn.silu(gate) * up, w_down.astype(dt), precision=p)
 
 
 # Logical names of activation dimensions; the rules table in ``semcoder_jax.sharding`` maps them.
@@ -243,8 +243,8 @@ class Decoder(nn.Module):
         if cfg.tie_word_embeddings:
             logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt), precision=_precision(cfg))
         else:
-            head = _param(self, "lm_head", (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), _dense_init(cfg))
-            logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), precision=_precision(cfg))
+            head = _param(self, "lm_head", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), _dense_init(cfg))
+            logits = jnp.einsum("btd,vd->btv", x, head.astype(dt), precision=_precision(cfg))
         if cache is None:
             return logits
         new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=valid, index=cache.index + length)

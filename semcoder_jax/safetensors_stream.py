@@ -78,13 +78,23 @@ def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
 def read_tensor(info: TensorInfo) -> np.ndarray:
     """Loads one tensor into a new array (no memory map)."""
     out = np.empty(info.shape, info.dtype)
+    read_tensor_into(info, out)
+    return out
+
+
+def read_tensor_into(info: TensorInfo, out: np.ndarray) -> None:
+    """Reads one tensor's bytes straight into ``out`` (C-contiguous, same dtype and element count).
+
+    ``out`` may have another shape with the same elements (e.g. a slice of a stacked array), so
+    assembling a larger array costs no extra copy.
+    """
+    if out.dtype != info.dtype or out.size * out.itemsize != info.nbytes or not out.flags.c_contiguous:
+        raise ValueError(f"{info.name}: cannot read {info.shape} {info.dtype} into {out.shape} {out.dtype}")
     with open(info.file, "rb") as f:
         f.seek(info.start)
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        got = f.readinto(view)
+        got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
     if got != info.nbytes:
         raise SafetensorsError(f"{info.file}: tensor {info.name} is truncated ({got} of {info.nbytes} bytes)")
-    return out
 
 
 @dataclass(frozen=True)

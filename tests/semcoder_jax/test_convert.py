@@ -101,6 +101,58 @@ def test_save_native_from_memory_matches_conversion(hf_model, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_native_checkpoints_store_one_chunk_per_layer_so_export_streams_by_layer(hf_model, tmp_path):
+    from semcoder_jax.convert import iter_native_leaf, open_native_leaf
+
+    model = hf_model()
+    model.save_pretrained(tmp_path / "hf")
+    convert_hf_to_native(str(tmp_path / "hf"), str(tmp_path / "native"))
+    params_dir = str(tmp_path / "native" / "params")
+    up = open_native_leaf(params_dir, ("layers", "mlp", "up_proj"))
+    assert up.shape == (2, 200, 96) and up.chunk_layout.read_chunk.shape == (1, 200, 96)
+    layers = list(iter_native_leaf(params_dir, ("layers", "mlp", "up_proj")))
+    expected = [model.model.layers[i].mlp.up_proj.weight.detach().numpy() for i in range(2)]
+    for got, want in zip(layers, expected):
+        np.testing.assert_array_equal(got, want)  # HF's [out, in] layout: no transpose
+
+
+def test_prefetch_reads_ahead_only_within_its_byte_budget():
+    import threading
+    import time
+
+    from semcoder_jax.convert import prefetch
+
+    sizes = [1, 1, 3, 3, 1, 2]
+    alive, peak, lock = [], [0], threading.Lock()
+
+    def produce():
+        for i, size in enumerate(sizes):
+            with lock:
+                alive.append(size)
+                peak[0] = max(peak[0], sum(alive))
+            yield i
+
+    seen = []
+    for i in prefetch(produce(), depth=3, sizes=sizes, max_bytes=4):
+        time.sleep(0.02)  # a slow consumer: the producer runs ahead as far as it may
+        seen.append(i)
+        with lock:
+            alive.remove(sizes[i])
+    assert seen == list(range(len(sizes)))
+    assert peak[0] == 4  # 1+1 ahead of 3 would be 5; 3+3 never together
+
+
+def test_prefetch_reraises_the_producers_error_in_the_consumer():
+    from semcoder_jax.convert import prefetch
+
+    def produce():
+        yield 1
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        list(prefetch(produce()))
+
+
 # ---- bad input: one line naming the file and the problem, exit 1, no output left behind ----------
 
 def _fails(capsys, argv, message, out_dir):

@@ -166,6 +166,20 @@ def test_export_hf_then_init_from_it_and_from_the_run(th, tmp_path, straight_run
     assert firsts[0] < fresh  # trained parameters fit the (same) first batch better than the random init
 
 
+def test_orbax_to_hf_on_a_training_run_equals_the_export_of_the_run(tmp_path, straight_run):
+    """Training checkpoints are sharded OCDBT (not the converter's layout): they convert all the same."""
+    from semcoder_jax.cli import main
+    from semcoder_jax.convert import HFCheckpoint
+
+    run_dir, _ = straight_run
+    out = str(tmp_path / "hf")
+    assert main(["convert", "orbax-to-hf", "--ckpt", run_dir, "--out", out, "--dtype", "float32"]) == 0
+    exported, converted = HFCheckpoint(os.path.join(run_dir, "hf")), HFCheckpoint(out)
+    assert exported.names() == converted.names()
+    for name in sorted(exported.names()):
+        np.testing.assert_array_equal(exported.read(name), converted.read(name), err_msg=name)
+
+
 def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(th, tmp_path, capsys):
     from semcoder_jax.train.loop import MetricsLog
 

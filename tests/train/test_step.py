@@ -53,16 +53,16 @@ def test_every_mesh_gives_the_single_device_losses(shape, single_device_run):
                                           state.params, ref_state.params))
     assert max(leaves) < 1e-5
     # parameters and Adam moments are laid out exactly as the rules table says
-    expected = {"embedding": ("vocab", "embed"), "lm_head": ("embed", "vocab")}
+    expected = {"embedding": ("vocab", "embed"), "lm_head": ("vocab", "embed")}
     for name, logical in expected.items():
         spec = shd.logical_to_mesh_spec(logical, state.params[name].shape, mesh)
         assert state.params[name].sharding.spec == spec
-    q = state.params["layers"]["attention"]["q_proj"]  # [layers, embed, heads, head_dim]
+    q = state.params["layers"]["attention"]["q_proj"]  # [layers, heads, head_dim, embed]
     fsdp, tensor = mesh.shape["fsdp"], mesh.shape["tensor"]
-    assert q.addressable_shards[0].data.shape == (2, 64 // fsdp, 4 // tensor, 16)
-    mu = state.opt_state[1][0].mu["layers"]["mlp"]["down_proj"]  # [layers, mlp, embed]
+    assert q.addressable_shards[0].data.shape == (2, 4 // tensor, 16, 64 // fsdp)
+    mu = state.opt_state[1][0].mu["layers"]["mlp"]["down_proj"]  # [layers, embed, mlp]
     assert mu.sharding.spec == state.params["layers"]["mlp"]["down_proj"].sharding.spec
-    assert mu.addressable_shards[0].data.shape == (2, 176 // tensor, 64 // fsdp)
+    assert mu.addressable_shards[0].data.shape == (2, 64 // fsdp, 176 // tensor)
 
 
 def test_sharding_table_maps_logical_names_to_mesh_axes():
