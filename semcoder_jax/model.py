@@ -10,6 +10,9 @@ Design points:
   rows (several segments), padding (segment 0) and the KV-cache decode path all use this one rule.
 - RoPE uses HF's half-split layout (``rotate_half``), so converted weights need no permutation;
   linear scaling divides positions by the factor.
+- Weights keep HF's ``[out, in]`` order (``q_proj`` [heads, head_dim, embed], ``o_proj`` [embed,
+  heads, head_dim], ``gate_proj`` [mlp, embed], ``lm_head`` [vocab, embed]), so converting a
+  checkpoint is reshapes only; XLA picks matmul operand layouts itself, so this costs nothing.
 """
 
 from __future__ import annotations
