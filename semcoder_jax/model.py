@@ -17,6 +17,7 @@ Design points:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -76,6 +77,44 @@ def _dense_init(cfg: ModelConfig):
     return nn.initializers.normal(stddev=cfg.initializer_range)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _cpu_friendly_einsum(spec: str, x: Array, w: Array, precision) -> Array:
+    return jnp.einsum(spec, x, w, precision=precision)
+
+
+def _cpu_friendly_einsum_fwd(spec, x, w, precision):
+    return jnp.einsum(spec, x, w, precision=precision), (x, w)
+
+
+def _cpu_friendly_einsum_bwd(spec, precision, residuals, dy):
+    x, w = residuals
+    x_dims, rest = spec.split(",")
+    w_dims, y_dims = rest.split("->")
+    dx = jnp.einsum(f"{y_dims},{w_dims}->{x_dims}", dy, w, precision=precision)
+    # The weight gradient contracts over the token dims.  Computed as x^T . dy (x's weight dims
+    # first) and then transposed, XLA:CPU transposes the inputs and the small result; in the other
+    # order it fuses a transpose of dy into its elementwise producer, which runs ~5x slower there.
+    x_first = "".join(d for d in w_dims if d in x_dims) + "".join(d for d in w_dims if d not in x_dims)
+    dw = jnp.einsum(f"{x_dims},{y_dims}->{x_first}", x, dy, precision=precision)
+    dw = jnp.transpose(dw, [x_first.index(d) for d in w_dims])
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_cpu_friendly_einsum.defvjp(_cpu_friendly_einsum_fwd, _cpu_friendly_einsum_bwd)
+
+
+def project(spec: str, x: Array, w: Array, precision) -> Array:
+    """``einsum(spec, x, w)`` for an activation ``x`` and a weight ``w``.
+
+    On CPU the backward pass uses an explicit gradient whose weight-gradient contraction order
+    suits XLA:CPU (about 1.5x faster training steps there); elsewhere this is plain ``einsum``
+    and XLA picks the order itself.  Both compute the same gradients.
+    """
+    if jax.default_backend() == "cpu":
+        return _cpu_friendly_einsum(spec, x, w, precision)
+    return jnp.einsum(spec, x, w, precision=precision)
+
+
 class RMSNorm(nn.Module):
     """HF LlamaRMSNorm: normalise in float32, cast back, then scale."""
 
@@ -119,9 +158,9 @@ class Attention(nn.Module):
         wo = _param(self, "o_proj", (d, h, hd), ("embed", "heads", "head_dim"), init)
         dt = jnp.dtype(cfg.dtype)
         p = _precision(cfg)
-        q = jnp.einsum("btd,hkd->bthk", x, wq.astype(dt), precision=p)
-        k = jnp.einsum("btd,hkd->bthk", x, wk.astype(dt), precision=p)
-        v = jnp.einsum("btd,hkd->bthk", x, wv.astype(dt), precision=p)
+        q = project("btd,hkd->bthk", x, wq.astype(dt), p)
+        k = project("btd,hkd->bthk", x, wk.astype(dt), p)
+        v = project("btd,hkd->bthk", x, wv.astype(dt), p)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
         new_cache = None
@@ -135,7 +174,7 @@ class Attention(nn.Module):
         else:
             kv_slot = q_slot
         out = attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, impl=cfg.attention_impl)
-        return jnp.einsum("bthk,dhk->btd", out, wo.astype(dt), precision=p), new_cache
+        return project("bthk,dhk->btd", out, wo.astype(dt), p), new_cache
 
 
 class MLP(nn.Module):
@@ -151,9 +190,9 @@ class MLP(nn.Module):
         w_up = _param(self, "up_proj", (f, d), ("mlp", "embed"), init)
         w_down = _param(self, "down_proj", (d, f), ("embed", "mlp"), init)
         p = _precision(cfg)
-        gate = jnp.einsum("btd,fd->btf", x, w_gate.astype(dt), precision=p)
-        up = jnp.einsum("btd,fd->btf", x, w_up.astype(dt), precision=p)
-        return jnp.einsum("btf,df->btd", nn.silu(gate) * up, w_down.astype(dt), precision=p)
+        gate = project("btd,fd->btf", x, w_gate.astype(dt), p)
+        up = project("btd,fd->btf", x, w_up.astype(dt), p)
+        return project("btf,df->btd", nn.silu(gate) * up, w_down.astype(dt), p)
 
 
 # Logical names of activation dimensions; the rules table in ``semcoder_jax.sharding`` maps them.
@@ -244,10 +283,10 @@ class Decoder(nn.Module):
 
         x = RMSNorm(cfg, name="final_norm")(x)
         if cfg.tie_word_embeddings:
-            logits = jnp.einsum("btd,vd->btv", x, embedding.astype(dt), precision=_precision(cfg))
+            logits = project("btd,vd->btv", x, embedding.astype(dt), _precision(cfg))
         else:
             head = _param(self, "lm_head", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), _dense_init(cfg))
-            logits = jnp.einsum("btd,vd->btv", x, head.astype(dt), precision=_precision(cfg))
+            logits = project("btd,vd->btv", x, head.astype(dt), _precision(cfg))
         if cache is None:
             return logits
         new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=valid, index=cache.index + length)
