@@ -18,10 +18,13 @@ Outputs are written to a temporary sibling directory and renamed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -142,6 +145,7 @@ def prefetch(items: Iterable[T], depth: int = 1, *, sizes: Sequence[int] | None 
         with cond:
             stopped = True
             cond.notify_all()
+        thread.join()  # the producer finishes the item in hand: nothing runs on after an error
 
 
 def mappings(config: ModelConfig) -> list[Mapping]:
@@ -380,8 +384,28 @@ class _Staging:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             _commit_output(self.tmp, self.out_dir)
-        else:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        reason = _write_failure(exc)
+        if reason:
+            raise ConversionError(f"{os.path.abspath(self.out_dir)}: could not be written ({reason}); "
+                                  "nothing was left behind") from None
+
+
+# TensorStore reports I/O failures as ValueError("<absl status code>: ...").
+_STORAGE_ERROR_CODES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE", "DATA_LOSS", "INTERNAL",
+                        "UNKNOWN", "ABORTED", "OUT_OF_RANGE", "FAILED_PRECONDITION")
+
+
+def _write_failure(exc: BaseException | None) -> str | None:
+    """A one-line reason when ``exc`` is a failure of the output storage (disk full, file too large...)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, ValueError) and str(exc).startswith(_STORAGE_ERROR_CODES):
+        message = str(exc).splitlines()[0]
+        system = re.search(r"\[os_error_code='?(\d+)'?\]", message)
+        return os.strerror(int(system.group(1))) if system else message[:300]
+    return None
 
 
 def copy_tokenizer_files(src_dir: str, dst_dir: str) -> list[str]:
@@ -428,12 +452,25 @@ def _write_native_params(params_dir: str, leaves: Iterator[tuple[LeafPath, np.nd
     context.array.saving.use_compression = False
     context.array.saving.use_ocdbt = False
     context.array.saving.scoped_storage_options_creator = per_layer_chunks
-    with context:
+    # A failed write is reported once, by ``_Staging``; Orbax would also log it with a traceback
+    # from each of its background threads.
+    with context, _quiet_logger("absl"):
         for path, value in leaves:
             ocp_v1.partial.save(params_dir, _nest(path, value))
             del value
             release_freed_memory()
         ocp_v1.partial.finalize(params_dir)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def release_freed_memory() -> None:
@@ -509,7 +546,10 @@ def iter_native_leaf(params_dir: str, path: LeafPath, block_bytes: int = 512 << 
 def native_leaf_metadata(params_dir: str) -> dict[LeafPath, tuple[tuple[int, ...], np.dtype]]:
     """Shapes and dtypes of every leaf, from the checkpoint metadata (no array is read)."""
     ocp = _orbax()
-    meta = ocp.PyTreeCheckpointer().metadata(_pytree_dir(params_dir))
+    # Orbax v1 nests the PyTree under ``state/`` and keeps ``_CHECKPOINT_METADATA`` one level up;
+    # reading the tree's metadata there logs a harmless "Metadata file does not exist" warning.
+    with _quiet_logger("absl"):
+        meta = ocp.PyTreeCheckpointer().metadata(_pytree_dir(params_dir))
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
     out = {}
 
@@ -618,7 +658,8 @@ def convert_hf_to_native(hf_dir: str, out_dir: str, *, dtype: str | None = None,
              for m in maps]
     leaves = prefetch(((m.leaf, _hf_leaf(ckpt, m, config, cast)) for m in maps), sizes=sizes,
                       max_bytes=max(sizes) * 3 // 2)
-    _write_native(out_dir, config, leaves, tokenizer_dir or hf_dir, overwrite)
+    with contextlib.closing(leaves):
+        _write_native(out_dir, config, leaves, tokenizer_dir or hf_dir, overwrite)
     return config
 
 
@@ -664,32 +705,35 @@ def write_hf(config: ModelConfig, leaf_values: Callable[[Mapping], Iterator[np.n
                 yield next(names), np.ascontiguousarray(value).reshape(m.hf_shape).astype(dtype, copy=False)
 
     tensors = prefetch(hf_tensors(), depth=4)
+    with contextlib.closing(tensors), _Staging(out_dir, overwrite) as tmp:
+        _write_hf_files(tmp, config, specs, shards, tensors, dtype, tokenizer_dir)
 
+
+def _write_hf_files(tmp: str, config: ModelConfig, specs: list[TensorSpec], shards: list[list[TensorSpec]],
+                    tensors: Iterator[tuple[str, np.ndarray]], dtype: np.dtype, tokenizer_dir: str | None) -> None:
     def tensor(spec: TensorSpec) -> np.ndarray:
         name, value = next(tensors)
         if name != spec.name:
             raise AssertionError(f"tensor order: produced {name}, the shard plan expects {spec.name}")
         return value
 
-    with _Staging(out_dir, overwrite) as tmp:
-        names = ["model.safetensors"] if len(shards) == 1 else [
-            f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
-        for name, shard in zip(names, shards):
-            write_file(os.path.join(tmp, name), shard, tensor)
-        tensors.close()
-        if len(shards) > 1:
-            index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
-                     "weight_map": {spec.name: name for name, shard in zip(names, shards) for spec in shard}}
-            with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
-                json.dump(index, f, indent=2, sort_keys=True)
-        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-            f.write(_hf_config_json(config, dtype))
-        with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
-            f.write(_generation_config_json(config))
-        if tokenizer_dir:
-            if not copy_tokenizer_files(tokenizer_dir, tmp):
-                raise ConversionError(f"{tokenizer_dir}: no tokenizer files found "
-                                      f"(expected one of {', '.join(TOKENIZER_FILES[:4])}, ...)")
+    names = ["model.safetensors"] if len(shards) == 1 else [
+        f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+    for name, shard in zip(names, shards):
+        write_file(os.path.join(tmp, name), shard, tensor)
+    if len(shards) > 1:
+        index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
+                 "weight_map": {spec.name: name for name, shard in zip(names, shards) for spec in shard}}
+        with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+        f.write(_hf_config_json(config, dtype))
+    with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
+        f.write(_generation_config_json(config))
+    if tokenizer_dir:
+        if not copy_tokenizer_files(tokenizer_dir, tmp):
+            raise ConversionError(f"{tokenizer_dir}: no tokenizer files found "
+                                  f"(expected one of {', '.join(TOKENIZER_FILES[:4])}, ...)")
 
 
 def convert_native_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None, tokenizer_dir: str | None = None,

@@ -221,3 +221,28 @@ def test_orbax_to_hf_on_a_directory_that_is_not_a_checkpoint(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     out = str(tmp_path / "out")
     _fails(capsys, ["convert", "orbax-to-hf", "--ckpt", str(tmp_path / "empty"), "--out", out], "empty", out)
+
+
+@pytest.mark.parametrize("direction", ["hf-to-orbax", "orbax-to-hf"])
+def test_output_storage_failing_midway_gives_one_line_and_leaves_nothing(hf_model, tmp_path, direction):
+    """A real write failure (files may not grow past 64 KB: EFBIG, like a full disk) -- not bad input,
+    but it must still be one line, exit 1, and no output or temporary directory left behind."""
+    import subprocess
+    import sys
+
+    model = hf_model(vocab_size=1000)  # 1000 x 96 float32 embedding = 384 KB
+    model.save_pretrained(tmp_path / "hf")
+    src = ["--hf", str(tmp_path / "hf")]
+    if direction == "orbax-to-hf":
+        convert_hf_to_native(str(tmp_path / "hf"), str(tmp_path / "native"))
+        src = ["--ckpt", str(tmp_path / "native")]
+    out = tmp_path / "out"
+
+    # bash: ignore SIGXFSZ (a failing write() rather than a killed process), cap files at 64 KiB, exec
+    limited = ["bash", "-c", 'trap "" XFSZ; ulimit -f 64; exec "$0" "$@"', sys.executable, "-m", "semcoder_jax.cli"]
+    proc = subprocess.run([*limited, "convert", direction, *src, "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "could not be written (File too large)" in lines[0], proc.stderr[-2000:]
+    assert not out.exists() and not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
