@@ -7,10 +7,11 @@ safetensors, then measures in one run, each step in a fresh subprocess so its pe
   2. ``semcoder convert hf-to-orbax``,
   3. ``semcoder convert orbax-to-hf``,
 and checks the round trip is bit-identical.  Each step starts after a ``sync``; "wall" is until the
-process exits, "on disk" adds the ``sync`` that flushes what it left in the page cache.  Goals: peak
-RSS <= 1.5 x the largest shard, wall time <= 2 x the copy.
+process exits, "on disk" adds the ``sync`` that flushes what it left in the page cache.  The copy and
+the conversions are interleaved and repeated (``--repeats``); ratios compare means.  Goals: peak RSS
+<= 1.5 x the largest shard, wall time <= 2 x the copy.  Needs free disk of about 4x the checkpoint.
 
-    python benchmarks/convert.py --workdir /tmp/convert-bench [--layers 32] [--shard-size 5GB]
+    python benchmarks/convert.py --workdir /tmp/convert-bench [--layers 32] [--shard-size 5GB] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--shard-size", default="5GB")
     parser.add_argument("--skip-verify", action="store_true", help="skip the bit-identity check (saves a re-read)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions of copy and conversions")
     args = parser.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     src, copy, native, back = (os.path.join(args.workdir, n) for n in ("hf", "copy", "native", "back"))
@@ -123,18 +125,30 @@ def main() -> None:
     total = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
     print(f"wrote random deepseek-coder-6.7b-shaped checkpoint ({args.layers} layers): {total / 1e9:.2f} GB, "
           f"largest shard {largest / 1e9:.2f} GB, in {time.perf_counter() - t:.0f}s")
-    rows = [("read+write copy", *measured(["read-write", src, copy]))]
-    shutil.rmtree(copy)
-    cp_row = ("cp -r", *measured(["cp", src, copy]))
-    shutil.rmtree(copy)
-    rows.append(("hf-to-orbax", *measured(["convert", "hf-to-orbax", "--hf", src, "--out", native])))
-    rows.append(("orbax-to-hf", *measured(["convert", "orbax-to-hf", "--ckpt", native, "--out", back,
-                                            "--max-shard-size", args.shard_size])))
-    copy_wall, copy_durable = rows[0][1], rows[0][2]
-    rows.insert(1, cp_row)
-    print(f"\n{'step':<18}{'wall s':>9}{'x copy':>9}{'on disk s':>11}{'x copy':>9}{'peak RSS GB':>13}{'x shard':>9}")
-    for name, wall, durable, rss in rows:
-        print(f"{name:<18}{wall:>9.1f}{wall / copy_wall:>9.2f}{durable:>11.1f}{durable / copy_durable:>9.2f}"
+    # This disk's speed swings a lot between minutes (the same copy took 8.6-26 s in one session), so
+    # the copy and both conversions are interleaved and repeated, and ratios use the means.
+    runs: dict[str, list[tuple[float, float, int]]] = {}
+    for repeat in range(args.repeats):
+        shutil.rmtree(native, ignore_errors=True)
+        shutil.rmtree(back, ignore_errors=True)
+        runs.setdefault("read+write copy", []).append(measured(["read-write", src, copy]))
+        shutil.rmtree(copy)
+        if repeat == 0:
+            runs["cp -r"] = [measured(["cp", src, copy])]
+            shutil.rmtree(copy)
+        runs.setdefault("hf-to-orbax", []).append(
+            measured(["convert", "hf-to-orbax", "--hf", src, "--out", native]))
+        runs.setdefault("orbax-to-hf", []).append(
+            measured(["convert", "orbax-to-hf", "--ckpt", native, "--out", back, "--max-shard-size", args.shard_size]))
+    mean = {name: [sum(column) / len(column) for column in zip(*values)] for name, values in runs.items()}
+    copy_wall, copy_durable, _ = mean["read+write copy"]
+    print(f"\n{'step':<18}{'runs: wall s':>24}{'mean':>7}{'x copy':>8}{'on disk':>9}{'x copy':>8}"
+          f"{'peak RSS GB':>13}{'x shard':>9}")
+    for name, values in runs.items():
+        wall, durable, _ = mean[name]
+        rss = max(v[2] for v in values)
+        walls = " / ".join(f"{v[0]:.1f}" for v in values)
+        print(f"{name:<18}{walls:>24}{wall:>7.1f}{wall / copy_wall:>8.2f}{durable:>9.1f}{durable / copy_durable:>8.2f}"
               f"{rss / 1e9:>13.2f}{rss / largest:>9.2f}")
     if not args.skip_verify:
         print(f"\nround trip bit-identical: {tensors_equal(src, back)}")
