@@ -107,8 +107,8 @@ def project(spec: str, x: Array, w: Array, precision) -> Array:
     """``einsum(spec, x, w)`` for an activation ``x`` and a weight ``w``.
 
     On CPU the backward pass uses an explicit gradient whose weight-gradient contraction order
-    suits XLA:CPU (about 1.5x faster training steps there); elsewhere this is plain ``einsum``
-    and XLA picks the order itself.  Both compute the same gradients.
+    suits XLA:CPU (forward+backward 610 -> 465 ms on the CPU benchmark shape); elsewhere it is
+    plain ``einsum`` and XLA picks the order itself.  Both compute the same gradients.
     """
     if jax.default_backend() == "cpu":
         return _cpu_friendly_einsum(spec, x, w, precision)
