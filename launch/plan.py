@@ -282,6 +282,7 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
     import jax.numpy as jnp
 
     from semcoder_jax import sharding as shd
+    from semcoder_jax.model import trace_for_platform
     from semcoder_jax.train import optimizer as opt_lib
     from semcoder_jax.train import step as step_lib
 
@@ -310,7 +311,8 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
     step_fn = step_lib.make_train_step(model, tx, schedule, micro_batches=t.micro_batches, z_loss=t.z_loss,
                                        mesh=mesh, param_sharding=shardings.params)
     start = time.perf_counter()
-    lowered = step_lib.compile_train_step(step_fn, shardings, mesh).lower(state, batch)
+    with trace_for_platform(kind.platform):  # the target's program, not the CPU-specific backward
+        lowered = step_lib.compile_train_step(step_fn, shardings, mesh).lower(state, batch)
     compiled = lowered.compile()
     compile_seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
@@ -400,8 +402,11 @@ def _proc_status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def measure_step_peak(config: TrainRunConfig, devices: int) -> dict[str, float]:
+def measure_step_peak(config: TrainRunConfig, devices: int, platform: str = "tpu") -> dict[str, float]:
     """Runs the real train step on ``devices`` CPU devices and measures its peak memory per device.
+
+    The step is traced as for ``platform`` (default: the TPU program, which is what ``plan``
+    predicts for TPU and GPU kinds), so prediction and measurement see the same program.
 
     The CPU backend keeps no allocator statistics (``Device.memory_stats()`` is None), so the peak is
     the process's resident-set high-water mark (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``
@@ -414,6 +419,7 @@ def measure_step_peak(config: TrainRunConfig, devices: int) -> dict[str, float]:
     import jax
 
     from semcoder_jax import sharding as shd
+    from semcoder_jax.model import trace_for_platform
     from semcoder_jax.train import optimizer as opt_lib
     from semcoder_jax.train import step as step_lib
     from semcoder_jax.train.data import SyntheticBatches
@@ -429,7 +435,8 @@ def measure_step_peak(config: TrainRunConfig, devices: int) -> dict[str, float]:
                                  param_sharding=shardings.params), shardings, mesh)
     data = SyntheticBatches(global_batch=t.global_batch, seq_len=config.data.seq_len, vocab_size=model.vocab_size)
     batch = step_lib.shard_batch(next(data), mesh)
-    compiled = step_fn.lower(step_lib.init_state(model, tx, shardings, 0), batch).compile()
+    with trace_for_platform(platform):
+        compiled = step_fn.lower(step_lib.init_state(model, tx, shardings, 0), batch).compile()
     gc.collect()
     base = _proc_status_kib("VmRSS")
     state = step_lib.init_state(model, tx, shardings, 0)

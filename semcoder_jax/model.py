@@ -17,7 +17,10 @@ Design points:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -103,6 +106,23 @@ def _cpu_friendly_einsum_bwd(spec, precision, residuals, dy):
 _cpu_friendly_einsum.defvjp(_cpu_friendly_einsum_fwd, _cpu_friendly_einsum_bwd)
 
 
+_TRACE_PLATFORM: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_platform", default=None)
+
+
+@contextlib.contextmanager
+def trace_for_platform(platform: str) -> Iterator[None]:
+    """Trace the model as for ``platform`` ('cpu', 'gpu', 'tpu') rather than the default backend.
+
+    The AOT planner compiles the TPU/GPU train step on CPU devices; inside this context the model
+    builds the program those platforms run (see ``project``).
+    """
+    token = _TRACE_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TRACE_PLATFORM.reset(token)
+
+
 def project(spec: str, x: Array, w: Array, precision) -> Array:
     """``einsum(spec, x, w)`` for an activation ``x`` and a weight ``w``.
 
@@ -110,7 +130,7 @@ def project(spec: str, x: Array, w: Array, precision) -> Array:
     suits XLA:CPU (forward+backward 610 -> 465 ms on the CPU benchmark shape); elsewhere it is
     plain ``einsum`` and XLA picks the order itself.  Both compute the same gradients.
     """
-    if jax.default_backend() == "cpu":
+    if (_TRACE_PLATFORM.get() or jax.default_backend()) == "cpu":
         return _cpu_friendly_einsum(spec, x, w, precision)
     return jnp.einsum(spec, x, w, precision=precision)
 

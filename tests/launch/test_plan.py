@@ -85,12 +85,16 @@ def test_predicted_peak_is_within_20_percent_of_the_measured_peak_for_other_layo
 
 @pytest.mark.slow
 def test_a_run_that_does_not_fit_gets_the_cheapest_single_change_that_does(monkeypatch):
-    base = tiny("model.vocab_size=4096", "mesh.data=8", "train.global_batch=32")
+    # activations dominate (global batch 128): halving them fits, sharding the small state does not
+    shape = ("model.vocab_size=4096", "train.global_batch=128")
+    base = tiny(*shape, "mesh.data=8")
     whole = plan_lib.plan(base, devices=8, device_kind="v5e", suggest=False)
-    halves = plan_lib.plan(tiny("model.vocab_size=4096", "mesh.data=8", "train.global_batch=32",
-                                "train.micro_batches=2"), devices=8, device_kind="v5e", suggest=False)
+    halves = plan_lib.plan(tiny(*shape, "mesh.data=8", "train.micro_batches=2"), devices=8, device_kind="v5e",
+                           suggest=False)
+    sharded = plan_lib.plan(tiny(*shape, "mesh.data=1", "mesh.fsdp=8"), devices=8, device_kind="v5e", suggest=False)
     assert halves.peak_bytes < whole.peak_bytes
     budget = (whole.peak_bytes + halves.peak_bytes) / 2 / plan_lib.USABLE_FRACTION
+    assert sharded.peak_bytes > budget * plan_lib.USABLE_FRACTION, "premise: fsdp alone must not fit"
     monkeypatch.setitem(plan_lib.DEVICE_KINDS, "test", plan_lib.DeviceKind("test chip", int(budget), 1e12, "tpu"))
     report = plan_lib.plan(base, devices=8, device_kind="test")
     assert not report.fits and report.margin_bytes < 0

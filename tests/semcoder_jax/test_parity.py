@@ -114,3 +114,19 @@ def test_float32_gradients_match_transformers(hf_model, tmp_path, name, policy):
             theirs = hf_grads[hf_name]  # with tied embeddings both uses accumulate into this tensor
             scale = np.abs(theirs).max()
             assert np.abs(ours - theirs).max() <= 1e-4 * max(scale, 1e-3), hf_name
+
+
+def test_the_cpu_specific_backward_is_used_only_when_tracing_for_cpu():
+    """The planner compiles TPU/GPU programs on CPU devices: it must see their program, not ours for CPU."""
+    import jax
+
+    from semcoder_jax.model import project, trace_for_platform
+
+    x, w = jnp.ones((2, 3, 4)), jnp.ones((5, 4))
+
+    def traced():
+        return str(jax.make_jaxpr(lambda x, w: project("btd,fd->btf", x, w, None))(x, w))
+
+    assert "custom_vjp" in traced()  # tests run on CPU
+    with trace_for_platform("tpu"):
+        assert "custom_vjp" not in traced() and "dot_general" in traced()
