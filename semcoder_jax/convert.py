@@ -400,7 +400,9 @@ _STORAGE_ERROR_CODES = ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "UNAVAILABLE"
 def _write_failure(exc: BaseException | None) -> str | None:
     """A one-line reason when ``exc`` is a failure of the output storage (disk full, file too large...)."""
     if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
+        reason = exc.strerror or str(exc)
+        # name an input file if that is what failed; temporary output paths mean nothing to the user
+        return f"{exc.filename}: {reason}" if exc.filename and ".tmp-" not in str(exc.filename) else reason
     if isinstance(exc, ValueError) and str(exc).startswith(_STORAGE_ERROR_CODES):
         message = str(exc).splitlines()[0]
         system = re.search(r"\[os_error_code='?(\d+)'?\]", message)
