@@ -25,7 +25,7 @@ def model_config(args):
     from semcoder_jax.config import get_preset
 
     overrides = dict(dtype=args.dtype, param_dtype=args.param_dtype, attention_impl=args.attention,
-                     remat_policy=args.remat)
+                     remat_policy=args.remat, scan_layers=not args.no_scan_layers)
     if args.layers:
         overrides["num_layers"] = args.layers
     if args.hidden:
@@ -174,6 +174,8 @@ def main(argv=None) -> int:
     p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--attention", default="xla", choices=["xla", "cudnn", "splash"])
     p.add_argument("--remat", default="none", choices=["none", "minimal", "dots", "full"])
+    p.add_argument("--no-scan-layers", action="store_true",
+                   help="model.scan_layers=false: a Python loop over the layers (faster on CPU)")
     p.add_argument("--only", choices=["jax", "torch"], help="run one stack in this process (internal)")
     p.add_argument("--json", help="append the results as one JSON line to this file")
     args = p.parse_args(argv)

@@ -22,16 +22,48 @@ def attention_mask(q_segment: Array, q_slot: Array, kv_segment: Array, kv_slot: 
     return same_segment & causal
 
 
-def xla_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot) -> Array:
+def _softmax_attention(q, k, v, mask) -> Array:
+    """Heads-major core: q [B, K, G, T, D], k/v [B, K, S, D], mask [B, T, S] -> [B, K, G, T, D].
+
+    Normalises after the value product (dividing [T, D] rather than [T, S]): one pass fewer over
+    the scores, the same sum.
+    """
+    head_dim = q.shape[-1]
+    precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, precision=precision).astype(jnp.float32) * (head_dim**-0.5)
+    scores = jnp.where(mask[:, None, None], scores, _MASKED)
+    weights = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+    total = jnp.sum(weights, axis=-1, keepdims=True)
+    out = jnp.einsum("bkgts,bksd->bkgtd", weights.astype(v.dtype), v, precision=precision)
+    return out / total.astype(out.dtype)
+
+
+def xla_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, query_blocks: int = 1) -> Array:
+    """Reference attention: einsums and a float32 softmax over the masked scores.
+
+    ``query_blocks`` > 1 is for self-attention over whole rows (S == T, both slots ``arange``): the
+    queries are cut into that many blocks and block i is given only the keys up to its own end,
+    since every later key is causally masked anyway.  The result is the same (masked keys weigh
+    exactly 0) and the work is (n + 1) / 2n of the dense one; see ``model.causal_query_blocks``.
+    """
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
-    q = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    precision = jax.lax.Precision.HIGHEST if q.dtype == jnp.float32 else jax.lax.Precision.DEFAULT
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, precision=precision).astype(jnp.float32) * (head_dim**-0.5)
-    mask = attention_mask(q_segment, q_slot, kv_segment, kv_slot)[:, None, None]
-    probs = jax.nn.softmax(jnp.where(mask, scores, _MASKED), axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v, precision=precision)
-    return out.reshape(batch, length, heads, head_dim)
+    if query_blocks > 1 and (k.shape[1] != length or length % query_blocks):
+        raise ValueError(f"query_blocks={query_blocks} needs self-attention over a row whose length "
+                         f"({length}) it divides, with {k.shape[1]} keys")
+    # Heads-major once, so that the blocks below are slices rather than one transpose each.
+    qh = jnp.transpose(q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim), (0, 2, 3, 1, 4))
+    kh, vh = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+    mask = attention_mask(q_segment, q_slot, kv_segment, kv_slot)
+    if query_blocks <= 1:
+        out = _softmax_attention(qh, kh, vh, mask)
+    else:
+        size = length // query_blocks
+        out = jnp.concatenate([
+            _softmax_attention(qh[:, :, :, i * size:(i + 1) * size], kh[:, :, :(i + 1) * size],
+                               vh[:, :, :(i + 1) * size], mask[:, i * size:(i + 1) * size, :(i + 1) * size])
+            for i in range(query_blocks)], axis=3)
+    return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch, length, heads, head_dim)
 
 
 def cudnn_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot) -> Array:
@@ -72,11 +104,14 @@ def splash_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, interpr
 _IMPLS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_attention}
 
 
-def attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, impl: str = "xla") -> Array:
+def attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, impl: str = "xla",
+              query_blocks: int = 1) -> Array:
+    """Dispatches to ``impl``; ``query_blocks`` applies to ``xla`` on whole-row self-attention only."""
     if impl not in _IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose from {sorted(_IMPLS)}")
     # The fused kernels serve the training/prefill layout; decoding against a cache uses the reference.
     if impl != "xla" and k.shape[1] != q.shape[1]:
         impl = "xla"
+    if impl == "xla":
+        return xla_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, query_blocks=query_blocks)
     return _IMPLS[impl](q, k, v, q_segment, q_slot, kv_segment, kv_slot)
-

@@ -28,6 +28,30 @@ def test_mask_is_causal_within_segments_only():
     assert (mask == expected).all()
 
 
+@pytest.mark.parametrize("blocks", [2, 8])
+def test_causal_query_blocks_compute_the_dense_result(blocks):
+    """Block i of the queries sees keys up to its own end only; the keys it skips are masked anyway."""
+    q, k, v, seg, slot = _inputs(head_dim=16)
+
+    def loss(q, k, v, query_blocks):
+        out = xla_attention(q, k, v, seg, slot, seg, slot, query_blocks=query_blocks)
+        return jnp.sum(out**2), out
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2), has_aux=True), static_argnums=3)
+    (ours, ours_out), (ref, ref_out) = grad(q, k, v, blocks), grad(q, k, v, 1)
+    np.testing.assert_allclose(np.asarray(ours_out), np.asarray(ref_out), atol=1e-6)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_query_blocks_refuse_a_row_they_do_not_divide_or_a_kv_cache():
+    q, k, v, seg, slot = _inputs(head_dim=16)
+    with pytest.raises(ValueError, match="query_blocks=3"):
+        xla_attention(q, k, v, seg, slot, seg, slot, query_blocks=3)
+    with pytest.raises(ValueError, match="64 keys"):
+        xla_attention(q, k[:, :64], v[:, :64], seg, slot, seg[:, :64], slot[:, :64], query_blocks=2)
+
+
 def test_splash_kernel_matches_reference_on_packed_segments():
     q, k, v, seg, slot = _inputs()
     ours = splash_attention(q, k, v, seg, slot, seg, slot, interpret=True)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from semcoder_jax.convert import convert_hf_to_native, load_native
-from semcoder_jax.model import forward
+from semcoder_jax.model import causal_query_blocks, forward
 
 CONFIGS = {
     "gqa-linear-rope-odd-sizes": {},
@@ -34,6 +34,23 @@ def test_float32_logits_match_transformers(hf_model, tmp_path, name):
     ids = np.random.RandomState(0).randint(0, config.vocab_size, (2, 41))
     ours = np.asarray(forward(params, config, jnp.asarray(ids)))
     assert np.abs(ours - _hf_logits(model, ids)).max() <= 1e-4
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_long_packed_rows_match_transformers_with_query_blocks_and_either_layer_loop(hf_model, tmp_path, scan_layers):
+    """128 tokens of head_dim 16 run the reference attention in 4 causal query blocks."""
+    model = hf_model()
+    config, params = _converted(model, tmp_path)
+    config = config.replace(scan_layers=scan_layers)
+    assert causal_query_blocks(128, config.resolved_head_dim) == 4
+    rs = np.random.RandomState(4)
+    a, b = rs.randint(3, config.vocab_size, 70), rs.randint(3, config.vocab_size, 50)
+    packed = np.concatenate([a, b, np.zeros(8, int)])[None]
+    segments = np.array([[1] * 70 + [2] * 50 + [0] * 8])
+    positions = np.array([list(range(70)) + list(range(50)) + [0] * 8])
+    logits = np.asarray(forward(params, config, jnp.asarray(packed), jnp.asarray(positions), jnp.asarray(segments)))
+    assert np.abs(logits[0, :70] - _hf_logits(model, a[None])[0]).max() <= 1e-4
+    assert np.abs(logits[0, 70:120] - _hf_logits(model, b[None])[0]).max() <= 1e-4
 
 
 def test_bfloat16_logits_match_transformers_within_tolerance(hf_model, tmp_path):
@@ -83,9 +100,13 @@ def test_rematerialisation_does_not_change_the_function(hf_model, tmp_path, poli
                                np.asarray(forward(params, config, ids)), atol=1e-6)
 
 
-@pytest.mark.parametrize("name, policy", [("gqa-linear-rope-odd-sizes", "none"),
-                                          ("tied-embeddings-explicit-head-dim", "minimal")])
-def test_float32_gradients_match_transformers(hf_model, tmp_path, name, policy):
+@pytest.mark.parametrize("name, policy, scan_layers, length", [
+    ("gqa-linear-rope-odd-sizes", "none", True, 33),
+    ("tied-embeddings-explicit-head-dim", "minimal", True, 33),
+    ("gqa-linear-rope-odd-sizes", "none", False, 129),      # layer loop, 4 query blocks
+    ("tied-embeddings-explicit-head-dim", "minimal", False, 129),  # layer loop + remat, 2 blocks
+])
+def test_float32_gradients_match_transformers(hf_model, tmp_path, name, policy, scan_layers, length):
     """Training needs the backward pass too: every parameter's gradient of the mean next-token loss."""
     import jax
 
@@ -93,8 +114,8 @@ def test_float32_gradients_match_transformers(hf_model, tmp_path, name, policy):
 
     model = hf_model(**CONFIGS[name])
     config, params = _converted(model, tmp_path)
-    config = config.replace(remat_policy=policy)
-    ids = np.random.RandomState(1).randint(0, config.vocab_size, (2, 33))
+    config = config.replace(remat_policy=policy, scan_layers=scan_layers)
+    ids = np.random.RandomState(1).randint(0, config.vocab_size, (2, length))
 
     def loss(p):
         logits = forward(p, config, jnp.asarray(ids[:, :-1]))

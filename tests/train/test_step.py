@@ -65,6 +65,16 @@ def test_every_mesh_gives_the_single_device_losses(shape, single_device_run):
     assert mu.addressable_shards[0].data.shape == (2, 64 // fsdp, 176 // tensor)
 
 
+def test_the_layer_loop_trains_like_the_scan_on_a_sharded_mesh(single_device_run):
+    """``model.scan_layers=false`` slices the same stacked (sharded) parameters: same losses, same layout."""
+    ref_losses, ref_state = single_device_run
+    mesh = shd.build_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    losses, state = run_steps(mesh, steps=5, model=CFG.replace(scan_layers=False))
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    gate = state.params["layers"]["mlp"]["gate_proj"]
+    assert gate.sharding.spec == shd.logical_to_mesh_spec(("layers", "mlp", "embed"), gate.shape, mesh)
+
+
 def test_sharding_table_maps_logical_names_to_mesh_axes():
     mesh = shd.build_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     assert shd.logical_to_mesh_spec(("layers", "embed", "mlp"), (2, 64, 176), mesh) == P(None, "fsdp", "tensor")
