@@ -124,6 +124,11 @@ def trace_for_platform(platform: str) -> Iterator[None]:
         _TRACE_PLATFORM.reset(token)
 
 
+def traced_platform() -> str:
+    """The platform the model is being traced for: ``trace_for_platform``'s, else the default backend."""
+    return _TRACE_PLATFORM.get() or jax.default_backend()
+
+
 def project(spec: str, x: Array, w: Array, precision) -> Array:
     """``einsum(spec, x, w)`` for an activation ``x`` and a weight ``w``.
 
@@ -131,7 +136,7 @@ def project(spec: str, x: Array, w: Array, precision) -> Array:
     suits XLA:CPU (forward+backward 610 -> 465 ms on the CPU benchmark shape); elsewhere it is
     plain ``einsum`` and XLA picks the order itself.  Both compute the same gradients.
     """
-    if (_TRACE_PLATFORM.get() or jax.default_backend()) == "cpu":
+    if traced_platform() == "cpu":
         return _cpu_friendly_einsum(spec, x, w, precision)
     return jnp.einsum(spec, x, w, precision=precision)
 
@@ -166,12 +171,15 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 
 
 def causal_query_blocks(length: int, head_dim: int) -> int:
-    """Query blocks for the reference attention over a whole row (see ``xla_attention``).
+    """Query blocks for the reference attention over a whole row on CPU (see ``xla_attention``).
 
     Blocks of max(32, 2 * head_dim) rows, at most 8 of them, and only a count that divides the row.
     Measured on XLA:CPU (2 cores, fwd+bwd of the whole model): the tiny preset (head_dim 16, T 256)
-    108 -> 85 ms with 8 blocks; head_dim 64, T 256: 521 -> 485 ms with 2 blocks, none better with 8.
+    108 -> 85 ms with 8 blocks; head_dim 64, T 256: 521 -> 485 ms with 2 blocks, 488 with 4, 520
+    with 8.  Other platforms keep the dense square (not measured there; they use fused kernels).
     """
+    if traced_platform() != "cpu":
+        return 1
     count = min(8, length // max(32, 2 * head_dim))
     while count > 1 and length % count:
         count -= 1

@@ -137,7 +137,7 @@ def test_float32_gradients_match_transformers(hf_model, tmp_path, name, policy, 
             assert np.abs(ours - theirs).max() <= 1e-4 * max(scale, 1e-3), hf_name
 
 
-def test_the_cpu_specific_backward_is_used_only_when_tracing_for_cpu():
+def test_the_cpu_specific_backward_and_query_blocks_are_used_only_when_tracing_for_cpu():
     """The planner compiles TPU/GPU programs on CPU devices: it must see their program, not ours for CPU."""
     import jax
 
@@ -149,5 +149,7 @@ def test_the_cpu_specific_backward_is_used_only_when_tracing_for_cpu():
         return str(jax.make_jaxpr(lambda x, w: project("btd,fd->btf", x, w, None))(x, w))
 
     assert "custom_vjp" in traced()  # tests run on CPU
+    assert causal_query_blocks(256, 16) == 8 and causal_query_blocks(256, 64) == 2
     with trace_for_platform("tpu"):
         assert "custom_vjp" not in traced() and "dot_general" in traced()
+        assert causal_query_blocks(256, 16) == 1  # the dense square off CPU
