@@ -60,7 +60,8 @@ class ModelConfig:
     remat_policy: RematPolicy = "none"
     # True: one ``nn.scan`` over the stacked layers (compile time independent of depth; the choice
     # on accelerators).  False: a Python loop over the same stacked parameters, which spares XLA:CPU
-    # the scan's stacked residual buffers (~20 % of a small CPU step).  Parameters are identical.
+    # the scan's stacked residual buffers (fwd+bwd 580 -> 521 ms on the CPU benchmark shape).
+    # Parameters are identical.
     scan_layers: bool = True
 
     def __post_init__(self) -> None:
