@@ -27,6 +27,16 @@ def _converted(model, tmp_path, dtype=None):
     return load_native(str(tmp_path / "native"), dtype=dtype)
 
 
+def _packed_row(seed, vocab_size, lengths, padding):
+    """Random sequences of ``lengths`` packed into one row (segments 1.., positions restarting), then padding."""
+    rs = np.random.RandomState(seed)
+    parts = [rs.randint(3, vocab_size, n) for n in lengths]
+    ids = np.concatenate([*parts, np.zeros(padding, int)])[None]
+    segments = np.concatenate([np.full(n, k + 1) for k, n in enumerate(lengths)] + [np.zeros(padding, int)])[None]
+    positions = np.concatenate([np.arange(n) for n in lengths] + [np.zeros(padding, int)])[None]
+    return parts, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(segments)
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_float32_logits_match_transformers(hf_model, tmp_path, name):
     model = hf_model(**CONFIGS[name])
@@ -43,12 +53,8 @@ def test_long_packed_rows_match_transformers_with_query_blocks_and_either_layer_
     config, params = _converted(model, tmp_path)
     config = config.replace(scan_layers=scan_layers)
     assert causal_query_blocks(128, config.resolved_head_dim) == 4
-    rs = np.random.RandomState(4)
-    a, b = rs.randint(3, config.vocab_size, 70), rs.randint(3, config.vocab_size, 50)
-    packed = np.concatenate([a, b, np.zeros(8, int)])[None]
-    segments = np.array([[1] * 70 + [2] * 50 + [0] * 8])
-    positions = np.array([list(range(70)) + list(range(50)) + [0] * 8])
-    logits = np.asarray(forward(params, config, jnp.asarray(packed), jnp.asarray(positions), jnp.asarray(segments)))
+    (a, b), *row = _packed_row(4, config.vocab_size, (70, 50), padding=8)
+    logits = np.asarray(forward(params, config, *row))
     assert np.abs(logits[0, :70] - _hf_logits(model, a[None])[0]).max() <= 1e-4
     assert np.abs(logits[0, 70:120] - _hf_logits(model, b[None])[0]).max() <= 1e-4
 
@@ -78,12 +84,8 @@ def test_bfloat16_logits_match_transformers_within_tolerance(hf_model, tmp_path)
 def test_packed_row_gives_each_segment_its_unpacked_logits(hf_model, tmp_path):
     model = hf_model()
     config, params = _converted(model, tmp_path)
-    rs = np.random.RandomState(2)
-    a, b = rs.randint(3, config.vocab_size, 13), rs.randint(3, config.vocab_size, 9)
-    packed = np.concatenate([a, b, np.zeros(6, int)])[None]
-    segments = np.array([[1] * 13 + [2] * 9 + [0] * 6])
-    positions = np.array([list(range(13)) + list(range(9)) + [0] * 6])
-    logits = np.asarray(forward(params, config, jnp.asarray(packed), jnp.asarray(positions), jnp.asarray(segments)))
+    (a, b), *row = _packed_row(2, config.vocab_size, (13, 9), padding=6)
+    logits = np.asarray(forward(params, config, *row))
     alone_a = np.asarray(forward(params, config, jnp.asarray(a[None])))
     alone_b = np.asarray(forward(params, config, jnp.asarray(b[None])))
     np.testing.assert_allclose(logits[0, :13], alone_a[0], atol=1e-5)
