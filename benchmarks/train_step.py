@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--attention", default="xla", choices=["xla", "cudnn", "splash"])
+    p.add_argument("--attention", default="xla", choices=["xla", "cudnn", "splash", "cpu"])
     p.add_argument("--remat", default="none", choices=["none", "minimal", "dots", "full"])
     p.add_argument("--no-scan-layers", action="store_true",
                    help="model.scan_layers=false: a Python loop over the layers (faster on CPU)")

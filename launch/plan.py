@@ -270,6 +270,9 @@ def plan(config: TrainRunConfig, *, devices: int, device_kind: str, mfu: float =
 
 def _plan_once(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: float) -> PlanReport:
     impl = config.model.attention_impl
+    if impl == "cpu":
+        raise PlanError("model.attention_impl='cpu' is the CPU kernel; plan TPU/GPU runs with xla, "
+                        "splash (TPU) or cudnn (GPU)")
     if impl not in ("xla", "splash", "cudnn"):
         raise PlanError(f"model.attention_impl={impl!r}: unknown")
     # The stand-in covers parameter init too: the fused kernels cannot trace the 1-token init call.

@@ -1,4 +1,5 @@
-"""Attention kernels behind one switch: ``xla`` (reference), ``cudnn`` (GPU), ``splash`` (TPU).
+"""Attention kernels behind one switch: ``xla`` (reference), ``cudnn`` (GPU), ``splash`` (TPU),
+``cpu`` (a fused XLA FFI kernel for CPU, ``semcoder_jax.cpu_attention``).
 
 All take q [B, T, H, D], k/v [B, S, K, D] (K divides H: grouped-query attention) and the masking
 inputs: a query attends to a key when their segment ids are equal and the key's slot is not after
@@ -101,7 +102,15 @@ def splash_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, interpr
     return jnp.swapaxes(out, 1, 2)
 
 
-_IMPLS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_attention}
+def fused_cpu_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot) -> Array:
+    """The CPU kernel: causal by position (slots are ``arange`` whenever S == T), segment-masked."""
+    from semcoder_jax.cpu_attention import cpu_attention
+
+    del q_slot, kv_slot
+    return cpu_attention(q, k, v, q_segment, kv_segment)
+
+
+_IMPLS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_attention, "cpu": fused_cpu_attention}
 
 
 def attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, impl: str = "xla",

@@ -18,7 +18,8 @@ from typing import Any, Literal
 from semcoder_jax.errors import UserError
 
 DType = Literal["float32", "bfloat16", "float16"]
-AttentionImpl = Literal["xla", "cudnn", "splash"]
+AttentionImpl = Literal["xla", "cudnn", "splash", "cpu"]
+CPU_ATTENTION_HEAD_DIMS = (16, 32, 64, 128, 256)  # what kernels/cpu_attention.cc instantiates
 RematPolicy = Literal["none", "minimal", "dots", "full"]
 
 SUPPORTED_MODEL_TYPES = ("llama",)
@@ -82,6 +83,9 @@ class ModelConfig:
                               ("remat_policy", RematPolicy)):
             if getattr(self, name) not in allowed.__args__:
                 problems.append(f"{name} must be one of {list(allowed.__args__)}, got {getattr(self, name)!r}")
+        if self.attention_impl == "cpu" and self.resolved_head_dim not in CPU_ATTENTION_HEAD_DIMS:
+            problems.append(f"attention_impl 'cpu' supports head_dim {list(CPU_ATTENTION_HEAD_DIMS)}, "
+                            f"got {self.resolved_head_dim}; use 'xla'")
         if problems:
             raise ConfigError("invalid model config: " + "; ".join(problems))
 

@@ -44,7 +44,7 @@ class ModelSection:
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     remat_policy: Literal["none", "minimal", "dots", "full"] = "none"
-    attention_impl: Literal["xla", "cudnn", "splash"] = "xla"
+    attention_impl: Literal["xla", "cudnn", "splash", "cpu"] = "xla"
     scan_layers: bool = True
     num_layers: int | None = None
     vocab_size: int | None = None
