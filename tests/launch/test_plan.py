@@ -147,3 +147,8 @@ def test_6_7b_reports_for_real_slices_in_under_5_minutes(config, devices, kind):
     state = report["params_bytes"] + report["optimizer_bytes"] + report["gradient_bytes"]
     assert state == pytest.approx(16 * n / fsdp, rel=0.01)
     assert report["fits"], "the shipped config fits its target"
+
+
+def test_the_cpu_attention_kernel_is_refused_for_accelerator_plans():
+    with pytest.raises(plan_lib.PlanError, match="attention_impl='cpu' is the CPU kernel"):
+        plan_lib.plan(tiny("model.attention_impl=cpu"), devices=1, device_kind="v4")

@@ -26,11 +26,12 @@ def model_dir(tmp_path_factory, hf_model, tokenizer_dir):
     return root, model
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_cache_decoding_equals_full_recomputation(model_dir, scan_layers):
+@pytest.mark.parametrize("scan_layers, impl", [(True, "xla"), (False, "xla"), (True, "cpu")])
+def test_cache_decoding_equals_full_recomputation(model_dir, scan_layers, impl):
+    """With ``impl`` cpu the recomputation runs the fused kernel and decoding the cache's reference path."""
     root, _ = model_dir
     config, params = load_hf_params(str(root / "hf"))
-    config = config.replace(scan_layers=scan_layers)
+    config = config.replace(scan_layers=scan_layers, attention_impl=impl)
     rs = np.random.RandomState(0)
     prompts = [rs.randint(3, 400, n).tolist() for n in (4, 17, 9)]
     results = generate_ids(params, config, prompts, max_new_tokens=12, eos_id=2, chunk=5)

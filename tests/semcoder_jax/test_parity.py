@@ -46,12 +46,13 @@ def test_float32_logits_match_transformers(hf_model, tmp_path, name):
     assert np.abs(ours - _hf_logits(model, ids)).max() <= 1e-4
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_long_packed_rows_match_transformers_with_query_blocks_and_either_layer_loop(hf_model, tmp_path, scan_layers):
-    """128 tokens of head_dim 16 run the reference attention in 4 causal query blocks."""
+@pytest.mark.parametrize("scan_layers, impl", [(True, "xla"), (False, "xla"), (False, "cpu")])
+def test_long_packed_rows_match_transformers_with_query_blocks_and_either_layer_loop(hf_model, tmp_path, scan_layers,
+                                                                                     impl):
+    """128 tokens of head_dim 16 run the reference attention in 4 causal query blocks (or the CPU kernel)."""
     model = hf_model()
     config, params = _converted(model, tmp_path)
-    config = config.replace(scan_layers=scan_layers)
+    config = config.replace(scan_layers=scan_layers, attention_impl=impl)
     assert causal_query_blocks(128, config.resolved_head_dim) == 4
     (a, b), *row = _packed_row(4, config.vocab_size, (70, 50), padding=8)
     logits = np.asarray(forward(params, config, *row))
@@ -102,13 +103,15 @@ def test_rematerialisation_does_not_change_the_function(hf_model, tmp_path, poli
                                np.asarray(forward(params, config, ids)), atol=1e-6)
 
 
-@pytest.mark.parametrize("name, policy, scan_layers, length", [
-    ("gqa-linear-rope-odd-sizes", "none", True, 33),
-    ("tied-embeddings-explicit-head-dim", "minimal", True, 33),
-    ("gqa-linear-rope-odd-sizes", "none", False, 129),      # layer loop, 4 query blocks
-    ("tied-embeddings-explicit-head-dim", "minimal", False, 129),  # layer loop + remat, 2 blocks
+@pytest.mark.parametrize("name, policy, scan_layers, length, impl", [
+    ("gqa-linear-rope-odd-sizes", "none", True, 33, "xla"),
+    ("tied-embeddings-explicit-head-dim", "minimal", True, 33, "xla"),
+    ("gqa-linear-rope-odd-sizes", "none", False, 129, "xla"),      # layer loop, 4 query blocks
+    ("tied-embeddings-explicit-head-dim", "minimal", False, 129, "xla"),  # layer loop + remat, 2 blocks
+    ("gqa-linear-rope-odd-sizes", "none", False, 129, "cpu"),      # the fused CPU kernel's backward
+    ("tied-embeddings-explicit-head-dim", "minimal", True, 33, "cpu"),  # kernel under scan + remat
 ])
-def test_float32_gradients_match_transformers(hf_model, tmp_path, name, policy, scan_layers, length):
+def test_float32_gradients_match_transformers(hf_model, tmp_path, name, policy, scan_layers, length, impl):
     """Training needs the backward pass too: every parameter's gradient of the mean next-token loss."""
     import jax
 
@@ -116,7 +119,7 @@ def test_float32_gradients_match_transformers(hf_model, tmp_path, name, policy, 
 
     model = hf_model(**CONFIGS[name])
     config, params = _converted(model, tmp_path)
-    config = config.replace(remat_policy=policy, scan_layers=scan_layers)
+    config = config.replace(remat_policy=policy, scan_layers=scan_layers, attention_impl=impl)
     ids = np.random.RandomState(1).randint(0, config.vocab_size, (2, length))
 
     def loss(p):

@@ -75,6 +75,17 @@ def test_the_layer_loop_trains_like_the_scan_on_a_sharded_mesh(single_device_run
     assert gate.sharding.spec == shd.logical_to_mesh_spec(("layers", "mlp", "embed"), gate.shape, mesh)
 
 
+def test_the_cpu_attention_kernel_trains_like_the_reference_on_a_sharded_mesh(single_device_run):
+    """The FFI kernel inside the sharded step (XLA hands it whole operands): the same losses and parameters."""
+    ref_losses, ref_state = single_device_run
+    losses, state = run_steps(shd.build_mesh({"data": 2, "fsdp": 2, "tensor": 2}), steps=5,
+                              model=CFG.replace(attention_impl="cpu"))
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+    leaves = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))),
+                                          state.params, ref_state.params))
+    assert max(leaves) < 1e-5
+
+
 def test_sharding_table_maps_logical_names_to_mesh_axes():
     mesh = shd.build_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     assert shd.logical_to_mesh_spec(("layers", "embed", "mlp"), (2, 64, 176), mesh) == P(None, "fsdp", "tensor")
