@@ -49,7 +49,17 @@ def batch_arrays(args, vocab: int):
     }
 
 
+def host_malloc(args) -> None:
+    """Both stacks get the malloc settings of `semcoder train` (run.keep_host_buffers) unless
+    --system-malloc: torch's 64 MB logits gain from them as much as XLA's step buffer does."""
+    if not args.system_malloc:
+        from semcoder_jax.host_memory import keep_freed_host_memory
+
+        print(keep_freed_host_memory(), file=sys.stderr)
+
+
 def run_jax(args) -> dict:
+    host_malloc(args)
     import jax
 
     from semcoder_jax import sharding as shd
@@ -87,6 +97,7 @@ def run_jax(args) -> dict:
 
 
 def run_torch(args) -> dict:
+    host_malloc(args)
     import numpy as np
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -176,6 +187,8 @@ def main(argv=None) -> int:
     p.add_argument("--remat", default="none", choices=["none", "minimal", "dots", "full"])
     p.add_argument("--no-scan-layers", action="store_true",
                    help="model.scan_layers=false: a Python loop over the layers (faster on CPU)")
+    p.add_argument("--system-malloc", action="store_true",
+                   help="leave glibc malloc as it is for both stacks (as run.keep_host_buffers=false)")
     p.add_argument("--only", choices=["jax", "torch"], help="run one stack in this process (internal)")
     p.add_argument("--json", help="append the results as one JSON line to this file")
     args = p.parse_args(argv)

@@ -9,6 +9,7 @@ Running it again on the same run directory resumes from the latest checkpoint.
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers) -> None:
@@ -44,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from semcoder_jax.train.loop import initialize_distributed, train
 
+    if config.run.keep_host_buffers:  # before JAX starts its CPU threads
+        from semcoder_jax.host_memory import keep_freed_host_memory
+
+        print(f"semcoder train: {keep_freed_host_memory()}", file=sys.stderr)
     initialize_distributed(config.distributed)
     result = train(config, overwrite_export=args.overwrite)
     return 0 if result.final_step >= result.total_steps or result.preempted else 1

@@ -165,6 +165,9 @@ class RunSection:
     progress: bool = True
     export_hf: str | None = None
     export_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    # CPU hosts: keep freed memory in glibc's heap so XLA:CPU reuses each step's buffers rather than
+    # mapping and faulting them in again (semcoder_jax.host_memory); no effect with an accelerator.
+    keep_host_buffers: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
