@@ -49,17 +49,7 @@ def batch_arrays(args, vocab: int):
     }
 
 
-def host_malloc(args) -> None:
-    """Both stacks get the malloc settings of `semcoder train` (run.keep_host_buffers) unless
-    --system-malloc: torch's 64 MB logits gain from them as much as XLA's step buffer does."""
-    if not args.system_malloc:
-        from semcoder_jax.host_memory import keep_freed_host_memory
-
-        print(keep_freed_host_memory(), file=sys.stderr)
-
-
 def run_jax(args) -> dict:
-    host_malloc(args)
     import jax
 
     from semcoder_jax import sharding as shd
@@ -97,7 +87,6 @@ def run_jax(args) -> dict:
 
 
 def run_torch(args) -> dict:
-    host_malloc(args)
     import numpy as np
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -197,9 +186,17 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(result), flush=True)
         return 0
     results = {}
+    # Both stacks run with the host malloc settings `semcoder train` uses (run.keep_host_buffers):
+    # torch's 64 MB logits gain from them as XLA's per-step buffer does.  --system-malloc: neither.
+    from semcoder_jax import host_memory
+
+    env = dict(os.environ)
+    if not args.system_malloc and host_memory.applies_here():
+        env = host_memory.with_kept_buffers(env)
+        print(f"both stacks: {host_memory.ENV}={env[host_memory.ENV]}", flush=True)
     for stack in ("jax", "torch"):
         cmd = [sys.executable, os.path.abspath(__file__), *(argv if argv is not None else sys.argv[1:]), "--only", stack]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not lines:
             print(f"{stack}: failed ({proc.returncode})\n{proc.stderr[-4000:]}", file=sys.stderr)

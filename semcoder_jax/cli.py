@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None:  # the real command line, which a subcommand may restart (see host_memory)
+        args.argv = sys.argv[1:]
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

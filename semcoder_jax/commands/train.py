@@ -45,10 +45,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from semcoder_jax.train.loop import initialize_distributed, train
 
-    if config.run.keep_host_buffers:  # before JAX starts its CPU threads
-        from semcoder_jax.host_memory import keep_freed_host_memory
+    if config.run.keep_host_buffers:
+        from semcoder_jax import host_memory
 
-        print(f"semcoder train: {keep_freed_host_memory()}", file=sys.stderr)
+        if host_memory.applies_here():
+            if not host_memory.active() and getattr(args, "argv", None) is not None:
+                host_memory.restart_with_kept_buffers(args.argv)  # glibc reads its settings at start
+            if host_memory.active():
+                print("semcoder train: host malloc keeps freed buffers for reuse (run.keep_host_buffers)",
+                      file=sys.stderr)
     initialize_distributed(config.distributed)
     result = train(config, overwrite_export=args.overwrite)
     return 0 if result.final_step >= result.total_steps or result.preempted else 1
