@@ -57,7 +57,8 @@ def main() -> None:
         ["cudnn"] if jax.default_backend() == "gpu" else []) + (["splash"] if jax.default_backend() == "tpu" else [])
     blocks = causal_query_blocks(t, d)
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); B={b} T={t} H={h} K={k} D={d} {args.dtype}")
-    print(f"{'impl':<12}{'max |diff| vs fp32 ref':>20}{'fwd+bwd ms':>12}{'TFLOP/s':>10}")
+    unit, scale = ("GFLOP/s", 1e6) if on_cpu else ("TFLOP/s", 1e9)
+    print(f"{'impl':<12}{'max |diff| vs fp32 ref':>20}{'fwd+bwd ms':>12}{unit:>10}")
     # causal attention: 4*B*H*T*T*D/2 flops forward (QK^T and PV), backward ~2.5x
     flops = 3.5 * 4 * b * h * t * t * d / 2
     for name in impls:
@@ -77,7 +78,7 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - report an unavailable kernel and go on
             print(f"{name:<12} unavailable: {str(e).splitlines()[0][:100]}")
             continue
-        print(f"{name:<12}{diff:>20.4g}{ms:>12.2f}{flops / ms / 1e9:>10.2f}")
+        print(f"{name:<12}{diff:>20.4g}{ms:>12.2f}{flops / ms / scale:>10.2f}")
     if on_cpu:
         _torch_row(b, t, h, k, d, args.dtype, flops)
 
@@ -99,7 +100,7 @@ def _torch_row(b, t, h, k, d, dtype, flops) -> None:
     for _ in range(10):
         step()
     ms = (time.perf_counter() - start) / 10 * 1e3
-    print(f"{'torch sdpa':<12}{'(unpacked)':>20}{ms:>12.2f}{flops / ms / 1e9:>10.2f}  {torch.get_num_threads()} threads")
+    print(f"{'torch sdpa':<12}{'(unpacked)':>20}{ms:>12.2f}{flops / ms / 1e6:>10.2f}  {torch.get_num_threads()} threads")
 
 
 if __name__ == "__main__":
