@@ -3,6 +3,8 @@
 XLA:CPU runs the reference attention as separate passes over [T, T] score arrays in memory; the
 kernel keeps each tile of scores in cache (as torch's CPU flash kernel does) and has a hand-written
 backward (recomputed probabilities from the saved log-sum-exp).  It is ``attention_impl: cpu``.
+Given the RoPE tables it also applies RoPE to q and k as it loads them (and rotates their gradients
+back), so the model skips its own RoPE passes.
 
 The C++ source is compiled on first use with the system C++ compiler (``$CXX``, else ``c++``) for
 this machine's CPU, and cached under ``$SEMCODER_KERNEL_CACHE`` (default
@@ -110,43 +112,52 @@ def check_supported(q_shape, k_shape) -> None:
         raise ValueError(f"cpu attention: {k_shape[2]} kv heads do not divide {heads} heads")
 
 
-def _forward_call(q, k, v, q_segment, kv_segment):
+def _forward_call(q, k, v, q_segment, kv_segment, cos, sin):
     batch, length, heads, _ = q.shape
     return jax.ffi.ffi_call(_FORWARD, (jax.ShapeDtypeStruct(q.shape, jnp.float32),
                                        jax.ShapeDtypeStruct((batch, heads, length), jnp.float32)),
-                            vmap_method="sequential")(q, k, v, q_segment, kv_segment)
+                            vmap_method="sequential")(q, k, v, q_segment, kv_segment, cos, sin)
 
 
 @jax.custom_vjp
-def _attention(q, k, v, q_segment, kv_segment):
-    return _forward_call(q, k, v, q_segment, kv_segment)[0]
+def _attention(q, k, v, q_segment, kv_segment, cos, sin):
+    return _forward_call(q, k, v, q_segment, kv_segment, cos, sin)[0]
 
 
-def _attention_fwd(q, k, v, q_segment, kv_segment):
-    out, lse = _forward_call(q, k, v, q_segment, kv_segment)
-    return out, (q, k, v, q_segment, kv_segment, out, lse)
+def _attention_fwd(q, k, v, q_segment, kv_segment, cos, sin):
+    out, lse = _forward_call(q, k, v, q_segment, kv_segment, cos, sin)
+    return out, (q, k, v, q_segment, kv_segment, cos, sin, out, lse)
 
 
 def _attention_bwd(residuals, dout):
-    q, k, v, q_segment, kv_segment, out, lse = residuals
+    q, k, v, q_segment, kv_segment, cos, sin, out, lse = residuals
     dq, dk, dv = jax.ffi.ffi_call(
         _BACKWARD, tuple(jax.ShapeDtypeStruct(x.shape, jnp.float32) for x in (q, k, v)),
-        vmap_method="sequential")(q, k, v, q_segment, kv_segment, out, lse, dout.astype(jnp.float32))
-    return dq, dk, dv, None, None
+        vmap_method="sequential")(q, k, v, q_segment, kv_segment, cos, sin, out, lse, dout.astype(jnp.float32))
+    return dq, dk, dv, None, None, None, None  # the tables depend on positions only
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
-def cpu_attention(q: Array, k: Array, v: Array, q_segment: Array, kv_segment: Array) -> Array:
+def cpu_attention(q: Array, k: Array, v: Array, q_segment: Array, kv_segment: Array,
+                  rope: tuple[Array, Array] | None = None) -> Array:
     """Causal self-attention of q [B, T, H, D] over k/v [B, T, K, D] with segment masking.
 
-    Equals ``xla_attention`` with slots ``arange(T)``; computes in float32 and returns q's dtype.
+    Equals ``xla_attention`` with slots ``arange(T)``, after ``model.apply_rope`` of q and k with
+    ``rope = (cos, sin)`` ([B, T, D]) when given.  Computes in float32 and returns q's dtype.
     """
     check_supported(q.shape, k.shape)
     _register()
+    batch, length, _, head_dim = q.shape
+    if rope is None:  # the identity rotation
+        cos, sin = jnp.ones((batch, length, head_dim), jnp.float32), jnp.zeros((batch, length, head_dim), jnp.float32)
+    else:
+        cos, sin = (t.astype(jnp.float32) for t in rope)
+        if cos.shape != (batch, length, head_dim) or sin.shape != cos.shape:
+            raise ValueError(f"cpu attention: cos/sin must be {(batch, length, head_dim)}, got {cos.shape} and {sin.shape}")
     f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    out = _attention(*f32, q_segment.astype(jnp.int32), kv_segment.astype(jnp.int32))
+    out = _attention(*f32, q_segment.astype(jnp.int32), kv_segment.astype(jnp.int32), cos, sin)
     return out.astype(q.dtype)
 
 

@@ -205,8 +205,11 @@ class Attention(nn.Module):
         q = project("btd,hkd->bthk", x, wq.astype(dt), p)
         k = project("btd,hkd->bthk", x, wk.astype(dt), p)
         v = project("btd,hkd->bthk", x, wv.astype(dt), p)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        # The CPU kernel applies RoPE itself while it loads q and k (training/prefill without a cache).
+        fused_rope = cfg.attention_impl == "cpu" and layer_cache is None
+        if not fused_rope:
+            q = apply_rope(q, cos, sin)
+            k = apply_rope(k, cos, sin)
         new_cache = None
         if layer_cache is not None:
             k_cache, v_cache, index = layer_cache
@@ -219,8 +222,13 @@ class Attention(nn.Module):
         else:
             kv_slot = q_slot
             query_blocks = causal_query_blocks(q.shape[1], hd)
-        out = attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, impl=cfg.attention_impl,
-                        query_blocks=query_blocks)
+        if fused_rope:
+            from semcoder_jax.cpu_attention import cpu_attention
+
+            out = cpu_attention(q, k, v, q_segment, kv_segment, rope=(cos, sin))
+        else:
+            out = attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, impl=cfg.attention_impl,
+                            query_blocks=query_blocks)
         return project("bthk,dhk->btd", out, wo.astype(dt), p), new_cache
 
 

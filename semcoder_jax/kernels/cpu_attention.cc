@@ -5,6 +5,9 @@
 //
 // Semantics are those of semcoder_jax.attention.xla_attention for self-attention over whole rows
 // (S == T, slot i at position i): query i sees key j when j <= i and their segment ids are equal.
+// q and k arrive before RoPE: the kernel rotates them as it loads them (HF rotate_half, with the
+// cos/sin tables [B, T, D]) and returns their gradients rotated back, which saves the model two
+// passes over q and k each way.
 // A query that sees no key averages every value uniformly (what the reference's masked softmax
 // gives), with no gradient to q or k.  Layouts: q [B, T, H, D], k/v [B, T, K, D] (K divides H),
 // segments [B, T] int32; forward also returns the log-sum-exp [B, H, T] for the backward.
@@ -146,11 +149,35 @@ void WeightsTimesRows(const float* weights, int64_t padded, int64_t end, const f
   }
 }
 
-// Per (batch row, kv head): keys transposed [D][padded], values and keys as contiguous rows.
+// RoPE as HF applies it: out = x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1].
+template <int D>
+inline void Rotate(const float* x, const float* c, const float* sn, float* out) {
+  constexpr int h = D / 2;
+  for (int d = 0; d < h; ++d) out[d] = x[d] * c[d] - x[d + h] * sn[d];
+  for (int d = h; d < D; ++d) out[d] = x[d] * c[d] + x[d - h] * sn[d];
+}
+
+// The transpose of Rotate, for gradients: g * cos + rotate_half^T(g * sin).  out must not alias g.
+template <int D>
+inline void RotateBack(const float* g, const float* c, const float* sn, float* out) {
+  constexpr int h = D / 2;
+  for (int d = 0; d < h; ++d) out[d] = g[d] * c[d] + g[d + h] * sn[d + h];
+  for (int d = h; d < D; ++d) out[d] = g[d] * c[d] - g[d - h] * sn[d - h];
+}
+
+// The cos/sin tables, [B, T, D].
+struct Rope {
+  const float *cos, *sin;
+  const float* Cos(const Shape& s, int64_t b, int64_t t, int64_t d) const { return cos + (b * s.length + t) * d; }
+  const float* Sin(const Shape& s, int64_t b, int64_t t, int64_t d) const { return sin + (b * s.length + t) * d; }
+};
+
+// Per (batch row, kv head): rotated keys transposed [D][padded], values and rotated keys as rows.
 struct KeyValueBlock {
   std::vector<float> keys_t, values_t, keys, values;
   template <int D>
-  void Load(const float* k, const float* v, const Shape& s, int64_t b, int64_t kh, bool transposed_values) {
+  void Load(const float* k, const float* v, const Rope& rope, const Shape& s, int64_t b, int64_t kh,
+            bool transposed_values) {
     keys_t.assign(D * s.padded, 0.f);
     keys.assign(s.padded * D, 0.f);
     values.assign(s.padded * D, 0.f);
@@ -158,9 +185,9 @@ struct KeyValueBlock {
     for (int64_t j = 0; j < s.length; ++j) {
       const float* kr = k + ((b * s.length + j) * s.kv_heads + kh) * D;
       const float* vr = v + ((b * s.length + j) * s.kv_heads + kh) * D;
-      std::memcpy(&keys[j * D], kr, D * sizeof(float));
+      Rotate<D>(kr, rope.Cos(s, b, j, D), rope.Sin(s, b, j, D), &keys[j * D]);
       std::memcpy(&values[j * D], vr, D * sizeof(float));
-      for (int d = 0; d < D; ++d) keys_t[d * s.padded + j] = kr[d];
+      for (int d = 0; d < D; ++d) keys_t[d * s.padded + j] = keys[j * D + d];
       if (transposed_values)
         for (int d = 0; d < D; ++d) values_t[d * s.padded + j] = vr[d];
     }
@@ -173,11 +200,18 @@ struct Tile {
   const float* rows[kRows];
 };
 
+// Rows [first, first + kRows) of head h; rotated into `rotated` when `rope` is given.
 template <int D>
-Tile QueryTile(const float* base, const Shape& s, int64_t b, int64_t h, int64_t first, const float* zeros) {
+Tile QueryTile(const float* base, const Shape& s, int64_t b, int64_t h, int64_t first, const float* zeros,
+               const Rope* rope, float (*rotated)[D]) {
   Tile t{first, std::min<int64_t>(kRows, s.length - first), {}};
-  for (int r = 0; r < kRows; ++r)
+  for (int r = 0; r < kRows; ++r) {
     t.rows[r] = r < t.count ? base + ((b * s.length + first + r) * s.heads + h) * D : zeros;
+    if (rope && r < t.count) {
+      Rotate<D>(t.rows[r], rope->Cos(s, b, first + r, D), rope->Sin(s, b, first + r, D), rotated[r]);
+      t.rows[r] = rotated[r];
+    }
+  }
   return t;
 }
 
@@ -218,19 +252,20 @@ inline float SoftmaxNumerators(float* row, const int32_t* kseg, int64_t end, int
 
 template <int D>
 void ForwardItem(const float* q, const float* k, const float* v, const int32_t* qseg_all,
-                 const int32_t* kseg_all, float* out, float* lse, const Shape& s, int64_t item) {
+                 const int32_t* kseg_all, const Rope& rope, float* out, float* lse, const Shape& s, int64_t item) {
   const int64_t b = item / s.kv_heads, kh = item % s.kv_heads, group = s.heads / s.kv_heads;
   const int32_t* qseg = qseg_all + b * s.length;
   const std::vector<int32_t> kseg = PaddedSegments(kseg_all + b * s.length, s);
   KeyValueBlock kv;
-  kv.Load<D>(k, v, s, b, kh, false);
+  kv.Load<D>(k, v, rope, s, b, kh, false);
   std::vector<float> scores(kRows * s.padded);
   alignas(64) float zeros[D] = {};
+  alignas(64) float q_rotated[kRows][D];
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   for (int64_t g = 0; g < group; ++g) {
     const int64_t h = kh * group + g;
     for (int64_t first = 0; first < s.length; first += kRows) {
-      const Tile t = QueryTile<D>(q, s, b, h, first, zeros);
+      const Tile t = QueryTile<D>(q, s, b, h, first, zeros, &rope, q_rotated);
       const int64_t end = std::min(s.padded, (first + t.count + kLanes - 1) / kLanes * kLanes);
       RowsTimesCols<D>(t.rows, kv.keys_t.data(), s.padded, end, scale, scores.data());
       float norm[kRows] = {};
@@ -267,22 +302,24 @@ void ForwardItem(const float* q, const float* k, const float* v, const int32_t* 
 
 template <int D>
 void BackwardItem(const float* q, const float* k, const float* v, const int32_t* qseg_all,
-                  const int32_t* kseg_all, const float* out, const float* lse, const float* dout,
-                  float* dq, float* dk, float* dv, const Shape& s, int64_t item) {
+                  const int32_t* kseg_all, const Rope& rope, const float* out, const float* lse,
+                  const float* dout, float* dq, float* dk, float* dv, const Shape& s, int64_t item) {
   const int64_t b = item / s.kv_heads, kh = item % s.kv_heads, group = s.heads / s.kv_heads;
   const int32_t* qseg = qseg_all + b * s.length;
   const std::vector<int32_t> kseg = PaddedSegments(kseg_all + b * s.length, s);
   KeyValueBlock kv;
-  kv.Load<D>(k, v, s, b, kh, true);
+  kv.Load<D>(k, v, rope, s, b, kh, true);
   std::vector<float> probs(kRows * s.padded), dprobs(kRows * s.padded);
   std::vector<float> dkeys(s.padded * D, 0.f), dvalues(s.padded * D, 0.f);
   alignas(64) float zeros[D] = {};
+  alignas(64) float q_rotated[kRows][D];
+  alignas(64) float dq_rotated[kRows][D];
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   for (int64_t g = 0; g < group; ++g) {
     const int64_t h = kh * group + g;
     for (int64_t first = 0; first < s.length; first += kRows) {
-      const Tile t = QueryTile<D>(q, s, b, h, first, zeros);
-      const Tile dt = QueryTile<D>(dout, s, b, h, first, zeros);
+      const Tile t = QueryTile<D>(q, s, b, h, first, zeros, &rope, q_rotated);
+      const Tile dt = QueryTile<D>(dout, s, b, h, first, zeros, nullptr, nullptr);
       const int64_t end = std::min(s.padded, (first + t.count + kLanes - 1) / kLanes * kLanes);
       RowsTimesCols<D>(t.rows, kv.keys_t.data(), s.padded, end, scale, probs.data());
       RowsTimesCols<D>(dt.rows, kv.values_t.data(), s.padded, end, 1.f, dprobs.data());
@@ -320,8 +357,11 @@ void BackwardItem(const float* q, const float* k, const float* v, const int32_t*
       // dq rows: sum_j ds[r][j] * k[j].
       float* rows_out[kRows];
       const float ones[kRows] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
-      for (int r = 0; r < t.count; ++r) rows_out[r] = dq + ((b * s.length + first + r) * s.heads + h) * D;
+      for (int r = 0; r < t.count; ++r) rows_out[r] = dq_rotated[r];
       WeightsTimesRows<D>(dprobs.data(), s.padded, end, kv.keys.data(), ones, rows_out, t.count);
+      for (int r = 0; r < t.count; ++r)  // the gradient of q before RoPE
+        RotateBack<D>(dq_rotated[r], rope.Cos(s, b, first + r, D), rope.Sin(s, b, first + r, D),
+                      dq + ((b * s.length + first + r) * s.heads + h) * D);
       // dk[j] += sum_r ds[r][j] * q[r];  dv[j] += sum_r p[r][j] * dout[r]  (rank-kRows updates).
       for (int c = 0; c < D / kLanes; ++c) {
         Vec qc[kRows], oc[kRows];
@@ -347,13 +387,14 @@ void BackwardItem(const float* q, const float* k, const float* v, const int32_t*
   }
   for (int64_t j = 0; j < s.length; ++j) {
     const int64_t at = ((b * s.length + j) * s.kv_heads + kh) * D;
-    std::memcpy(dk + at, &dkeys[j * D], D * sizeof(float));
+    RotateBack<D>(&dkeys[j * D], rope.Cos(s, b, j, D), rope.Sin(s, b, j, D), dk + at);
     std::memcpy(dv + at, &dvalues[j * D], D * sizeof(float));
   }
 }
 
 ffi::Error CheckShapes(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k, ffi::Buffer<ffi::F32>& v,
-                       ffi::Buffer<ffi::S32>& qseg, ffi::Buffer<ffi::S32>& kseg, Shape* s) {
+                       ffi::Buffer<ffi::S32>& qseg, ffi::Buffer<ffi::S32>& kseg, ffi::Buffer<ffi::F32>& cos,
+                       ffi::Buffer<ffi::F32>& sin, Shape* s) {
   auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
   auto sq = qseg.dimensions(), sk = kseg.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || sq.size() != 2 || sk.size() != 2)
@@ -365,6 +406,9 @@ ffi::Error CheckShapes(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k, ffi::
     return ffi::Error::InvalidArgument("cpu attention: k/v must be [B, T, K, D] with K dividing H");
   if (sq[0] != s->batch || sq[1] != s->length || sk[0] != s->batch || sk[1] != s->length)
     return ffi::Error::InvalidArgument("cpu attention: segments must be [B, T]");
+  for (auto table : {cos.dimensions(), sin.dimensions()})
+    if (table.size() != 3 || table[0] != s->batch || table[1] != s->length || table[2] != s->head_dim)
+      return ffi::Error::InvalidArgument("cpu attention: cos/sin must be [B, T, head_dim]");
   return ffi::Error::Success();
 }
 
@@ -381,13 +425,15 @@ ffi::Error CheckShapes(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::F32>& k, ffi::
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                    ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> qseg, ffi::Buffer<ffi::S32> kseg,
-                   ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> lse) {
+                   ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin, ffi::ResultBuffer<ffi::F32> out,
+                   ffi::ResultBuffer<ffi::F32> lse) {
   Shape s;
-  if (auto e = CheckShapes(q, k, v, qseg, kseg, &s); e.failure()) return e;
+  if (auto e = CheckShapes(q, k, v, qseg, kseg, cos, sin, &s); e.failure()) return e;
+  const Rope rope{cos.typed_data(), sin.typed_data()};
 #define SEMCODER_FWD(D)                                                                            \
   ParallelFor(pool, s.batch * s.kv_heads, [&](int64_t item) {                                      \
     ForwardItem<D>(q.typed_data(), k.typed_data(), v.typed_data(), qseg.typed_data(),              \
-                   kseg.typed_data(), out->typed_data(), lse->typed_data(), s, item);              \
+                   kseg.typed_data(), rope, out->typed_data(), lse->typed_data(), s, item);        \
   })
   SEMCODER_DISPATCH_HEAD_DIM(s.head_dim, SEMCODER_FWD)
   return ffi::Error::Success();
@@ -395,15 +441,17 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ff
 
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
                     ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::S32> qseg, ffi::Buffer<ffi::S32> kseg,
-                    ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                    ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin, ffi::Buffer<ffi::F32> out,
+                    ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
                     ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
                     ffi::ResultBuffer<ffi::F32> dv) {
   Shape s;
-  if (auto e = CheckShapes(q, k, v, qseg, kseg, &s); e.failure()) return e;
+  if (auto e = CheckShapes(q, k, v, qseg, kseg, cos, sin, &s); e.failure()) return e;
+  const Rope rope{cos.typed_data(), sin.typed_data()};
 #define SEMCODER_BWD(D)                                                                            \
   ParallelFor(pool, s.batch * s.kv_heads, [&](int64_t item) {                                      \
     BackwardItem<D>(q.typed_data(), k.typed_data(), v.typed_data(), qseg.typed_data(),             \
-                    kseg.typed_data(), out.typed_data(), lse.typed_data(), dout.typed_data(),      \
+                    kseg.typed_data(), rope, out.typed_data(), lse.typed_data(), dout.typed_data(), \
                     dq->typed_data(), dk->typed_data(), dv->typed_data(), s, item);                \
   })
   SEMCODER_DISPATCH_HEAD_DIM(s.head_dim, SEMCODER_BWD)
@@ -420,6 +468,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SemcoderCpuAttentionForward, Forward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
@@ -431,6 +481,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SemcoderCpuAttentionBackward, Backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -47,6 +47,22 @@ def test_kernel_equals_the_reference_attention_values_and_gradients(batch, lengt
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_rope_inside_the_kernel_equals_rope_then_attention(head_dim):
+    """Given the tables, the kernel rotates q and k itself; gradients reach q and k before RoPE."""
+    from semcoder_jax.model import apply_rope, rope_cos_sin
+
+    q, k, v, seg = _inputs(2, 45, 4, 2, head_dim, seed=3)
+    positions = jnp.asarray(np.concatenate([np.arange(15), np.arange(30)])[None].repeat(2, 0))
+    cos, sin = rope_cos_sin(positions, head_dim, 10000.0, 4.0, jnp.float32)
+    slot = jnp.broadcast_to(jnp.arange(45), (2, 45))
+    ours = _values_and_grads(lambda q, k, v: kernel.cpu_attention(q, k, v, seg, seg, rope=(cos, sin)), q, k, v)
+    ref = _values_and_grads(lambda q, k, v: xla_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v,
+                                                          seg, slot, seg, slot), q, k, v)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5, rtol=1e-5, err_msg=name)
+
+
 def test_a_query_that_sees_no_key_averages_all_values_like_the_reference():
     """Distinct key segments (a cache's validity mask) can leave a query nothing to attend to."""
     q, k, v, seg = _inputs(2, 50, 8, 2, 32)
@@ -73,6 +89,8 @@ def test_unsupported_shapes_are_refused_before_compiling():
     q, k, v, seg = _inputs(1, 32, 2, 2, 16)
     with pytest.raises(ValueError, match="16 keys for 32 queries"):
         kernel.cpu_attention(q, k[:, :16], v[:, :16], seg, seg[:, :16])
+    with pytest.raises(ValueError, match="cos/sin must be"):
+        kernel.cpu_attention(q, k, v, seg, seg, rope=(jnp.ones((1, 32, 8)), jnp.zeros((1, 32, 8))))
     q24 = jnp.zeros((1, 32, 2, 24))
     with pytest.raises(ValueError, match="head_dim 24"):
         kernel.cpu_attention(q24, q24, q24, seg, seg)
