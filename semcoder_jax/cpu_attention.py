@@ -148,6 +148,9 @@ def cpu_attention(q: Array, k: Array, v: Array, q_segment: Array, kv_segment: Ar
     ``rope = (cos, sin)`` ([B, T, D]) when given.  Computes in float32 and returns q's dtype.
     """
     check_supported(q.shape, k.shape)
+    if jax.default_backend() != "cpu":
+        raise ValueError(f"attention_impl 'cpu' is a CPU kernel; this process runs on {jax.default_backend()!r}: "
+                         "use xla, cudnn (GPU) or splash (TPU)")
     _register()
     batch, length, _, head_dim = q.shape
     if rope is None:  # the identity rotation

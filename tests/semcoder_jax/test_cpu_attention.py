@@ -91,6 +91,10 @@ def test_unsupported_shapes_are_refused_before_compiling():
         kernel.cpu_attention(q, k[:, :16], v[:, :16], seg, seg[:, :16])
     with pytest.raises(ValueError, match="cos/sin must be"):
         kernel.cpu_attention(q, k, v, seg, seg, rope=(jnp.ones((1, 32, 8)), jnp.zeros((1, 32, 8))))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(jax, "default_backend", lambda: "gpu")
+        with pytest.raises(ValueError, match="CPU kernel; this process runs on 'gpu'"):
+            kernel.cpu_attention(q, k, v, seg, seg)
     q24 = jnp.zeros((1, 32, 2, 24))
     with pytest.raises(ValueError, match="head_dim 24"):
         kernel.cpu_attention(q24, q24, q24, seg, seg)
