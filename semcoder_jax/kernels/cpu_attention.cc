@@ -33,9 +33,10 @@ namespace {
 
 constexpr int kLanes = 16;  // floats per vector (AVX-512 width; split by the compiler on AVX2)
 constexpr int kRows = 8;    // query rows per tile: 8 independent FMA chains in the products
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4)));
+// may_alias: vectors are loaded from and stored to float/int32 buffers.
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4), may_alias));
 
-typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t)), aligned(4)));
+typedef int32_t IVec __attribute__((vector_size(kLanes * sizeof(int32_t)), aligned(4), may_alias));
 
 inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
 inline IVec LoadInt(const int32_t* p) { return *reinterpret_cast<const IVec*>(p); }
@@ -72,7 +73,7 @@ inline Vec Exp(Vec x) {
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.f;
   const IVec bits = (n + 127) << 23;
-  return y * reinterpret_cast<const Vec&>(bits);
+  return y * (Vec)bits;  // a same-size vector cast reinterprets the bits
 }
 
 // Lanes j..j+15 of query i's row that it may attend to: causal and in its segment.
@@ -196,7 +197,7 @@ struct KeyValueBlock {
 
 // The rows of one tile, padded with a zero row past the end of the sequence.
 struct Tile {
-  int64_t first, count;
+  int64_t count;
   const float* rows[kRows];
 };
 
@@ -204,7 +205,7 @@ struct Tile {
 template <int D>
 Tile QueryTile(const float* base, const Shape& s, int64_t b, int64_t h, int64_t first, const float* zeros,
                const Rope* rope, float (*rotated)[D]) {
-  Tile t{first, std::min<int64_t>(kRows, s.length - first), {}};
+  Tile t{std::min<int64_t>(kRows, s.length - first), {}};
   for (int r = 0; r < kRows; ++r) {
     t.rows[r] = r < t.count ? base + ((b * s.length + first + r) * s.heads + h) * D : zeros;
     if (rope && r < t.count) {

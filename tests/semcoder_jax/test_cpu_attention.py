@@ -110,14 +110,15 @@ def test_a_missing_compiler_is_named_in_the_error(monkeypatch):
 
 def test_builds_are_cached_by_source_and_a_failed_build_leaves_no_library(monkeypatch, tmp_path):
     monkeypatch.setenv("SEMCODER_KERNEL_CACHE", str(tmp_path / "cache"))
+    source = kernel.SOURCE.read_text()
     broken = tmp_path / "broken.cc"
-    broken.write_text(kernel.SOURCE.read_text() + "\nthis is not C++;\n")
+    broken.write_text(source + "\nthis is not C++;\n")
     monkeypatch.setattr(kernel, "SOURCE", broken)
     with pytest.raises(kernel.KernelBuildError, match="broken.cc"):
         kernel.build()
     assert list((tmp_path / "cache").iterdir()) == []
     good = tmp_path / "good.cc"
-    good.write_text(kernel.SOURCE.read_text().replace("\nthis is not C++;\n", ""))
+    good.write_text(source)
     monkeypatch.setattr(kernel, "SOURCE", good)
     first = kernel.build()
     stamp = os.stat(first).st_mtime_ns
