@@ -64,8 +64,8 @@ def run_jax(args) -> dict:
     shardings = st.state_shardings(cfg, tx, mesh)
     state = st.init_state(cfg, tx, shardings, seed=0)
     fn = st.compile_train_step(st.make_train_step(cfg, tx, opt_lib.learning_rate_schedule(opt, 1000),
-                                                  micro_batches=args.micro_batches, mesh=mesh,
-                                                  param_sharding=shardings.params), shardings, mesh)
+                                                  micro_batches=args.micro_batches, loss_chunk=args.loss_chunk,
+                                                  mesh=mesh, param_sharding=shardings.params), shardings, mesh)
     batch = st.shard_batch(batch_arrays(args, cfg.vocab_size), mesh)
     t0 = time.perf_counter()
     compiled = fn.lower(state, batch).compile()
@@ -168,6 +168,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--micro-batches", type=int, default=1)
+    p.add_argument("--loss-chunk", type=int, default=0,
+                   help="train.loss_chunk: LM head + loss over this many positions at a time (0 = whole rows)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")

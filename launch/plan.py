@@ -312,7 +312,7 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
     batch = {key: jax.ShapeDtypeStruct((t.global_batch, seq), jnp.int32, sharding=batch_sharding)
              for key in step_lib.BATCH_KEYS}
     step_fn = step_lib.make_train_step(model, tx, schedule, micro_batches=t.micro_batches, z_loss=t.z_loss,
-                                       mesh=mesh, param_sharding=shardings.params)
+                                       loss_chunk=t.loss_chunk, mesh=mesh, param_sharding=shardings.params)
     start = time.perf_counter()
     with trace_for_platform(kind.platform):  # the target's program, not the CPU-specific backward
         lowered = step_lib.compile_train_step(step_fn, shardings, mesh).lower(state, batch)
@@ -434,7 +434,8 @@ def measure_step_peak(config: TrainRunConfig, devices: int, platform: str = "tpu
     schedule = opt_lib.learning_rate_schedule(config.optimizer, t.steps or 1000)
     shardings = step_lib.state_shardings(model, tx, mesh)
     step_fn = step_lib.compile_train_step(
-        step_lib.make_train_step(model, tx, schedule, micro_batches=t.micro_batches, z_loss=t.z_loss, mesh=mesh,
+        step_lib.make_train_step(model, tx, schedule, micro_batches=t.micro_batches, z_loss=t.z_loss,
+                                 loss_chunk=t.loss_chunk, mesh=mesh,
                                  param_sharding=shardings.params), shardings, mesh)
     data = SyntheticBatches(global_batch=t.global_batch, seq_len=config.data.seq_len, vocab_size=model.vocab_size)
     batch = step_lib.shard_batch(next(data), mesh)

@@ -72,7 +72,7 @@ def _param(module: nn.Module, name: str, shape: tuple[int, ...], axes: tuple[str
     return module.param(name, nn.with_logical_partitioning(init, axes), shape, jnp.dtype(cfg.param_dtype))
 
 
-def _precision(cfg: ModelConfig) -> jax.lax.Precision:
+def matmul_precision(cfg: ModelConfig) -> jax.lax.Precision:
     """float32 compute means float32 matmuls (GPUs otherwise use TF32, TPUs bf16 passes)."""
     return jax.lax.Precision.HIGHEST if cfg.dtype == "float32" else jax.lax.Precision.DEFAULT
 
@@ -201,7 +201,7 @@ class Attention(nn.Module):
         wv = _param(self, "v_proj", (kvh, hd, d), ("kv_heads", "head_dim", "embed"), init)
         wo = _param(self, "o_proj", (d, h, hd), ("embed", "heads", "head_dim"), init)
         dt = jnp.dtype(cfg.dtype)
-        p = _precision(cfg)
+        p = matmul_precision(cfg)
         q = project("btd,hkd->bthk", x, wq.astype(dt), p)
         k = project("btd,hkd->bthk", x, wk.astype(dt), p)
         v = project("btd,hkd->bthk", x, wv.astype(dt), p)
@@ -244,7 +244,7 @@ class MLP(nn.Module):
         w_gate = _param(self, "gate_proj", (f, d), ("mlp", "embed"), init)
         w_up = _param(self, "up_proj", (f, d), ("mlp", "embed"), init)
         w_down = _param(self, "down_proj", (d, f), ("embed", "mlp"), init)
-        p = _precision(cfg)
+        p = matmul_precision(cfg)
         gate = project("btd,fd->btf", x, w_gate.astype(dt), p)
         up = project("btd,fd->btf", x, w_up.astype(dt), p)
         return project("btf,df->btd", nn.silu(gate) * up, w_down.astype(dt), p)
@@ -289,6 +289,8 @@ class Decoder(nn.Module):
       segment_ids: [B, T] int32, 0 = padding, tokens attend only within their segment (default all 1).
       cache: a ``KVCache``; the new tokens are written at ``cache.index`` and attend to every valid
         earlier slot.  Returns ``(logits, new_cache)`` then, else ``logits``.
+      hidden_only: return the final-normed hidden states [B, T, hidden] instead of logits (the
+        blockwise loss applies the LM head itself, see ``semcoder_jax.train.loss``).
     Logits are [B, T, vocab] in the compute dtype.
     """
 
@@ -296,7 +298,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, positions: Array | None = None, segment_ids: Array | None = None,
-                 cache: KVCache | None = None):
+                 cache: KVCache | None = None, hidden_only: bool = False):
         cfg = self.config
         dt = jnp.dtype(cfg.dtype)
         batch, length = input_ids.shape
@@ -341,11 +343,15 @@ class Decoder(nn.Module):
             x, new_kv = _layer_loop(cfg, self.variables["params"]["layers"], x, layer_inputs, layer_kv)
 
         x = RMSNorm(cfg, name="final_norm")(x)
+        if hidden_only:
+            if cache is not None:
+                raise ValueError("hidden_only is for training and scoring, not for decoding with a cache")
+            return x
         if cfg.tie_word_embeddings:
-            logits = project("btd,vd->btv", x, embedding.astype(dt), _precision(cfg))
+            head = embedding
         else:
             head = _param(self, "lm_head", (cfg.vocab_size, cfg.hidden_size), ("vocab", "embed"), _dense_init(cfg))
-            logits = project("btd,vd->btv", x, head.astype(dt), _precision(cfg))
+        logits = logits_from_hidden(x, head, cfg)
         if cache is None:
             return logits
         new_cache = KVCache(k=new_kv[0], v=new_kv[1], valid=valid, index=cache.index + length)
@@ -410,3 +416,23 @@ def forward(params: dict, config: ModelConfig, input_ids: Array, positions: Arra
             segment_ids: Array | None = None) -> Array:
     """Pure forward pass: logits [B, T, vocab]."""
     return Decoder(config).apply({"params": params}, input_ids, positions, segment_ids)
+
+
+def hidden_states(params: dict, config: ModelConfig, input_ids: Array, positions: Array | None = None,
+                  segment_ids: Array | None = None) -> Array:
+    """Pure forward pass up to the final norm: [B, T, hidden] in the compute dtype.
+
+    ``logits_from_hidden(params, config, hidden_states(...))`` equals ``forward(...)``.
+    """
+    return Decoder(config).apply({"params": params}, input_ids, positions, segment_ids, hidden_only=True)
+
+
+def lm_head_weight(params: dict, config: ModelConfig) -> Array:
+    """The [vocab, hidden] output projection: ``lm_head``, or the embedding when they are tied."""
+    return params["embedding"] if config.tie_word_embeddings else params["lm_head"]
+
+
+def logits_from_hidden(hidden: Array, head: Array, config: ModelConfig) -> Array:
+    """The LM head: [..., hidden] x [vocab, hidden] -> [..., vocab] logits in the compute dtype."""
+    dt = jnp.dtype(config.dtype)
+    return project("btd,vd->btv", hidden, head.astype(dt), matmul_precision(config))

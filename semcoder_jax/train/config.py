@@ -108,6 +108,7 @@ class TrainSection:
     micro_batches: int = 1
     seed: int = 0
     z_loss: float = 0.0
+    loss_chunk: int = 0
     log_every: int = 1
     eval_every: int = 0
     eval_batches: int = 4
@@ -211,6 +212,9 @@ class TrainRunConfig:
         if t.global_batch % t.micro_batches:
             raise TrainConfigError(f"train.global_batch={t.global_batch} is not divisible by "
                                    f"train.micro_batches={t.micro_batches}")
+        if t.loss_chunk < 0 or (t.loss_chunk and self.data.seq_len % t.loss_chunk):
+            raise TrainConfigError(f"train.loss_chunk={t.loss_chunk}: must be 0 (whole rows) or a positive "
+                                   f"divisor of data.seq_len={self.data.seq_len}")
         if not 0.0 <= self.data.eval_fraction < 1.0:
             raise TrainConfigError(f"data.eval_fraction: must lie in [0, 1), got {self.data.eval_fraction}")
         if self.data.seq_len <= 1:

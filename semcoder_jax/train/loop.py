@@ -379,11 +379,13 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
 
     step_fn = step_lib.compile_train_step(
         step_lib.make_train_step(model, tx, schedule, micro_batches=config.train.micro_batches,
-                                 z_loss=config.train.z_loss, mesh=mesh, param_sharding=shardings.params),
+                                 z_loss=config.train.z_loss, loss_chunk=config.train.loss_chunk, mesh=mesh,
+                                 param_sharding=shardings.params),
         shardings, mesh)
     eval_fn = None
     if config.train.eval_every and sources.make_eval is not None:
-        eval_fn = step_lib.compile_eval_step(step_lib.make_eval_step(model, mesh), shardings.params, mesh)
+        eval_fn = step_lib.compile_eval_step(step_lib.make_eval_step(model, mesh, config.train.loss_chunk),
+                                             shardings.params, mesh)
 
     seq = config.data.seq_len
     tokens_per_step = config.train.global_batch * seq

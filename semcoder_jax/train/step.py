@@ -1,8 +1,9 @@
 """The pure training math: state, loss, one compiled optimizer step, evaluation loss.
 
-- Loss: next-token cross-entropy summed over loss-bearing tokens (``loss_mask``) and divided by the
-  number of such tokens in the *whole global batch*, so micro-batching, sharding and packing never
-  change what is optimised; optional z-loss (``z_loss * logsumexp(logits)**2`` on the same tokens).
+- Loss (``semcoder_jax.train.loss``): next-token cross-entropy summed over loss-bearing tokens
+  (``loss_mask``) and divided by the number of such tokens in the *whole global batch*, so
+  micro-batching, sharding and packing never change what is optimised; optional z-loss
+  (``z_loss * logsumexp(logits)**2`` on the same tokens); optionally blockwise over the sequence.
 - Gradient accumulation runs inside the compiled step as a ``lax.scan`` over ``micro_batches``
   slices of the global batch (rows ``j, j+k, j+2k, ...`` form micro-batch ``j``, so every device
   keeps its share of every micro-batch); gradients add up in float32 and are token-weighted by
@@ -27,7 +28,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig
-from semcoder_jax.model import abstract_params, forward, init_params, logical_axes
+from semcoder_jax.model import abstract_params, init_params, logical_axes
+from semcoder_jax.train.loss import loss_sums, objective_sums
 
 Array = jax.Array
 Batch = Mapping[str, Array]
@@ -42,16 +44,6 @@ class TrainState:
     params: Any
     opt_state: Any
     rng: Array
-
-
-def loss_sums(params, config: ModelConfig, batch: Batch) -> tuple[Array, Array, Array]:
-    """(sum of cross-entropy, sum of logsumexp**2, number of loss tokens) over a batch, float32."""
-    logits = forward(params, config, batch["input_ids"], batch["positions"], batch["segment_ids"])
-    logits = logits.astype(jnp.float32)
-    lse = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, batch["targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
-    mask = batch["loss_mask"].astype(jnp.float32)
-    return jnp.sum((lse - target_logit) * mask), jnp.sum(lse * lse * mask), jnp.sum(mask)
 
 
 def _split_micro_batches(batch: Batch, k: int, mesh: Mesh | None) -> Batch:
@@ -69,9 +61,13 @@ def _split_micro_batches(batch: Batch, k: int, mesh: Mesh | None) -> Batch:
 
 
 def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
-                    micro_batches: int = 1, z_loss: float = 0.0, mesh: Mesh | None = None,
+                    micro_batches: int = 1, z_loss: float = 0.0, loss_chunk: int = 0, mesh: Mesh | None = None,
                     param_sharding=None) -> Callable[[TrainState, Batch], tuple[TrainState, dict]]:
-    """A pure ``(state, global_batch) -> (state, metrics)`` function (jit it with ``compile_train_step``)."""
+    """A pure ``(state, global_batch) -> (state, metrics)`` function (jit it with ``compile_train_step``).
+
+    ``loss_chunk``: positions per slice of the blockwise LM head + loss (0 = whole rows), see
+    ``semcoder_jax.train.loss``.
+    """
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, dict]:
         with shd.activation_sharding(mesh):
@@ -82,8 +78,8 @@ def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, sched
         denom = jnp.maximum(num_tokens, 1.0)
 
         def objective(params, micro):
-            ce, z, _ = loss_sums(params, config, micro)
-            return (ce + z_loss * z) / denom, (ce, z)
+            total, ce, z = objective_sums(params, config, micro, loss_chunk, z_loss)
+            return total / denom, (ce, z)
 
         grad_fn = jax.grad(objective, has_aux=True)
         if micro_batches == 1:
@@ -126,12 +122,13 @@ def global_norm(tree) -> Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def make_eval_step(config: ModelConfig, mesh: Mesh | None = None) -> Callable[[Any, Batch], dict]:
+def make_eval_step(config: ModelConfig, mesh: Mesh | None = None,
+                   loss_chunk: int = 0) -> Callable[[Any, Batch], dict]:
     """``(params, batch) -> {loss_sum, loss_tokens}``; the caller sums over batches and divides."""
 
     def eval_step(params, batch: Batch) -> dict:
         with shd.activation_sharding(mesh):
-            ce, _, n = loss_sums(params, config, batch)
+            ce, _, n = loss_sums(params, config, batch, loss_chunk)
         return {"loss_sum": ce, "loss_tokens": n}
 
     return eval_step

@@ -22,12 +22,13 @@ OPT = OptimizerSection(learning_rate=3e-3, warmup_steps=2, schedule="cosine_with
 TOTAL = 20
 
 
-def run_steps(mesh, steps=5, micro_batches=1, batches=None, model=CFG):
+def run_steps(mesh, steps=5, micro_batches=1, batches=None, model=CFG, z_loss=0.0, loss_chunk=0):
     tx = opt_lib.build_optimizer(OPT, TOTAL)
     schedule = opt_lib.learning_rate_schedule(OPT, TOTAL)
     shardings = st.state_shardings(model, tx, mesh)
     state = st.init_state(model, tx, shardings, seed=0)
     fn = st.compile_train_step(st.make_train_step(model, tx, schedule, micro_batches=micro_batches, mesh=mesh,
+                                                  z_loss=z_loss, loss_chunk=loss_chunk,
                                                   param_sharding=shardings.params), shardings, mesh)
     data = batches or SyntheticBatches(global_batch=8, seq_len=32, vocab_size=model.vocab_size, seed=0)
     losses = []
@@ -127,6 +128,18 @@ def test_gradient_accumulation_equals_one_step_on_the_whole_batch():
     np.testing.assert_allclose(acc_losses, whole_losses, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(acc.params), jax.tree.leaves(whole.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+
+
+def test_the_blockwise_loss_trains_like_whole_rows_with_micro_batches_and_z_loss():
+    """``train.loss_chunk``: the head over 4 slices of each row, vocabulary split over ``tensor``."""
+    mesh = shd.build_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    whole_losses, whole = run_steps(mesh, steps=3, micro_batches=2, batches=Uneven(), z_loss=1e-3)
+    block_losses, block = run_steps(mesh, steps=3, micro_batches=2, batches=Uneven(), z_loss=1e-3, loss_chunk=8)
+    np.testing.assert_allclose(block_losses, whole_losses, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(block.params), jax.tree.leaves(whole.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6)
+    head = block.params["lm_head"]
+    assert head.sharding.spec == shd.logical_to_mesh_spec(("vocab", "embed"), head.shape, mesh)
 
 
 def test_loss_is_cross_entropy_over_loss_tokens_normalised_by_the_global_count(single_device_run):
