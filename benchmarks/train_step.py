@@ -49,9 +49,8 @@ def batch_arrays(args, vocab: int):
     }
 
 
-def run_jax(args) -> dict:
-    import jax
-
+def build_jax_step(args):
+    """(compiled step, state, batch, model config, compile seconds) for the benchmark's arguments."""
     from semcoder_jax import sharding as shd
     from semcoder_jax.train import optimizer as opt_lib
     from semcoder_jax.train import step as st
@@ -69,7 +68,15 @@ def run_jax(args) -> dict:
     batch = st.shard_batch(batch_arrays(args, cfg.vocab_size), mesh)
     t0 = time.perf_counter()
     compiled = fn.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t0
+    return compiled, state, batch, cfg, time.perf_counter() - t0
+
+
+def run_jax(args) -> dict:
+    import jax
+
+    from semcoder_jax.train import step as st
+
+    compiled, state, batch, cfg, compile_s = build_jax_step(args)
     for _ in range(args.warmup):
         state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
@@ -159,8 +166,9 @@ def _result(stack, cfg, args, elapsed, kind, devices, peak, **extra) -> dict:
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser(description: str = __doc__) -> argparse.ArgumentParser:
+    """The shape/precision/kernel flags (``profile_step.py`` takes the same ones)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--layers", type=int, help="override the preset's layer count (fit a large shape in memory)")
     p.add_argument("--hidden", type=int, help="override hidden size (heads of 64, MLP 2.75x): small CPU shapes")
@@ -180,6 +188,11 @@ def main(argv=None) -> int:
                    help="model.scan_layers=false: a Python loop over the layers (faster on CPU)")
     p.add_argument("--system-malloc", action="store_true",
                    help="leave glibc malloc as it is for both stacks (as run.keep_host_buffers=false)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = make_parser()
     p.add_argument("--only", choices=["jax", "torch"], help="run one stack in this process (internal)")
     p.add_argument("--json", help="append the results as one JSON line to this file")
     args = p.parse_args(argv)

@@ -1,0 +1,74 @@
+"""The step profiler: wall time shared among concurrent ops, HLO instructions named by model part."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from semcoder_jax import sharding as shd
+from semcoder_jax.config import get_preset
+from semcoder_jax.train import optimizer as opt_lib
+from semcoder_jax.train import profile as prof
+from semcoder_jax.train import step as st
+from semcoder_jax.train.config import OptimizerSection
+from semcoder_jax.train.data import SyntheticBatches
+
+
+def test_overlapping_ops_share_the_wall_time_they_overlap_in():
+    # a: [0, 10), b: [5, 15), c: [20, 22) -> a alone 5, a+b 5 (2.5 each), b alone 5, c 2
+    shares = prof.wall_shares([(0, 10, "a"), (5, 10, "b"), (20, 2, "c")])
+    assert shares == pytest.approx({"a": 7.5, "b": 7.5, "c": 2.0})
+    assert sum(shares.values()) == pytest.approx(17.0)  # the union of the intervals, not 22
+    # the same instruction twice at once counts twice its share; zero-length events count nothing
+    assert prof.wall_shares([(0, 4, "a"), (0, 4, "a"), (0, 4, "b"), (1, 0, "z")]) == pytest.approx(
+        {"a": 4 * 2 / 3, "b": 4 / 3})
+
+
+@pytest.mark.parametrize("op_name, part", [
+    ("jit(train_step)/jvp(Decoder)/DecoderLayer/mlp/btd,fd->btf/dot_general", ("mlp", "fwd")),
+    ("jit(train_step)/transpose(jvp(Decoder))/DecoderLayer/attention/ffi_call", ("attention kernel", "bwd")),
+    ("jit(train_step)/transpose(jvp(Decoder))/DecoderLayer/attention/btd,bthk->dhk/dot_general",
+     ("attention projections", "bwd")),
+    ("jit(train_step)/jvp(Decoder)/DecoderLayer/mlp_norm/mul", ("norms", "fwd")),
+    ("jit(train_step)/transpose(jvp(btd,btv->dv))/dot_general", ("lm head", "bwd")),
+    ("jit(train_step)/jvp()/exp", ("loss", "fwd")),
+    ("jit(train_step)/sqrt", ("optimizer", "")),
+    ("jit(train_step)/transpose(jvp(Decoder))/DecoderLayer/all-gather", ("collectives", "bwd")),
+])
+def test_op_names_map_to_parts_of_the_model(op_name, part):
+    assert prof.classify(op_name) == part
+
+
+def test_hlo_instructions_are_named_by_their_jax_op_names():
+    compiled = jax.jit(lambda a, b: jnp.tanh(a @ b)).lower(jnp.ones((8, 8)), jnp.ones((8, 8))).compile()
+    names = prof.op_names_from_hlo(compiled.as_text())
+    assert {"jit(<lambda>)/dot_general", "jit(<lambda>)/tanh"} <= set(names.values())
+    assert all(" " not in name for name in names)
+
+
+def test_profile_of_a_real_step_covers_the_model_parts_and_adds_up():
+    cfg = get_preset("tiny", dtype="float32", num_layers=1)
+    opt = OptimizerSection(learning_rate=1e-3, warmup_steps=0, schedule="constant")
+    tx = opt_lib.build_optimizer(opt, 10)
+    mesh = shd.build_mesh({"data": 1}, jax.devices()[:1])
+    shardings = st.state_shardings(cfg, tx, mesh)
+    fn = st.compile_train_step(st.make_train_step(cfg, tx, opt_lib.learning_rate_schedule(opt, 10), mesh=mesh,
+                                                  param_sharding=shardings.params), shardings, mesh)
+    batch = st.shard_batch(next(SyntheticBatches(global_batch=4, seq_len=64, vocab_size=cfg.vocab_size)), mesh)
+    holder = {"state": st.init_state(cfg, tx, shardings, seed=0)}
+    compiled = fn.lower(holder["state"], batch).compile()
+
+    def run():
+        holder["state"], metrics = compiled(holder["state"], batch)
+        jax.block_until_ready(metrics)
+
+    run()
+    profile = prof.profile_compiled(compiled, run, steps=2)
+    parts = {part for part, _ in profile.parts}
+    assert {"mlp", "attention projections", "norms", "lm head", "loss", "optimizer"} <= parts
+    assert {d for _, d in profile.parts} >= {"fwd", "bwd"}
+    assert 0 < profile.busy_ms <= profile.wall_ms * 1.05
+    assert profile.busy_ms == pytest.approx(sum(profile.instructions.values()))
+    report = profile.table(top=5)
+    assert "mlp" in report and "slowest 5 instructions" in report
