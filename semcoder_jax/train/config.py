@@ -169,6 +169,10 @@ class RunSection:
     # CPU hosts: keep freed memory in glibc's heap so XLA:CPU reuses each step's buffers rather than
     # mapping and faulting them in again (semcoder_jax.host_memory); no effect with an accelerator.
     keep_host_buffers: bool = True
+    # Trace steps profile_from .. profile_from + profile_steps - 1 with jax.profiler into
+    # RUN/profile/ and write where the time went (semcoder_jax.train.profile); 0 steps = off.
+    profile_steps: int = 0
+    profile_from: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,6 +230,9 @@ class TrainRunConfig:
             raise TrainConfigError(f"optimizer.min_lr: must lie in [0, learning_rate], got {o.min_lr}")
         if o.warmup_steps < 0:
             raise TrainConfigError(f"optimizer.warmup_steps: must be >= 0, got {o.warmup_steps}")
+        if self.run.profile_steps < 0 or self.run.profile_from < 1:
+            raise TrainConfigError(f"run.profile_steps / run.profile_from: need profile_steps >= 0 and "
+                                   f"profile_from >= 1, got {self.run.profile_steps} / {self.run.profile_from}")
         if self.checkpoint.every <= 0 or self.checkpoint.keep <= 0:
             raise TrainConfigError("checkpoint.every and checkpoint.keep must be positive")
         if self.model.init_from is not None:

@@ -9,6 +9,7 @@ before the first compilation.  Only process 0 writes files other than checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,6 +28,7 @@ from semcoder_jax.errors import UserError
 from semcoder_jax.train import checkpoint as ckpt_lib
 from semcoder_jax.train import data as data_lib
 from semcoder_jax.train import optimizer as opt_lib
+from semcoder_jax.train import profile as profile_lib
 from semcoder_jax.train import step as step_lib
 from semcoder_jax.train.config import DistributedSection, TrainRunConfig, dump_config
 
@@ -410,12 +412,23 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
     last_saved = start if restored is not None else -1
     window_start, window_steps = time.perf_counter(), 0
     stop_at = total if max_steps_this_run is None else min(total, start + max_steps_this_run)
-    with StopSignal() as stop:
+    call, window = step_fn, None
+    with StopSignal() as stop, contextlib.ExitStack() as cleanup:
         while step < stop_at:
             batch = step_lib.shard_batch(next(sources.train), mesh)
-            state, metrics = step_fn(state, batch)
+            if config.run.profile_steps and window is None:
+                call = step_fn.lower(state, batch).compile()  # compiled once; its HLO names the trace's ops
+                window = profile_lib.TraceWindow(os.path.join(run_dir, "profile", f"process_{jax.process_index()}"),
+                                                 config.run.profile_from, config.run.profile_steps, call.as_text())
+                cleanup.callback(window.close)
+            if window is not None:
+                window.before_step(step + 1)
+            state, metrics = call(state, batch)
             step += 1
             window_steps += 1
+            report = window.after_step(step, metrics) if window is not None else None
+            if report is not None and process0:
+                _write_profile(run_dir, report)
             if step % config.train.log_every == 0 or step == stop_at:
                 values = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 elapsed = time.perf_counter() - window_start
@@ -452,6 +465,19 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
         _export(state.params, model, export_hf, run_dir, config, process0, overwrite_export)
     return RunResult(run_dir=run_dir, start_step=start, final_step=step, total_steps=total, preempted=preempted,
                      history=history)
+
+
+def _write_profile(run_dir: str, report: profile_lib.StepProfile) -> None:
+    """RUN/profile/summary.txt (the table, also printed) and RUN/profile/parts.json (ms per step)."""
+    table = report.table()
+    _write_atomic(os.path.join(run_dir, "profile", "summary.txt"), table + "\n")
+    parts = [{"part": part, "direction": direction, "ms_per_step": ms}
+             for (part, direction), ms in sorted(report.parts.items(), key=lambda kv: -kv[1])]
+    _write_atomic(os.path.join(run_dir, "profile", "parts.json"),
+                  json.dumps({"steps": report.steps, "wall_ms": report.wall_ms, "busy_ms": report.busy_ms,
+                              "parts": parts}, indent=1) + "\n")
+    print(f"semcoder train: profile of {report.steps} steps (trace in {os.path.join(run_dir, 'profile')})\n{table}",
+          file=sys.stderr, flush=True)
 
 
 def _evaluate(eval_fn, params, sources, mesh, config: TrainRunConfig) -> dict[str, float]:

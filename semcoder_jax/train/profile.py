@@ -25,6 +25,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -156,15 +157,17 @@ def fold_trace(events: list[Mapping[str, Any]], op_names: Mapping[str, str], mod
                        instructions=per_step, op_names=dict(op_names))
 
 
+def fold_trace_dir(trace_dir: str, hlo_text: str, steps: int, wall_s: float) -> StepProfile:
+    """Folds the trace ``jax.profiler`` wrote into ``trace_dir`` for ``steps`` steps of the HLO module."""
+    module = re.search(r"HloModule\s+([\w.\-]+)", hlo_text)
+    return fold_trace(_trace_events(trace_dir), op_names_from_hlo(hlo_text), module.group(1) if module else "",
+                      steps, wall_s)
+
+
 def profile_compiled(compiled, run: Callable[[], Any], steps: int = 3, trace_dir: str | None = None) -> StepProfile:
     """Trace ``steps`` calls of ``run`` (which must call ``compiled`` once and block until done)."""
-    import time
-
     import jax
 
-    hlo = compiled.as_text()
-    module = re.search(r"HloModule\s+([\w.\-]+)", hlo)
-    module_name = module.group(1) if module else ""
     with tempfile.TemporaryDirectory() as tmp:
         directory = trace_dir or tmp
         with jax.profiler.trace(directory):
@@ -172,5 +175,51 @@ def profile_compiled(compiled, run: Callable[[], Any], steps: int = 3, trace_dir
             for _ in range(steps):
                 run()
             wall = time.perf_counter() - start
-        events = _trace_events(directory)
-    return fold_trace(events, op_names_from_hlo(hlo), module_name, steps, wall)
+        return fold_trace_dir(directory, compiled.as_text(), steps, wall)
+
+
+class TraceWindow:
+    """Traces steps ``first .. first + count - 1`` (1-based step numbers) of a training loop.
+
+    ``before_step(n)`` / ``after_step(n, outputs)`` bracket each step; the trace starts before the
+    first step of the window that runs and stops after the last one (outputs are waited for), and
+    ``after_step`` then returns the folded ``StepProfile``.  ``close()`` stops a trace that a
+    preempted run left open.  The raw trace stays in ``directory`` for TensorBoard or Perfetto.
+    """
+
+    def __init__(self, directory: str, first: int, count: int, hlo_text: str) -> None:
+        self.directory, self.first, self.count, self.hlo_text = directory, first, count, hlo_text
+        self._start: float | None = None
+        self._steps = 0
+
+    def _inside(self, n: int) -> bool:
+        return self.first <= n < self.first + self.count
+
+    def before_step(self, n: int) -> None:
+        import jax
+
+        if self._start is None and self._steps == 0 and self._inside(n):
+            os.makedirs(self.directory, exist_ok=True)
+            jax.profiler.start_trace(self.directory)
+            self._start = time.perf_counter()
+
+    def after_step(self, n: int, outputs: Any) -> StepProfile | None:
+        import jax
+
+        if self._start is None:
+            return None
+        self._steps += 1
+        if n < self.first + self.count - 1:
+            return None
+        jax.block_until_ready(outputs)
+        wall = time.perf_counter() - self._start
+        jax.profiler.stop_trace()
+        self._start = None
+        return fold_trace_dir(self.directory, self.hlo_text, self._steps, wall)
+
+    def close(self) -> None:
+        import jax
+
+        if self._start is not None:
+            jax.profiler.stop_trace()
+            self._start = None

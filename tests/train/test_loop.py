@@ -191,3 +191,28 @@ def test_a_metrics_line_torn_by_a_kill_is_dropped_on_resume(th, tmp_path, capsys
     log.truncate_after(2)
     assert th.read_metrics(str(tmp_path)) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
     assert "dropped 1 incomplete line" in capsys.readouterr().err
+
+
+def test_profiling_a_window_of_steps_writes_the_trace_and_where_the_time_went(th, tmp_path, straight_run, capsys):
+    """``run.profile_steps``: steps 3-4 traced; the run's losses are those of the untraced run."""
+    import glob
+    import json
+
+    run_dir = str(tmp_path / "profiled")
+    train(th.tiny_config("train.steps=20", "run.profile_from=3", "run.profile_steps=2"), run_dir=run_dir,
+          max_steps_this_run=6)
+    losses = th.train_losses(th.read_metrics(run_dir))
+    assert [losses[s] for s in range(1, 7)] == [straight_run[1][s] for s in range(1, 7)]
+    parts = json.load(open(os.path.join(run_dir, "profile", "parts.json")))
+    assert parts["steps"] == 2 and parts["busy_ms"] > 0
+    assert {"mlp", "lm head", "optimizer"} <= {p["part"] for p in parts["parts"]}
+    summary = open(os.path.join(run_dir, "profile", "summary.txt")).read()
+    assert "slowest" in summary and summary.strip() in capsys.readouterr().err
+    assert glob.glob(os.path.join(run_dir, "profile", "process_0", "**", "*.xplane.pb"), recursive=True)
+
+
+def test_profile_settings_are_checked_up_front(th):
+    from semcoder_jax.train.config import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="run.profile_steps / run.profile_from"):
+        th.tiny_config("train.steps=5", "run.profile_steps=2", "run.profile_from=0").validate()
