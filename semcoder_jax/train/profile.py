@@ -106,6 +106,7 @@ class StepProfile:
     parts: dict[tuple[str, str], float]
     instructions: dict[str, float]
     op_names: dict[str, str]
+    source: str = "host ops"  # or "device kernels": which trace events were counted
 
     @property
     def busy_ms(self) -> float:
@@ -118,7 +119,7 @@ class StepProfile:
             by_part[part][direction or "-"] += ms
         busy = self.busy_ms or 1.0
         lines = [f"{self.steps} steps, {self.wall_ms:.1f} ms/step wall, {self.busy_ms:.1f} ms/step busy "
-                 "(ops' wall time, concurrent ops sharing it)",
+                 f"({self.source}; concurrent ones share their overlap)",
                  f"{'part':24s} {'fwd':>8s} {'bwd':>8s} {'other':>8s} {'total':>8s} {'share':>6s}"]
         for part, d in sorted(by_part.items(), key=lambda kv: -sum(kv[1].values())):
             total = sum(d.values())
@@ -154,7 +155,8 @@ def fold_trace(events: list[Mapping[str, Any]], op_names: Mapping[str, str], mod
     for name, ms in per_step.items():
         parts[classify(op_names.get(name, name))] += ms
     return StepProfile(steps=steps, wall_ms=1000.0 * wall_s / steps, parts=dict(parts),
-                       instructions=per_step, op_names=dict(op_names))
+                       instructions=per_step, op_names=dict(op_names),
+                       source="device kernels" if on_device else "host ops")
 
 
 def fold_trace_dir(trace_dir: str, hlo_text: str, steps: int, wall_s: float) -> StepProfile:
