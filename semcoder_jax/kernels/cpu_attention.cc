@@ -12,6 +12,8 @@
 // gives), with no gradient to q or k.  Layouts: q [B, T, H, D], k/v [B, T, K, D] (K divides H),
 // segments [B, T] int32; forward also returns the log-sum-exp [B, H, T] for the backward.
 //
+// A tile of 8 queries computes scores only for the keys from the start of its earliest segment up
+// to its causal end, so packed rows skip the earlier segments' keys.
 // Work is split by (batch row, kv head), so every output element has exactly one writer; items
 // are shared between the calling thread and XLA's intra-op thread pool.
 
@@ -119,12 +121,12 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, const Fn& fn) {
   state->cv.wait(lock, [&] { return state->done.load() == n; });
 }
 
-// out[r][j] = scale * dot(rows[r], cols[:, j]) for j < end (a multiple of kLanes); cols is
+// out[r][j] = scale * dot(rows[r], cols[:, j]) for begin <= j < end (multiples of kLanes); cols is
 // [D][padded], transposed so that each step is a broadcast-multiply-add over kLanes keys.
 template <int D>
-void RowsTimesCols(const float* const rows[kRows], const float* cols, int64_t padded, int64_t end,
-                   float scale, float* out) {
-  for (int64_t j = 0; j < end; j += kLanes) {
+void RowsTimesCols(const float* const rows[kRows], const float* cols, int64_t padded, int64_t begin,
+                   int64_t end, float scale, float* out) {
+  for (int64_t j = begin; j < end; j += kLanes) {
     Vec acc[kRows] = {};
     for (int d = 0; d < D; ++d) {
       const Vec c = Load(cols + d * padded + j);
@@ -134,15 +136,15 @@ void RowsTimesCols(const float* const rows[kRows], const float* cols, int64_t pa
   }
 }
 
-// out[r] = scale[r] * sum_j weights[r][j] * mat[j] over j < end, mat rows contiguous [padded][D];
-// two vectors of columns at a time keep the 8 x 2 accumulators in registers.
+// out[r] = scale[r] * sum_j weights[r][j] * mat[j] over begin <= j < end, mat rows contiguous
+// [padded][D]; two vectors of columns at a time keep the 8 x 2 accumulators in registers.
 template <int D>
-void WeightsTimesRows(const float* weights, int64_t padded, int64_t end, const float* mat,
+void WeightsTimesRows(const float* weights, int64_t padded, int64_t begin, int64_t end, const float* mat,
                       const float scale[kRows], float* const out[kRows], int rows) {
   constexpr int kCols = D / kLanes >= 2 ? 2 : 1;
   for (int c0 = 0; c0 < D / kLanes; c0 += kCols) {
     Vec acc[kRows][kCols] = {};
-    for (int64_t j = 0; j < end; ++j) {
+    for (int64_t j = begin; j < end; ++j) {
       Vec m[kCols];
       for (int c = 0; c < kCols; ++c) m[c] = Load(mat + j * D + (c0 + c) * kLanes);
       for (int r = 0; r < kRows; ++r) {
@@ -252,28 +254,40 @@ inline std::vector<int32_t> PaddedSegments(const int32_t* kseg, const Shape& s) 
   return padded;
 }
 
-// Whether query i has any visible key (some j <= i in its segment), for every i: one pass that
-// records where each segment id first occurs among the keys.
-inline std::vector<bool> SeesAKey(const int32_t* qseg, const int32_t* kseg, int64_t length) {
+// For every query i, the first key of its segment when that key is visible to it (j <= i), else -1
+// (the query sees no key); one pass records where each segment id first occurs among the keys.
+inline std::vector<int64_t> SegmentStarts(const int32_t* qseg, const int32_t* kseg, int64_t length) {
   std::unordered_map<int32_t, int64_t> first_key;
   for (int64_t j = length - 1; j >= 0; --j) first_key[kseg[j]] = j;
-  std::vector<bool> out(length);
+  std::vector<int64_t> out(length, -1);
   for (int64_t i = 0; i < length; ++i) {
     const auto it = first_key.find(qseg[i]);
-    out[i] = it != first_key.end() && it->second <= i;
+    if (it != first_key.end() && it->second <= i) out[i] = it->second;
   }
   return out;
 }
 
-// Turns row i's scores (keys < end) into exp(score - shift) where visible, else 0; returns the sum.
-// With shift unknown (forward), it is the visible maximum, written to *shift; *any says whether
-// any key is visible.
-inline float SoftmaxNumerators(float* row, const int32_t* kseg, int64_t end, int64_t i, int32_t segment,
-                               float* shift, bool find_shift, bool* any) {
+// The first key vector a tile of rows [first, first + count) needs: keys before every row's
+// segment are never visible to the tile (packed rows skip earlier segments); 0 when a row of it
+// sees no key (its weights are uniform over all keys).
+inline int64_t TileBegin(const std::vector<int64_t>& starts, int64_t first, int64_t count) {
+  int64_t begin = first;
+  for (int64_t i = first; i < first + count; ++i) {
+    if (starts[i] < 0) return 0;
+    begin = std::min(begin, starts[i]);
+  }
+  return begin / kLanes * kLanes;
+}
+
+// Turns row i's scores (keys in [begin, end)) into exp(score - shift) where visible, else 0;
+// returns the sum.  With shift unknown (forward), it is the visible maximum, written to *shift;
+// *any says whether any key is visible.
+inline float SoftmaxNumerators(float* row, const int32_t* kseg, int64_t begin, int64_t end, int64_t i,
+                               int32_t segment, float* shift, bool find_shift, bool* any) {
   if (find_shift) {
     Vec top = Splat(-3.0e38f);
     IVec seen = IVec{};
-    for (int64_t j = 0; j < end; j += kLanes) {
+    for (int64_t j = begin; j < end; j += kLanes) {
       const IVec vis = VisibleLanes(kseg, j, i, segment);
       const Vec x = Load(row + j);
       top = (vis != 0) & (x > top) ? x : top;
@@ -284,7 +298,7 @@ inline float SoftmaxNumerators(float* row, const int32_t* kseg, int64_t end, int
     *shift = MaxLane(top);
   }
   Vec total = Vec{};
-  for (int64_t j = 0; j < end; j += kLanes) {
+  for (int64_t j = begin; j < end; j += kLanes) {
     const IVec vis = VisibleLanes(kseg, j, i, segment);
     const Vec e = vis != 0 ? Exp(Load(row + j) - *shift) : Vec{};
     Store(row + j, e);
@@ -299,6 +313,7 @@ void ForwardItem(const float* q, const float* k, const float* v, const int32_t* 
   const int64_t b = item / s.kv_heads, kh = item % s.kv_heads, group = s.heads / s.kv_heads;
   const int32_t* qseg = qseg_all + b * s.length;
   const std::vector<int32_t> kseg = PaddedSegments(kseg_all + b * s.length, s);
+  const std::vector<int64_t> starts = SegmentStarts(qseg, kseg.data(), s.length);
   KeyValueBlock kv;
   kv.Load<D>(k, v, rope, s, b, kh, false);
   std::vector<float> scores(kRows * s.padded);
@@ -310,7 +325,8 @@ void ForwardItem(const float* q, const float* k, const float* v, const int32_t* 
     for (int64_t first = 0; first < s.length; first += kRows) {
       const Tile t = QueryTile<D>(q, s, b, h, first, zeros, &rope, q_rotated);
       const int64_t end = std::min(s.padded, (first + t.count + kLanes - 1) / kLanes * kLanes);
-      RowsTimesCols<D>(t.rows, kv.keys_t.data(), s.padded, end, scale, scores.data());
+      const int64_t begin = TileBegin(starts, first, t.count);
+      RowsTimesCols<D>(t.rows, kv.keys_t.data(), s.padded, begin, end, scale, scores.data());
       float norm[kRows] = {};
       int64_t stop[kRows] = {};
       for (int r = 0; r < t.count; ++r) {
@@ -318,7 +334,7 @@ void ForwardItem(const float* q, const float* k, const float* v, const int32_t* 
         float* row = &scores[r * s.padded];
         float top;
         bool any;
-        const float total = SoftmaxNumerators(row, kseg.data(), end, i, qseg[i], &top, true, &any);
+        const float total = SoftmaxNumerators(row, kseg.data(), begin, end, i, qseg[i], &top, true, &any);
         if (!any) {  // uniform over all keys, as the reference's all-masked softmax
           std::fill(row, row + s.length, 1.f);
           std::fill(row + s.length, row + s.padded, 0.f);
@@ -338,7 +354,7 @@ void ForwardItem(const float* q, const float* k, const float* v, const int32_t* 
         std::fill(&scores[r * s.padded] + stop[r], &scores[r * s.padded] + reach, 0.f);
       float* rows_out[kRows];
       for (int r = 0; r < t.count; ++r) rows_out[r] = out + ((b * s.length + first + r) * s.heads + h) * D;
-      WeightsTimesRows<D>(scores.data(), s.padded, reach, kv.values.data(), norm, rows_out, t.count);
+      WeightsTimesRows<D>(scores.data(), s.padded, begin, reach, kv.values.data(), norm, rows_out, t.count);
     }
   }
 }
@@ -350,7 +366,7 @@ void BackwardItem(const float* q, const float* k, const float* v, const int32_t*
   const int64_t b = item / s.kv_heads, kh = item % s.kv_heads, group = s.heads / s.kv_heads;
   const int32_t* qseg = qseg_all + b * s.length;
   const std::vector<int32_t> kseg = PaddedSegments(kseg_all + b * s.length, s);
-  const std::vector<bool> sees_a_key = SeesAKey(qseg, kseg.data(), s.length);
+  const std::vector<int64_t> starts = SegmentStarts(qseg, kseg.data(), s.length);
   KeyValueBlock kv;
   kv.Load<D>(k, v, rope, s, b, kh, true);
   std::vector<float> probs(kRows * s.padded), dprobs(kRows * s.padded);
@@ -365,12 +381,13 @@ void BackwardItem(const float* q, const float* k, const float* v, const int32_t*
       const Tile t = QueryTile<D>(q, s, b, h, first, zeros, &rope, q_rotated);
       const Tile dt = QueryTile<D>(dout, s, b, h, first, zeros, nullptr, nullptr);
       const int64_t end = std::min(s.padded, (first + t.count + kLanes - 1) / kLanes * kLanes);
-      RowsTimesCols<D>(t.rows, kv.keys_t.data(), s.padded, end, scale, probs.data());
-      RowsTimesCols<D>(dt.rows, kv.values_t.data(), s.padded, end, 1.f, dprobs.data());
+      const int64_t begin = TileBegin(starts, first, t.count);
+      RowsTimesCols<D>(t.rows, kv.keys_t.data(), s.padded, begin, end, scale, probs.data());
+      RowsTimesCols<D>(dt.rows, kv.values_t.data(), s.padded, begin, end, 1.f, dprobs.data());
       bool empty[kRows] = {};
       int64_t reach = end;
       for (int r = 0; r < t.count; ++r) {
-        empty[r] = !sees_a_key[first + r];
+        empty[r] = starts[first + r] < 0;
         if (empty[r]) reach = s.padded;
       }
       for (int r = 0; r < kRows; ++r) {
@@ -390,8 +407,8 @@ void BackwardItem(const float* q, const float* k, const float* v, const int32_t*
         const Vec delta = Splat(SumLanes(dot));
         float row_lse = lse[(b * s.heads + h) * s.length + i];
         bool any;
-        SoftmaxNumerators(p, kseg.data(), end, i, qseg[i], &row_lse, false, &any);
-        for (int64_t j = 0; j < end; j += kLanes)
+        SoftmaxNumerators(p, kseg.data(), begin, end, i, qseg[i], &row_lse, false, &any);
+        for (int64_t j = begin; j < end; j += kLanes)
           Store(ds + j, Load(p + j) * (Load(ds + j) - delta) * scale);
         std::fill(p + end, p + reach, 0.f);
         std::fill(ds + end, ds + reach, 0.f);
@@ -400,7 +417,7 @@ void BackwardItem(const float* q, const float* k, const float* v, const int32_t*
       float* rows_out[kRows];
       const float ones[kRows] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
       for (int r = 0; r < t.count; ++r) rows_out[r] = dq_rotated[r];
-      WeightsTimesRows<D>(dprobs.data(), s.padded, end, kv.keys.data(), ones, rows_out, t.count);
+      WeightsTimesRows<D>(dprobs.data(), s.padded, begin, end, kv.keys.data(), ones, rows_out, t.count);
       for (int r = 0; r < t.count; ++r)  // the gradient of q before RoPE
         RotateBack<D>(dq_rotated[r], rope.Cos(s, b, first + r, D), rope.Sin(s, b, first + r, D),
                       dq + ((b * s.length + first + r) * s.heads + h) * D);
@@ -412,7 +429,7 @@ void BackwardItem(const float* q, const float* k, const float* v, const int32_t*
           oc[r] = Load(dt.rows[r] + c * kLanes);
         }
         // Two keys at a time and each sum split in halves: 8 independent FMA chains.
-        for (int64_t j = 0; j < reach; j += 2) {
+        for (int64_t j = begin; j < reach; j += 2) {
           for (int64_t jj = j; jj < j + 2; ++jj) {
             Vec gk[2] = {Load(&dkeys[jj * D + c * kLanes]), Vec{}};
             Vec gv[2] = {Load(&dvalues[jj * D + c * kLanes]), Vec{}};

@@ -47,6 +47,29 @@ def test_kernel_equals_the_reference_attention_values_and_gradients(batch, lengt
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+def test_many_short_segments_per_row_skip_earlier_keys_and_keep_the_reference_values():
+    """Tiles start at their earliest segment's first key; segments that straddle tiles, repeat an
+    id later in the row, or hold padding give the reference's values and gradients."""
+    batch, length = 3, 100
+    r = np.random.RandomState(4)
+    seg = np.zeros((batch, length), np.int32)
+    for b in range(batch):
+        at, sid = 0, 1
+        while at < length:
+            n = int(r.randint(1, 21))
+            seg[b, at:at + n] = sid
+            at, sid = at + n, sid + 1
+    seg[1, 60:] = 1       # a later run of segment 1: it sees the keys of the first run too
+    seg[2, 90:] = 0       # padding at the end
+    q, k, v = (jnp.asarray(r.randn(batch, length, 4, 32).astype(np.float32)) for _ in range(3))
+    seg = jnp.asarray(seg)
+    slot = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    ours = _values_and_grads(lambda q, k, v: kernel.cpu_attention(q, k, v, seg, seg), q, k, v)
+    ref = _values_and_grads(lambda q, k, v: xla_attention(q, k, v, seg, slot, seg, slot), q, k, v)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), ours, ref):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-5, err_msg=name)
+
+
 @pytest.mark.parametrize("head_dim", [16, 64])
 def test_rope_inside_the_kernel_equals_rope_then_attention(head_dim):
     """Given the tables, the kernel rotates q and k itself; gradients reach q and k before RoPE."""
