@@ -12,7 +12,7 @@
 // gives), with no gradient to q or k.  Layouts: q [B, T, H, D], k/v [B, T, K, D] (K divides H),
 // segments [B, T] int32; forward also returns the log-sum-exp [B, H, T] for the backward.
 //
-// A tile of 8 queries computes scores only for the keys from the start of its earliest segment up
+// A tile of 16 queries computes scores only for the keys from the start of its earliest segment up
 // to its causal end, so packed rows skip the earlier segments' keys.
 // Work is split by (batch row, kv head), so every output element has exactly one writer; items
 // are shared between the calling thread and XLA's intra-op thread pool.
@@ -39,7 +39,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 constexpr int kLanes = 16;  // floats per vector (AVX-512 width; split by the compiler on AVX2)
-constexpr int kRows = 8;    // query rows per tile: 8 independent FMA chains in the products
+constexpr int kRows = 16;   // query rows per tile: 16 independent FMA chains in the products
 // may_alias: vectors are loaded from and stored to float/int32 buffers.
 typedef float Vec __attribute__((vector_size(kLanes * sizeof(float)), aligned(4), may_alias));
 
@@ -137,11 +137,11 @@ void RowsTimesCols(const float* const rows[kRows], const float* cols, int64_t pa
 }
 
 // out[r] = scale[r] * sum_j weights[r][j] * mat[j] over begin <= j < end, mat rows contiguous
-// [padded][D]; two vectors of columns at a time keep the 8 x 2 accumulators in registers.
+// [padded][D]; one vector of columns at a time keeps the kRows accumulators in registers.
 template <int D>
 void WeightsTimesRows(const float* weights, int64_t padded, int64_t begin, int64_t end, const float* mat,
                       const float scale[kRows], float* const out[kRows], int rows) {
-  constexpr int kCols = D / kLanes >= 2 ? 2 : 1;
+  constexpr int kCols = 1;  // kRows accumulators in registers
   for (int c0 = 0; c0 < D / kLanes; c0 += kCols) {
     Vec acc[kRows][kCols] = {};
     for (int64_t j = begin; j < end; ++j) {
@@ -415,30 +415,32 @@ void BackwardItem(const float* q, const float* k, const float* v, const int32_t*
       }
       // dq rows: sum_j ds[r][j] * k[j].
       float* rows_out[kRows];
-      const float ones[kRows] = {1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f, 1.f};
+      float ones[kRows];
+      std::fill(ones, ones + kRows, 1.f);
       for (int r = 0; r < t.count; ++r) rows_out[r] = dq_rotated[r];
       WeightsTimesRows<D>(dprobs.data(), s.padded, begin, end, kv.keys.data(), ones, rows_out, t.count);
       for (int r = 0; r < t.count; ++r)  // the gradient of q before RoPE
         RotateBack<D>(dq_rotated[r], rope.Cos(s, b, first + r, D), rope.Sin(s, b, first + r, D),
                       dq + ((b * s.length + first + r) * s.heads + h) * D);
       // dk[j] += sum_r ds[r][j] * q[r];  dv[j] += sum_r p[r][j] * dout[r]  (rank-kRows updates).
+      // Four keys at a time: their 8 accumulators stay in registers while the tile's rows stream by.
       for (int c = 0; c < D / kLanes; ++c) {
-        Vec qc[kRows], oc[kRows];
-        for (int r = 0; r < kRows; ++r) {
-          qc[r] = Load(t.rows[r] + c * kLanes);
-          oc[r] = Load(dt.rows[r] + c * kLanes);
-        }
-        // Two keys at a time and each sum split in halves: 8 independent FMA chains.
-        for (int64_t j = begin; j < reach; j += 2) {
-          for (int64_t jj = j; jj < j + 2; ++jj) {
-            Vec gk[2] = {Load(&dkeys[jj * D + c * kLanes]), Vec{}};
-            Vec gv[2] = {Load(&dvalues[jj * D + c * kLanes]), Vec{}};
-            for (int r = 0; r < kRows; ++r) {
-              gk[r & 1] += dprobs[r * s.padded + jj] * qc[r];
-              gv[r & 1] += probs[r * s.padded + jj] * oc[r];
+        for (int64_t j = begin; j < reach; j += 4) {
+          Vec gk[4], gv[4];
+          for (int u = 0; u < 4; ++u) {
+            gk[u] = Load(&dkeys[(j + u) * D + c * kLanes]);
+            gv[u] = Load(&dvalues[(j + u) * D + c * kLanes]);
+          }
+          for (int r = 0; r < kRows; ++r) {
+            const Vec qc = Load(t.rows[r] + c * kLanes), oc = Load(dt.rows[r] + c * kLanes);
+            for (int u = 0; u < 4; ++u) {
+              gk[u] += dprobs[r * s.padded + j + u] * qc;
+              gv[u] += probs[r * s.padded + j + u] * oc;
             }
-            Store(&dkeys[jj * D + c * kLanes], gk[0] + gk[1]);
-            Store(&dvalues[jj * D + c * kLanes], gv[0] + gv[1]);
+          }
+          for (int u = 0; u < 4; ++u) {
+            Store(&dkeys[(j + u) * D + c * kLanes], gk[u]);
+            Store(&dvalues[(j + u) * D + c * kLanes], gv[u]);
           }
         }
       }
