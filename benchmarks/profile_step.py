@@ -2,7 +2,7 @@
 
 Takes ``train_step.py``'s shape flags, compiles the same step, runs a few warm-up steps, traces
 ``--profile-steps`` more with ``jax.profiler`` and prints ``semcoder_jax.train.profile``'s report:
-ms per step for the attention kernel, projections, MLP, norms, LM head, loss, optimizer, ... and the
+ms per step for the attention core, projections, MLP, norms, LM head, loss, optimizer, ... and the
 slowest HLO instructions.  On XLA:CPU concurrent ops share the wall time they overlap in.
 
     python benchmarks/profile_step.py --preset tiny --hidden 256 --layers 4 --vocab 8192 --seq 256 --batch 8 \\

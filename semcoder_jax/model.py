@@ -428,7 +428,8 @@ def hidden_states(params: dict, config: ModelConfig, input_ids: Array, positions
                   segment_ids: Array | None = None) -> Array:
     """Pure forward pass up to the final norm: [B, T, hidden] in the compute dtype.
 
-    ``logits_from_hidden(params, config, hidden_states(...))`` equals ``forward(...)``.
+    ``logits_from_hidden(hidden_states(...), lm_head_weight(params, config), config)`` equals
+    ``forward(...)``.
     """
     return Decoder(config).apply({"params": params}, input_ids, positions, segment_ids, hidden_only=True)
 

@@ -1,7 +1,7 @@
 """Where a compiled step spends its time: a ``jax.profiler`` trace folded onto the model's parts.
 
 ``profile_compiled(compiled, run, steps)`` traces ``steps`` calls of ``run`` and returns a
-``StepProfile``: milliseconds per step for each part of the model (attention kernel, attention
+``StepProfile``: milliseconds per step for each part of the model (attention core, attention
 projections, MLP, norms, LM head, loss, embedding, optimizer, collectives, other), forward and
 backward apart, plus the slowest HLO instructions.
 
@@ -50,9 +50,10 @@ def op_names_from_hlo(hlo_text: str) -> dict[str, str]:
 _PARTS: tuple[tuple[str, Callable[[str], bool]], ...] = (
     ("collectives", lambda n: any(c in n for c in ("all-gather", "all_gather", "reduce-scatter", "reduce_scatter",
                                                     "all-reduce", "psum", "all-to-all"))),
-    ("attention kernel", lambda n: "/attention/" in n and "dot_general" not in n
-     and any(k in n for k in ("attention", "custom_call", "softmax", "cudnn", "splash", "ffi"))),
-    ("attention projections", lambda n: "/attention/" in n),
+    # q/k/v/o projections contract with a weight ([heads, head_dim, embed] = "hkd" / "dhk"); the rest of
+    # the attention module is its core: RoPE, scores, softmax, values, or one fused kernel call.
+    ("attention projections", lambda n: "/attention/" in n and ("hkd" in n or "dhk" in n)),
+    ("attention core", lambda n: "/attention/" in n),
     ("mlp", lambda n: "/mlp/" in n),
     ("norms", lambda n: "_norm/" in n),
     ("lm head", lambda n: any(s in n for s in ("btd,vd->btv", "btv,vd->btd", "btd,btv->", "btv,btd->"))),

@@ -109,3 +109,14 @@ def test_a_chunk_that_does_not_divide_the_rows_is_refused():
         load_config(None, ["model.preset=tiny", "train.steps=1", "data.seq_len=256", "train.loss_chunk=100"])
     with pytest.raises(TrainConfigError, match=r"train\.loss_chunk=-1"):
         load_config(None, ["model.preset=tiny", "train.steps=1", "train.loss_chunk=-1"])
+
+
+def test_hidden_states_through_the_head_are_the_forward_logits():
+    from semcoder_jax.model import forward, hidden_states, lm_head_weight, logits_from_hidden
+
+    for tied in (False, True):
+        cfg = CFG.replace(tie_word_embeddings=tied)
+        params = init_params(cfg, jax.random.key(1))
+        ids = jax.random.randint(jax.random.key(2), (2, 16), 0, cfg.vocab_size)
+        logits = logits_from_hidden(hidden_states(params, cfg, ids), lm_head_weight(params, cfg), cfg)
+        np.testing.assert_array_equal(np.asarray(logits), np.asarray(forward(params, cfg, ids)))

@@ -27,9 +27,10 @@ def test_overlapping_ops_share_the_wall_time_they_overlap_in():
 
 @pytest.mark.parametrize("op_name, part", [
     ("jit(train_step)/jvp(Decoder)/DecoderLayer/mlp/btd,fd->btf/dot_general", ("mlp", "fwd")),
-    ("jit(train_step)/transpose(jvp(Decoder))/DecoderLayer/attention/ffi_call", ("attention kernel", "bwd")),
+    ("jit(train_step)/transpose(jvp(Decoder))/DecoderLayer/attention/ffi_call", ("attention core", "bwd")),
     ("jit(train_step)/transpose(jvp(Decoder))/DecoderLayer/attention/btd,bthk->dhk/dot_general",
      ("attention projections", "bwd")),
+    ("jit(train_step)/jvp(Decoder)/DecoderLayer/attention/bkgtd,bksd->bkgts/dot_general", ("attention core", "fwd")),
     ("jit(train_step)/jvp(Decoder)/DecoderLayer/mlp_norm/mul", ("norms", "fwd")),
     ("jit(train_step)/transpose(jvp(btd,btv->dv))/dot_general", ("lm head", "bwd")),
     ("jit(train_step)/jvp()/exp", ("loss", "fwd")),
