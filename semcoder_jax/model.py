@@ -100,12 +100,9 @@ def _cpu_friendly_einsum_bwd(spec, precision, residuals, dy):
     # down projection) and the small result transposed after: in the other order XLA fuses a
     # transpose of the larger operand into its elementwise producer, which runs ~5x slower there
     # (isolated [2048, 704] x [2048, 256]: 4.1 -> 3.4 ms; paired hidden-256 step 356-364 -> 352-359).
-    if dy.size < x.size:  # transpose the smaller operand: dy^T . x
-        order = "".join(d for d in w_dims if d in y_dims) + "".join(d for d in w_dims if d not in y_dims)
-        dw = jnp.einsum(f"{y_dims},{x_dims}->{order}", dy, x, precision=precision)
-    else:
-        order = "".join(d for d in w_dims if d in x_dims) + "".join(d for d in w_dims if d not in x_dims)
-        dw = jnp.einsum(f"{x_dims},{y_dims}->{order}", x, dy, precision=precision)
+    (small, small_dims), (big, big_dims) = sorted([(x, x_dims), (dy, y_dims)], key=lambda a: a[0].size)
+    order = "".join(d for d in w_dims if d in small_dims) + "".join(d for d in w_dims if d not in small_dims)
+    dw = jnp.einsum(f"{small_dims},{big_dims}->{order}", small, big, precision=precision)
     # The barrier keeps XLA from folding the transpose into the dot's output layout, which makes
     # the dot itself slower (paired: hidden-256 step 401-409 -> 379-387 ms, tiny 51-59 -> 47-48).
     dw = jnp.transpose(jax.lax.optimization_barrier(dw), [order.index(d) for d in w_dims])

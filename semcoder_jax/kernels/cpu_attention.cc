@@ -141,19 +141,13 @@ void RowsTimesCols(const float* const rows[kRows], const float* cols, int64_t pa
 template <int D>
 void WeightsTimesRows(const float* weights, int64_t padded, int64_t begin, int64_t end, const float* mat,
                       const float scale[kRows], float* const out[kRows], int rows) {
-  constexpr int kCols = 1;  // kRows accumulators in registers
-  for (int c0 = 0; c0 < D / kLanes; c0 += kCols) {
-    Vec acc[kRows][kCols] = {};
+  for (int c = 0; c < D / kLanes; ++c) {
+    Vec acc[kRows] = {};
     for (int64_t j = begin; j < end; ++j) {
-      Vec m[kCols];
-      for (int c = 0; c < kCols; ++c) m[c] = Load(mat + j * D + (c0 + c) * kLanes);
-      for (int r = 0; r < kRows; ++r) {
-        const float w = weights[r * padded + j];
-        for (int c = 0; c < kCols; ++c) acc[r][c] += w * m[c];
-      }
+      const Vec m = Load(mat + j * D + c * kLanes);
+      for (int r = 0; r < kRows; ++r) acc[r] += weights[r * padded + j] * m;
     }
-    for (int r = 0; r < rows; ++r)
-      for (int c = 0; c < kCols; ++c) Store(out[r] + (c0 + c) * kLanes, acc[r][c] * scale[r]);
+    for (int r = 0; r < rows; ++r) Store(out[r] + c * kLanes, acc[r] * scale[r]);
   }
 }
 

@@ -216,9 +216,12 @@ class TrainRunConfig:
         if t.global_batch % t.micro_batches:
             raise TrainConfigError(f"train.global_batch={t.global_batch} is not divisible by "
                                    f"train.micro_batches={t.micro_batches}")
-        if t.loss_chunk < 0 or (t.loss_chunk and self.data.seq_len % t.loss_chunk):
-            raise TrainConfigError(f"train.loss_chunk={t.loss_chunk}: must be 0 (whole rows) or a positive "
-                                   f"divisor of data.seq_len={self.data.seq_len}")
+        from semcoder_jax.train.loss import check_loss_chunk
+
+        try:
+            check_loss_chunk(t.loss_chunk, self.data.seq_len, "data.seq_len")
+        except ValueError as e:
+            raise TrainConfigError(str(e)) from None
         if not 0.0 <= self.data.eval_fraction < 1.0:
             raise TrainConfigError(f"data.eval_fraction: must lie in [0, 1), got {self.data.eval_fraction}")
         if self.data.seq_len <= 1:

@@ -35,11 +35,11 @@ from semcoder_jax.model import (
 Array = jax.Array
 
 
-def check_loss_chunk(chunk: int, seq_len: int, key: str = "train.loss_chunk") -> None:
-    """``chunk`` must be 0 (whole rows) or a positive divisor of the row length."""
+def check_loss_chunk(chunk: int, seq_len: int, length_name: str | None = None) -> None:
+    """``chunk`` must be 0 (whole rows) or a positive divisor of the row length (ValueError)."""
     if chunk < 0 or (chunk and seq_len % chunk):
-        raise ValueError(f"{key}={chunk}: must be 0 (whole rows) or a positive divisor of the row "
-                         f"length {seq_len}")
+        length = f"{length_name}={seq_len}" if length_name else f"the row length {seq_len}"
+        raise ValueError(f"train.loss_chunk={chunk}: must be 0 (whole rows) or a positive divisor of {length}")
 
 
 def _slices(a: Array, chunk: int) -> Array:
@@ -56,14 +56,19 @@ def _blocks(chunk: int, length: int) -> int:
     return chunk
 
 
-def _token_sums(hidden: Array, head: Array, targets: Array, mask: Array,
-                config: ModelConfig) -> tuple[Array, Array]:
-    """(sum of cross-entropy, sum of logsumexp**2) over the masked tokens of [B, t] positions."""
-    logits = logits_from_hidden(hidden, head, config).astype(jnp.float32)
+def _loss_terms(logits: Array, targets: Array, mask: Array) -> tuple[Array, Array, Array]:
+    """(logsumexp per position, cross-entropy sum, logsumexp**2 sum) of float32 logits, masked."""
     lse = jax.nn.logsumexp(logits, axis=-1)
     target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     mask = mask.astype(jnp.float32)
-    return jnp.sum((lse - target_logit) * mask), jnp.sum(lse * lse * mask)
+    return lse, jnp.sum((lse - target_logit) * mask), jnp.sum(lse * lse * mask)
+
+
+def _token_sums(hidden: Array, head: Array, targets: Array, mask: Array,
+                config: ModelConfig) -> tuple[Array, Array]:
+    """(sum of cross-entropy, sum of logsumexp**2) over the masked tokens of [B, t] positions."""
+    _, ce, z = _loss_terms(logits_from_hidden(hidden, head, config).astype(jnp.float32), targets, mask)
+    return ce, z
 
 
 def head_loss_sums(hidden: Array, head: Array, targets: Array, mask: Array, config: ModelConfig,
@@ -111,38 +116,34 @@ def _fused_fwd(hidden, head, targets, mask, config, chunk, z_weight):
     dt = jnp.dtype(config.dtype)
     w = head.astype(dt)
     precision = matmul_precision(config)
-    # XLA:CPU runs the weight-gradient dot faster as [hidden, vocab] (see ``model.project``).
-    head_grad_spec = "btd,btv->dv" if traced_platform() == "cpu" else "btv,btd->vd"
+    # XLA:CPU runs the head-gradient dot faster as [hidden, vocab] (see ``model.project``).
+    cpu = traced_platform() == "cpu"
 
     def body(carry, xs):
         ce_sum, z_sum, head_grad = carry
         h, t, m = xs
         h = constrain_activations(h)
-        m = m.astype(jnp.float32)
         logits = jnp.einsum("btd,vd->btv", h, w, precision=precision).astype(jnp.float32)
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        target_logit = jnp.take_along_axis(logits, t[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        dlogits = _logit_grad(logits, lse, t, m, z_weight).astype(dt)
+        lse, ce, z = _loss_terms(logits, t, m)
+        dlogits = _logit_grad(logits, lse, t, m.astype(jnp.float32), z_weight).astype(dt)
         dh = jnp.einsum("btv,vd->btd", dlogits, w, precision=precision)
-        operands = (h, dlogits) if head_grad_spec.startswith("btd") else (dlogits, h)
-        head_grad = head_grad + jnp.einsum(head_grad_spec, *operands, precision=precision,
-                                           preferred_element_type=jnp.float32)
-        return (ce_sum + jnp.sum((lse - target_logit) * m), z_sum + jnp.sum(lse * lse * m), head_grad), dh
+        if cpu:
+            step = jnp.einsum("btd,btv->dv", h, dlogits, precision=precision, preferred_element_type=jnp.float32)
+        else:
+            step = jnp.einsum("btv,btd->vd", dlogits, h, precision=precision, preferred_element_type=jnp.float32)
+        return (ce_sum + ce, z_sum + z, head_grad + step), dh
 
     zero = jnp.zeros((), jnp.float32)
-    grad_shape = head.shape[::-1] if head_grad_spec.endswith("dv") else head.shape
-    init = (zero, zero, jnp.zeros(grad_shape, jnp.float32))
+    init = (zero, zero, jnp.zeros(head.shape[::-1] if cpu else head.shape, jnp.float32))
     (ce, z, head_grad), dh = jax.lax.scan(body, init, tuple(_slices(a, chunk) for a in (hidden, targets, mask)))
     dh = jnp.swapaxes(dh, 0, 1).reshape(hidden.shape)
-    if head_grad_spec.endswith("dv"):
-        head_grad = head_grad.T
-    return (ce + z_weight * z, ce, z), (dh, head_grad, jnp.zeros((), head.dtype))
+    return (ce + z_weight * z, ce, z), (dh, head_grad.T if cpu else head_grad, jnp.zeros((), head.dtype))
 
 
 def _fused_bwd(config, chunk, z_weight, residuals, cotangents):
     dh, head_grad, head_dtype_marker = residuals
     scale = cotangents[0]
-    return ((dh * scale.astype(dh.dtype)).astype(dh.dtype), (head_grad * scale).astype(head_dtype_marker.dtype),
+    return (dh * scale.astype(dh.dtype), (head_grad * scale).astype(head_dtype_marker.dtype),
             None, None)
 
 

@@ -30,6 +30,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import jax
+
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s.*?metadata=\{([^}]*)\}")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
@@ -169,8 +171,6 @@ def fold_trace_dir(trace_dir: str, hlo_text: str, steps: int, wall_s: float) -> 
 
 def profile_compiled(compiled, run: Callable[[], Any], steps: int = 3, trace_dir: str | None = None) -> StepProfile:
     """Trace ``steps`` calls of ``run`` (which must call ``compiled`` once and block until done)."""
-    import jax
-
     with tempfile.TemporaryDirectory() as tmp:
         directory = trace_dir or tmp
         with jax.profiler.trace(directory):
@@ -199,16 +199,12 @@ class TraceWindow:
         return self.first <= n < self.first + self.count
 
     def before_step(self, n: int) -> None:
-        import jax
-
         if self._start is None and self._steps == 0 and self._inside(n):
             os.makedirs(self.directory, exist_ok=True)
             jax.profiler.start_trace(self.directory)
             self._start = time.perf_counter()
 
     def after_step(self, n: int, outputs: Any) -> StepProfile | None:
-        import jax
-
         if self._start is None:
             return None
         self._steps += 1
@@ -221,8 +217,6 @@ class TraceWindow:
         return fold_trace_dir(self.directory, self.hlo_text, self._steps, wall)
 
     def close(self) -> None:
-        import jax
-
         if self._start is not None:
             jax.profiler.stop_trace()
             self._start = None
