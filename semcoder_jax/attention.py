@@ -9,8 +9,12 @@ is what tests compare against HF; the others must agree with it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+
+from semcoder_jax import sharding
 
 Array = jax.Array
 _MASKED = float(jnp.finfo(jnp.float32).min)
@@ -102,25 +106,57 @@ def splash_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, interpr
     return jnp.swapaxes(out, 1, 2)
 
 
-def fused_cpu_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot) -> Array:
-    """The CPU kernel: causal by position (slots are ``arange`` whenever S == T), segment-masked."""
+def fused_cpu_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, cos=None, sin=None) -> Array:
+    """The CPU kernel: causal by position (slots are ``arange`` whenever S == T), segment-masked.
+
+    With ``cos``/``sin`` ([B, T, D]) q and k are not yet rotated: the kernel applies RoPE as it loads them.
+    """
     from semcoder_jax.cpu_attention import cpu_attention
 
     del q_slot, kv_slot
-    return cpu_attention(q, k, v, q_segment, kv_segment)
+    return cpu_attention(q, k, v, q_segment, kv_segment, rope=None if cos is None else (cos, sin))
+
+
+def per_device(kernel: Callable[..., Array], q: Array, k: Array, v: Array, *rows: Array) -> Array:
+    """``kernel(q, k, v, *rows)`` run by each device on its own rows and heads of the batch.
+
+    A fused kernel is an opaque custom call that XLA's partitioner cannot split: under a sharded
+    ``jit`` it would gather the whole batch onto every device and compute all of its attention
+    there.  Attention is independent per row and per group of query heads sharing a key/value head,
+    so inside ``sharding.activation_sharding`` (which binds the mesh), the kernel runs under
+    ``shard_map`` on the blocks that the rules table gives the activations around it (see
+    ``sharding.per_device_attention_specs``).  ``rows`` are per-row inputs, [B, T, ...].
+    Without a mesh (or on one device) it is a plain call.
+    """
+    bound = sharding.bound_mesh()
+    if bound is None or bound[0].size == 1:
+        return kernel(q, k, v, *rows)
+    mesh, rules = bound
+    q_spec, kv_spec, row_spec = sharding.per_device_attention_specs(q.shape, k.shape, mesh, rules)
+    # Opaque kernels carry no varying-axes types, hence check_vma=False.
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec) + (row_spec,) * len(rows),
+                         out_specs=q_spec, check_vma=False)(q, k, v, *rows)
 
 
 _IMPLS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_attention, "cpu": fused_cpu_attention}
 
 
 def attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, impl: str = "xla",
-              query_blocks: int = 1) -> Array:
-    """Dispatches to ``impl``; ``query_blocks`` applies to ``xla`` on whole-row self-attention only."""
+              query_blocks: int = 1, rope: tuple[Array, Array] | None = None) -> Array:
+    """Dispatches to ``impl``; ``query_blocks`` applies to ``xla`` on whole-row self-attention only.
+
+    The fused kernels (``cudnn``, ``splash``, ``cpu``) run per device (``per_device``).  ``rope``
+    (cos, sin) means q and k are not rotated yet; only the ``cpu`` kernel takes that (it rotates as
+    it loads them).
+    """
     if impl not in _IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose from {sorted(_IMPLS)}")
+    if rope is not None and (impl != "cpu" or k.shape[1] != q.shape[1]):
+        raise ValueError(f"attention: only the cpu kernel over whole rows applies RoPE itself, not {impl!r} "
+                         f"with {k.shape[1]} keys for {q.shape[1]} queries")
     # The fused kernels serve the training/prefill layout; decoding against a cache uses the reference.
     if impl != "xla" and k.shape[1] != q.shape[1]:
         impl = "xla"
     if impl == "xla":
         return xla_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, query_blocks=query_blocks)
-    return _IMPLS[impl](q, k, v, q_segment, q_slot, kv_segment, kv_slot)
+    return per_device(_IMPLS[impl], q, k, v, q_segment, q_slot, kv_segment, kv_slot, *(rope or ()))

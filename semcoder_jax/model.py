@@ -225,13 +225,8 @@ class Attention(nn.Module):
         else:
             kv_slot = q_slot
             query_blocks = causal_query_blocks(q.shape[1], hd)
-        if fused_rope:
-            from semcoder_jax.cpu_attention import cpu_attention
-
-            out = cpu_attention(q, k, v, q_segment, kv_segment, rope=(cos, sin))
-        else:
-            out = attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, impl=cfg.attention_impl,
-                            query_blocks=query_blocks)
+        out = attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, impl=cfg.attention_impl,
+                        query_blocks=query_blocks, rope=(cos, sin) if fused_rope else None)
         return project("bthk,dhk->btd", out, wo.astype(dt), p), new_cache
 
 

@@ -14,6 +14,7 @@ exactly one answer.  A dimension whose size is not divisible by its mesh axes is
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -42,6 +43,12 @@ LOGICAL_AXIS_RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 
+# The mesh and rules bound by ``activation_sharding`` while tracing, for code that needs the concrete
+# mesh rather than the abstract one (``shard_map`` regions around fused kernels: see ``attention.per_device``).
+_BOUND: contextvars.ContextVar[tuple[Mesh, Mapping[str, str | tuple[str, ...] | None]] | None] = \
+    contextvars.ContextVar("semcoder_activation_sharding", default=None)
+
+
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh | None,
                         rules: Mapping[str, str | tuple[str, ...] | None] = LOGICAL_AXIS_RULES) -> Iterator[None]:
@@ -54,8 +61,17 @@ def activation_sharding(mesh: Mesh | None,
         return
     import flax.linen as nn
 
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(list(rules.items())):
-        yield
+    token = _BOUND.set((mesh, dict(rules)))
+    try:
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(list(rules.items())):
+            yield
+    finally:
+        _BOUND.reset(token)
+
+
+def bound_mesh() -> tuple[Mesh, Mapping[str, str | tuple[str, ...] | None]] | None:
+    """The (mesh, rules) of the innermost ``activation_sharding``, or None outside one."""
+    return _BOUND.get()
 
 
 class MeshError(UserError):
@@ -132,6 +148,25 @@ def logical_to_mesh_spec(logical: PartitionSpec | Sequence[str | None], shape: S
         used.update(axes)
         out.append(axes[0] if len(axes) == 1 else axes)
     return PartitionSpec(*out)
+
+
+def per_device_attention_specs(q_shape: Sequence[int], k_shape: Sequence[int], mesh,
+                                rules: Mapping[str, str | tuple[str, ...] | None] = LOGICAL_AXIS_RULES
+                                ) -> tuple[PartitionSpec, PartitionSpec, PartitionSpec]:
+    """Mesh specs (q, k/v, per-row inputs) that split an attention kernel's work by rows and heads.
+
+    Rows follow the ``batch`` rule and heads the ``heads``/``kv_heads`` rules, as the activations
+    around the kernel do.  Heads are split only when the same mesh axes divide both the query and
+    the key/value heads, so that every device keeps whole grouped-query groups; otherwise each
+    device runs all heads of its rows.  Per-row inputs ([B, T, ...]: segment ids, slots, RoPE
+    tables) are split by rows only.
+    """
+    q_spec = logical_to_mesh_spec(("batch", "length", "heads", "head_dim"), q_shape, mesh, rules)
+    kv_spec = logical_to_mesh_spec(("batch", "length", "kv_heads", "head_dim"), k_shape, mesh, rules)
+    if q_spec[2] != kv_spec[2]:
+        q_spec = PartitionSpec(q_spec[0], None, None, None)
+        kv_spec = PartitionSpec(kv_spec[0], None, None, None)
+    return q_spec, kv_spec, PartitionSpec(q_spec[0])
 
 
 def param_shardings(abstract_params, logical_specs, mesh: Mesh,

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from semcoder_jax import sharding as shd
 from semcoder_jax.config import get_preset
@@ -34,7 +35,10 @@ def test_constraints_are_absent_without_a_mesh():
     assert count == 0
 
 
-def test_constrained_forward_computes_the_same_logits():
+@pytest.mark.parametrize("impl", ["xla", "cpu"])
+def test_constrained_forward_computes_the_same_logits(impl):
+    """Also with the fused CPU kernel, whose per-device region must bind the mesh's devices even when
+    the inputs are plain single-device arrays."""
     mesh = shd.build_mesh({"data": 1, "fsdp": 8, "tensor": 1})
     config = get_preset("tiny")
     params = init_params(config, jax.random.key(0))
@@ -43,6 +47,6 @@ def test_constrained_forward_computes_the_same_logits():
     @jax.jit
     def constrained(p, x):
         with shd.activation_sharding(mesh):
-            return forward(p, config, x)
+            return forward(p, config.replace(attention_impl=impl), x)
 
     np.testing.assert_allclose(np.asarray(constrained(params, ids)), np.asarray(forward(params, config, ids)), atol=1e-5)

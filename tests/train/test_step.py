@@ -22,7 +22,8 @@ OPT = OptimizerSection(learning_rate=3e-3, warmup_steps=2, schedule="cosine_with
 TOTAL = 20
 
 
-def run_steps(mesh, steps=5, micro_batches=1, batches=None, model=CFG, z_loss=0.0, loss_chunk=0):
+def run_steps(mesh, steps=5, micro_batches=1, batches=None, model=CFG, z_loss=0.0, loss_chunk=0, hlo=None):
+    """Losses and final state of ``steps`` seeded steps; appends the compiled step's HLO text to ``hlo`` if given."""
     tx = opt_lib.build_optimizer(OPT, TOTAL)
     schedule = opt_lib.learning_rate_schedule(OPT, TOTAL)
     shardings = st.state_shardings(model, tx, mesh)
@@ -33,7 +34,10 @@ def run_steps(mesh, steps=5, micro_batches=1, batches=None, model=CFG, z_loss=0.
     data = batches or SyntheticBatches(global_batch=8, seq_len=32, vocab_size=model.vocab_size, seed=0)
     losses = []
     for _ in range(steps):
-        state, m = fn(state, st.shard_batch(next(data), mesh))
+        batch = st.shard_batch(next(data), mesh)
+        if hlo is not None and not losses:
+            hlo.append(fn.lower(state, batch).compile().as_text())
+        state, m = fn(state, batch)
         losses.append(float(m["loss"]))
     return losses, state
 
@@ -77,10 +81,15 @@ def test_the_layer_loop_trains_like_the_scan_on_a_sharded_mesh(single_device_run
 
 
 def test_the_cpu_attention_kernel_trains_like_the_reference_on_a_sharded_mesh(single_device_run):
-    """The FFI kernel inside the sharded step (XLA hands it whole operands): the same losses and parameters."""
+    """The FFI kernel inside the sharded step runs on each device's 2 rows and 2 of 4 heads (not the
+    whole batch, which XLA would gather for an opaque call): the same losses and parameters."""
     ref_losses, ref_state = single_device_run
+    hlo = []
     losses, state = run_steps(shd.build_mesh({"data": 2, "fsdp": 2, "tensor": 2}), steps=5,
-                              model=CFG.replace(attention_impl="cpu"))
+                              model=CFG.replace(attention_impl="cpu"), hlo=hlo)
+    kernels = [line for line in hlo[0].splitlines() if 'custom_call_target="semcoder' in line]
+    assert kernels and all("f32[2,32,2,16]" in line for line in kernels)
+    assert not any("f32[8,32," in line for line in kernels)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
     leaves = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(np.asarray(a) - np.asarray(b))),
                                           state.params, ref_state.params))
