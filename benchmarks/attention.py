@@ -2,8 +2,9 @@
 
 For packed training shapes (two segments per row) it runs every implementation available on this
 backend (``xla`` always; on CPU also ``xla`` in causal query blocks, as the model runs it there, and
-the fused ``cpu`` kernel; ``cudnn`` on GPU; ``splash`` on TPU), checks each against ``xla`` computed
-in float32, and times a jitted forward+backward of the attention op.  On CPU it also times torch's
+the fused ``cpu`` kernel; on GPU cuDNN's three calls: the segment mask as a bias, packed runs, and
+the causal kernel on rows of one segment; ``splash`` on TPU), checks values and input gradients
+against ``xla`` computed in float32, and times a jitted forward+backward of the attention op.  On CPU it also times torch's
 ``scaled_dot_product_attention`` (its fused CPU flash kernel, causal over whole unpacked rows: the
 packing mask would send torch to its unfused path) on the same shapes.
 
@@ -49,36 +50,50 @@ def main() -> None:
     kk = jnp.asarray(rng.standard_normal((b, t, k, d)), dtype)
     v = jnp.asarray(rng.standard_normal((b, t, k, d)), dtype)
     split = t * 3 // 5
-    seg = jnp.asarray(np.concatenate([np.ones((b, split)), 2 * np.ones((b, t - split))], 1), jnp.int32)
+    packed = jnp.asarray(np.concatenate([np.ones((b, split)), 2 * np.ones((b, t - split))], 1), jnp.int32)
+    whole = jnp.ones((b, t), jnp.int32)
     slot = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    ref = attention(q.astype(jnp.float32), kk.astype(jnp.float32), v.astype(jnp.float32), seg, slot, seg, slot)
+    f32 = [x.astype(jnp.float32) for x in (q, kk, v)]
 
-    impls = ["xla"] + (["xla-blocks", "cpu"] if on_cpu else []) + (
-        ["cudnn"] if jax.default_backend() == "gpu" else []) + (["splash"] if jax.default_backend() == "tpu" else [])
-    blocks = causal_query_blocks(t, d)
+    def loss(q, kk, v, seg, **options):
+        return jnp.sum(attention(q, kk, v, seg, slot, seg, slot, **options).astype(jnp.float32))
+
+    reference = {}
+    for rows, seg in (("packed", packed), ("whole", whole)):
+        out = attention(*f32, seg, slot, seg, slot)
+        reference[rows] = (out, jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(*f32, seg))
+
+    # (label, rows, attention options): rows are "packed" (two segments) or "whole" (one segment)
+    cases = [("xla", "packed", dict(impl="xla"))]
+    if on_cpu:
+        cases += [("xla-blocks", "packed", dict(impl="xla", query_blocks=causal_query_blocks(t, d))),
+                  ("cpu", "packed", dict(impl="cpu"))]
+    if jax.default_backend() == "gpu":  # the three cuDNN calls of attention.cudnn_attention
+        cases += [("cudnn mask", "packed", dict(impl="cudnn")),
+                  ("cudnn runs", "packed", dict(impl="cudnn", cudnn_packed_runs=4)),
+                  ("cudnn causal", "whole", dict(impl="cudnn"))]
+    if jax.default_backend() == "tpu":
+        cases += [("splash", "packed", dict(impl="splash"))]
     print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); B={b} T={t} H={h} K={k} D={d} {args.dtype}")
     unit, scale = ("GFLOP/s", 1e6) if on_cpu else ("TFLOP/s", 1e9)
-    print(f"{'impl':<12}{'max |diff| vs fp32 ref':>20}{'fwd+bwd ms':>12}{unit:>10}")
+    print(f"{'impl':<14}{'rows':<8}{'max |diff| vs fp32 ref':>24}{'grad diff':>11}{'fwd+bwd ms':>12}{unit:>10}")
     # causal attention: 4*B*H*T*T*D/2 flops forward (QK^T and PV), backward ~2.5x
     flops = 3.5 * 4 * b * h * t * t * d / 2
-    for name in impls:
-        impl, query_blocks = ("xla", blocks) if name == "xla-blocks" else (name, 1)
-
-        def run(q, kk, v, impl=impl, query_blocks=query_blocks):
-            return attention(q, kk, v, seg, slot, seg, slot, impl=impl, query_blocks=query_blocks)
-
-        def loss(q, kk, v, run=run):
-            return jnp.sum(run(q, kk, v).astype(jnp.float32))
-
-        fwd = jax.jit(run)
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    for name, rows, options in cases:
+        seg = packed if rows == "packed" else whole
+        fwd = jax.jit(lambda q, kk, v, seg=seg, options=options: attention(q, kk, v, seg, slot, seg, slot, **options))
+        grad = jax.jit(jax.grad(lambda q, kk, v, seg=seg, options=options: loss(q, kk, v, seg, **options),
+                                argnums=(0, 1, 2)))
+        ref_out, ref_grads = reference[rows]
         try:
-            diff = float(jnp.max(jnp.abs(fwd(q, kk, v).astype(jnp.float32) - ref)))
+            diff = float(jnp.max(jnp.abs(fwd(q, kk, v).astype(jnp.float32) - ref_out)))
+            grads = grad(q, kk, v)
+            grad_diff = max(float(jnp.max(jnp.abs(g.astype(jnp.float32) - r))) for g, r in zip(grads, ref_grads))
             ms = _time(grad, q, kk, v) * 1e3
         except Exception as e:  # noqa: BLE001 - report an unavailable kernel and go on
-            print(f"{name:<12} unavailable: {str(e).splitlines()[0][:100]}")
+            print(f"{name:<14}{rows:<8} unavailable: {str(e).splitlines()[0][:100]}")
             continue
-        print(f"{name:<12}{diff:>20.4g}{ms:>12.2f}{flops / ms / scale:>10.2f}")
+        print(f"{name:<14}{rows:<8}{diff:>24.4g}{grad_diff:>11.4g}{ms:>12.2f}{flops / ms / scale:>10.2f}")
     if on_cpu:
         _torch_row(b, t, h, k, d, args.dtype, flops)
 
@@ -100,7 +115,8 @@ def _torch_row(b, t, h, k, d, dtype, flops) -> None:
     for _ in range(10):
         step()
     ms = (time.perf_counter() - start) / 10 * 1e3
-    print(f"{'torch sdpa':<12}{'(unpacked)':>20}{ms:>12.2f}{flops / ms / 1e6:>10.2f}  {torch.get_num_threads()} threads")
+    print(f"{'torch sdpa':<14}{'whole':<8}{'-':>24}{'-':>11}{ms:>12.2f}{flops / ms / 1e6:>10.2f}  "
+          f"{torch.get_num_threads()} threads")
 
 
 if __name__ == "__main__":

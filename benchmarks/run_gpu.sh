@@ -14,15 +14,18 @@ run() {  # run NAME SECONDS CMD...: time-boxed, output kept even on failure
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $py -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
-# The MFU goal's row first (6.7B shape, remat minimal) and where its step time goes, then the same jax
-# step with the blockwise loss, the other README rows, and decoding/attention last (measured before).
-# The time boxes add up to 600 s, one device call.
+# The MFU goal's row first (6.7B shape, remat minimal; whole rows take cuDNN's causal kernel), then
+# the attention check (values and gradients of cuDNN's three calls against float32 XLA), where the
+# step time goes, packed rows through the segment mask and through cuDNN's packed runs, the blockwise
+# loss, the 1.3B row and decoding.  The time boxes add up to 600 s, one device call.
 six=(--preset deepseek-coder-6.7b --layers 8 --seq 2048 --batch 8 --dtype bfloat16 --attention cudnn --steps 6)
 run train_6.7b_minimal 150 "$py" benchmarks/train_step.py "${six[@]}" --remat minimal --json "$OUT/train_step.jsonl"
-run profile_6.7b_minimal 90 "$py" benchmarks/profile_step.py "${six[@]}" --remat minimal --top 25
-run train_6.7b_minimal_chunk 90 "$py" benchmarks/train_step.py "${six[@]}" --remat minimal --loss-chunk 512 --only jax
-run train_6.7b_full 90 "$py" benchmarks/train_step.py "${six[@]}" --remat full --json "$OUT/train_step.jsonl"
-run train_1.3b 90 "$py" benchmarks/train_step.py --preset deepseek-coder-1.3b --seq 2048 --batch 8 --dtype bfloat16 \
+run attention 40 "$py" benchmarks/attention.py
+run profile_6.7b_minimal 80 "$py" benchmarks/profile_step.py "${six[@]}" --remat minimal --top 25
+run train_6.7b_packed_mask 70 "$py" benchmarks/train_step.py "${six[@]}" --remat minimal --segments 4 --only jax
+run train_6.7b_packed_runs 70 "$py" benchmarks/train_step.py "${six[@]}" --remat minimal --segments 4 \
+    --cudnn-packed-runs 8 --only jax
+run train_6.7b_minimal_chunk 70 "$py" benchmarks/train_step.py "${six[@]}" --remat minimal --loss-chunk 512 --only jax
+run train_1.3b 70 "$py" benchmarks/train_step.py --preset deepseek-coder-1.3b --seq 2048 --batch 8 --dtype bfloat16 \
     --remat full --attention cudnn --steps 6 --json "$OUT/train_step.jsonl"
-run generate_1.3b 60 "$py" benchmarks/generate.py --preset deepseek-coder-1.3b --batch 16 --prompt-len 256 --new-tokens 256
-run attention 30 "$py" benchmarks/attention.py
+run generate_1.3b 40 "$py" benchmarks/generate.py --preset deepseek-coder-1.3b --batch 16 --prompt-len 256 --new-tokens 256

@@ -25,7 +25,8 @@ def model_config(args):
     from semcoder_jax.config import get_preset
 
     overrides = dict(dtype=args.dtype, param_dtype=args.param_dtype, attention_impl=args.attention,
-                     remat_policy=args.remat, scan_layers=not args.no_scan_layers)
+                     cudnn_packed_runs=args.cudnn_packed_runs, remat_policy=args.remat,
+                     scan_layers=not args.no_scan_layers)
     if args.layers:
         overrides["num_layers"] = args.layers
     if args.hidden:
@@ -41,11 +42,14 @@ def batch_arrays(args, vocab: int):
 
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab, (args.batch, args.seq + 1)).astype(np.int32)
+    # --segments N: each row packs N equal examples (ids 1..N, positions restarting at each)
+    segment = np.arange(args.seq) * args.segments // args.seq
+    first = np.searchsorted(segment, segment)
     return {
         "input_ids": ids[:, :-1], "targets": ids[:, 1:],
         "loss_mask": np.ones((args.batch, args.seq), np.int32),
-        "segment_ids": np.ones((args.batch, args.seq), np.int32),
-        "positions": np.tile(np.arange(args.seq, dtype=np.int32), (args.batch, 1)),
+        "segment_ids": np.tile(segment + 1, (args.batch, 1)).astype(np.int32),
+        "positions": np.tile(np.arange(args.seq) - first, (args.batch, 1)).astype(np.int32),
     }
 
 
@@ -183,6 +187,10 @@ def make_parser(description: str = __doc__) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--param-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--attention", default="xla", choices=["xla", "cudnn", "splash", "cpu"])
+    p.add_argument("--cudnn-packed-runs", type=int, default=0,
+                   help="model.cudnn_packed_runs: packed rows of up to this many runs use cuDNN's packed layout")
+    p.add_argument("--segments", type=int, default=1,
+                   help="examples packed per row (ours only: the torch stack always runs whole rows)")
     p.add_argument("--remat", default="none", choices=["none", "minimal", "dots", "full"])
     p.add_argument("--no-scan-layers", action="store_true",
                    help="model.scan_layers=false: a Python loop over the layers (faster on CPU)")
@@ -196,6 +204,10 @@ def main(argv=None) -> int:
     p.add_argument("--only", choices=["jax", "torch"], help="run one stack in this process (internal)")
     p.add_argument("--json", help="append the results as one JSON line to this file")
     args = p.parse_args(argv)
+    if not 1 <= args.segments <= args.seq:
+        p.error(f"--segments must lie in [1, --seq], got {args.segments}")
+    if args.segments > 1 and args.only is None:
+        print(f"note: ours packs {args.segments} examples per row; the torch stack runs whole rows", flush=True)
     if args.only:
         result = run_jax(args) if args.only == "jax" else run_torch(args)
         print("RESULT " + json.dumps(result), flush=True)

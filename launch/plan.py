@@ -167,11 +167,12 @@ class PlanReport:
 # ---- the fused-attention stand-in -------------------------------------------------------------
 
 
-def _flash_like_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot):
+def _flash_like_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, **kernel_options):
     """Same shapes and residuals as a flash-attention kernel, without the [T, S] score matrix.
 
     Forward keeps (q, k, v, out, lse) for the backward pass, which returns dq, dk, dv: the HBM
-    traffic of splash/cuDNN attention.  The values are not attention (planning only).
+    traffic of splash/cuDNN attention.  The values are not attention (planning only); the kernel's
+    options (cuDNN's ``packed_runs``) do not change that traffic and are ignored.
     """
     import jax
     import jax.numpy as jnp

@@ -9,6 +9,7 @@ is what tests compare against HF; the others must agree with it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -71,10 +72,69 @@ def xla_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, query_bloc
     return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch, length, heads, head_dim)
 
 
-def cudnn_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot) -> Array:
-    """``jax.nn.dot_product_attention`` on cuDNN (GPU, fp16/bf16); the mask carries packing."""
-    mask = attention_mask(q_segment, q_slot, kv_segment, kv_slot)[:, None]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+def segment_runs(segment_ids: Array, max_runs: int) -> tuple[Array, Array, Array]:
+    """Each row's maximal runs of one segment id (padding runs too) in cuDNN's packed layout.
+
+    Returns ``offsets`` [B, max_runs + 1] (first position of each run), ``lengths`` [B, max_runs]
+    (unused entries -1 in both) and ``count`` [B], the number of runs in each row; a row with more
+    than ``max_runs`` runs is not described (check ``count``).  Every position lies in exactly one
+    run, so no query is left without keys.  Within a row, runs equal segments when each segment is
+    contiguous, which is how the packer lays rows out.
+    """
+    batch, length = segment_ids.shape
+    starts = jnp.concatenate([jnp.ones((batch, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    count = jnp.sum(starts, axis=1, dtype=jnp.int32)
+    begin = jax.vmap(lambda row: jnp.nonzero(row, size=max_runs + 1, fill_value=length)[0])(starts).astype(jnp.int32)
+    used = jnp.arange(max_runs + 1)[None, :] < count[:, None]
+    offsets = jnp.where(used, begin, -1)
+    lengths = jnp.where(used[:, :-1], begin[:, 1:] - begin[:, :-1], -1)
+    return offsets, lengths, count
+
+
+def cudnn_path(q_segment: Array, q_slot: Array, kv_segment: Array, packed_runs: int) -> Array:
+    """Which cuDNN call serves this (per-device) batch: 0 masked, 1 causal, 2 packed runs.
+
+    1 when every row is a single run of one segment id (no packing, no padding) in slot order: plain
+    causal attention, nothing masked beyond the diagonal.  2 when ``packed_runs`` > 0 and every row
+    has at most that many runs.  0 otherwise: the segment mask as an additive bias.
+    """
+    length = q_segment.shape[1]
+    in_order = jnp.all(q_slot == jnp.arange(length, dtype=q_slot.dtype)[None]) & jnp.all(kv_segment == q_segment)
+    one_run = in_order & jnp.all(q_segment == q_segment[:, :1])
+    if packed_runs <= 0:
+        return one_run.astype(jnp.int32)
+    fits = in_order & jnp.all(segment_runs(q_segment, packed_runs)[2] <= packed_runs)
+    return jnp.where(one_run, 1, jnp.where(fits, 2, 0)).astype(jnp.int32)
+
+
+def cudnn_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, packed_runs: int = 0) -> Array:
+    """cuDNN flash attention (GPU, fp16/bf16) through ``jax.nn.dot_product_attention``.
+
+    Given a boolean mask, cuDNN adds it as a bias: it computes the whole [T, S] square (no causal
+    skipping), reads a [B, T, S] bias and writes its gradient in the backward.  So the batch picks
+    its call at run time (``cudnn_path``): rows that are one segment each take the causal kernel;
+    with ``packed_runs`` > 0 (Hopper or later), packed rows of up to that many runs take cuDNN's
+    packed layout, each run a causal sequence of its own; anything else keeps the mask.
+    """
+    scale = q.shape[-1] ** -0.5
+
+    def masked(q, k, v):
+        mask = attention_mask(q_segment, q_slot, kv_segment, kv_slot)[:, None]
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+
+    def causal(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=True, implementation="cudnn")
+
+    def packed(q, k, v):
+        from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+        offsets, lengths, _ = segment_runs(q_segment, packed_runs)
+        return cudnn.dot_product_attention(q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets,
+                                           kv_offsets=offsets, scale=scale,
+                                           mask_type=cudnn.MaskType.PADDING_CAUSAL)
+
+    branches = [masked, causal] + ([packed] if packed_runs > 0 else [])
+    return jax.lax.switch(cudnn_path(q_segment, q_slot, kv_segment, packed_runs), branches, q, k, v)
 
 
 def splash_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, interpret: bool | None = None) -> Array:
@@ -142,12 +202,12 @@ _IMPLS = {"xla": xla_attention, "cudnn": cudnn_attention, "splash": splash_atten
 
 
 def attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, impl: str = "xla",
-              query_blocks: int = 1, rope: tuple[Array, Array] | None = None) -> Array:
+              query_blocks: int = 1, rope: tuple[Array, Array] | None = None, cudnn_packed_runs: int = 0) -> Array:
     """Dispatches to ``impl``; ``query_blocks`` applies to ``xla`` on whole-row self-attention only.
 
     The fused kernels (``cudnn``, ``splash``, ``cpu``) run per device (``per_device``).  ``rope``
     (cos, sin) means q and k are not rotated yet; only the ``cpu`` kernel takes that (it rotates as
-    it loads them).
+    it loads them).  ``cudnn_packed_runs`` is ``cudnn_attention``'s ``packed_runs``.
     """
     if impl not in _IMPLS:
         raise ValueError(f"unknown attention implementation {impl!r}; choose from {sorted(_IMPLS)}")
@@ -159,4 +219,7 @@ def attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, *, impl: str = "x
         impl = "xla"
     if impl == "xla":
         return xla_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, query_blocks=query_blocks)
-    return per_device(_IMPLS[impl], q, k, v, q_segment, q_slot, kv_segment, kv_slot, *(rope or ()))
+    kernel = _IMPLS[impl]
+    if impl == "cudnn" and cudnn_packed_runs:
+        kernel = functools.partial(kernel, packed_runs=cudnn_packed_runs)
+    return per_device(kernel, q, k, v, q_segment, q_slot, kv_segment, kv_slot, *(rope or ()))

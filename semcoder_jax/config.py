@@ -58,6 +58,9 @@ class ModelConfig:
     dtype: DType = "float32"
     param_dtype: DType = "float32"
     attention_impl: AttentionImpl = "xla"
+    # cudnn only: packed rows of up to this many segment runs use cuDNN's packed (ragged) layout, each
+    # run causal on its own, instead of the segment mask as a bias; 0 = off.  Hopper or later.
+    cudnn_packed_runs: int = 0
     remat_policy: RematPolicy = "none"
     # True: one ``nn.scan`` over the stacked layers (compile time independent of depth; the choice
     # on accelerators).  False: a Python loop over the same stacked parameters, which spares XLA:CPU
@@ -83,6 +86,9 @@ class ModelConfig:
                               ("remat_policy", RematPolicy)):
             if getattr(self, name) not in allowed.__args__:
                 problems.append(f"{name} must be one of {list(allowed.__args__)}, got {getattr(self, name)!r}")
+        if self.cudnn_packed_runs < 0 or (self.cudnn_packed_runs and self.attention_impl != "cudnn"):
+            problems.append(f"cudnn_packed_runs must be 0, or positive with attention_impl 'cudnn', got "
+                            f"{self.cudnn_packed_runs} with {self.attention_impl!r}")
         if self.attention_impl == "cpu" and self.resolved_head_dim not in CPU_ATTENTION_HEAD_DIMS:
             problems.append(f"attention_impl 'cpu' supports head_dim {list(CPU_ATTENTION_HEAD_DIMS)}, "
                             f"got {self.resolved_head_dim}; use 'xla'")

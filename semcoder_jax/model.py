@@ -226,7 +226,8 @@ class Attention(nn.Module):
             kv_slot = q_slot
             query_blocks = causal_query_blocks(q.shape[1], hd)
         out = attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, impl=cfg.attention_impl,
-                        query_blocks=query_blocks, rope=(cos, sin) if fused_rope else None)
+                        query_blocks=query_blocks, rope=(cos, sin) if fused_rope else None,
+                        cudnn_packed_runs=cfg.cudnn_packed_runs)
         return project("bthk,dhk->btd", out, wo.astype(dt), p), new_cache
 
 
@@ -389,7 +390,7 @@ def _layer_loop(cfg: ModelConfig, stacked_params: dict, x: Array, layer_inputs: 
 
 def _init_config(config: ModelConfig) -> ModelConfig:
     """Parameters do not depend on the kernel; init traces a 1-token input, which fused kernels refuse."""
-    return config.replace(attention_impl="xla", remat_policy="none")
+    return config.replace(attention_impl="xla", cudnn_packed_runs=0, remat_policy="none")
 
 
 def init_params(config: ModelConfig, rng: Array, *, boxed: bool = False) -> dict:

@@ -45,6 +45,7 @@ class ModelSection:
     param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     remat_policy: Literal["none", "minimal", "dots", "full"] = "none"
     attention_impl: Literal["xla", "cudnn", "splash", "cpu"] = "xla"
+    cudnn_packed_runs: int = 0
     scan_layers: bool = True
     num_layers: int | None = None
     vocab_size: int | None = None
@@ -53,7 +54,8 @@ class ModelSection:
     def compute_overrides(self) -> dict[str, Any]:
         """How the model is computed: applies to a preset and to a checkpoint's architecture alike."""
         return dict(dtype=self.dtype, param_dtype=self.param_dtype, remat_policy=self.remat_policy,
-                    attention_impl=self.attention_impl, scan_layers=self.scan_layers)
+                    attention_impl=self.attention_impl, cudnn_packed_runs=self.cudnn_packed_runs,
+                    scan_layers=self.scan_layers)
 
     def architecture_overrides(self) -> dict[str, Any]:
         """Architecture fields set on top of the preset (a checkpoint's architecture is never changed)."""

@@ -7,6 +7,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from semcoder_jax import attention as attn
 from semcoder_jax import sharding as shd
 from semcoder_jax.attention import attention, attention_mask, splash_attention, xla_attention
 from semcoder_jax.config import ModelConfig
@@ -126,3 +127,53 @@ def test_only_the_cpu_kernel_takes_unrotated_queries():
     rope = (jnp.ones((1, 256, 16)), jnp.zeros((1, 256, 16)))
     with pytest.raises(ValueError, match="only the cpu kernel"):
         attention(q, k, v, seg, slot, seg, slot, impl="xla", rope=rope)
+
+
+def _rows(*rows):
+    return jnp.asarray(np.array(rows, np.int32))
+
+
+def test_segment_runs_describe_each_row_in_cudnns_packed_layout():
+    seg = _rows([1, 1, 1, 2, 2, 3, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1], [4, 4, 5, 5, 5, 5, 5, 0])
+    offsets, lengths, count = attn.segment_runs(seg, 4)
+    assert np.asarray(offsets).tolist() == [[0, 3, 5, 6, -1], [0, -1, -1, -1, -1], [0, 2, 7, -1, -1]]
+    assert np.asarray(lengths).tolist() == [[3, 2, 1, 2], [8, -1, -1, -1], [2, 5, 1, -1]]
+    assert np.asarray(count).tolist() == [4, 1, 3]
+    # a row with more runs than described is reported through its count
+    assert np.asarray(attn.segment_runs(seg, 2)[2]).tolist() == [4, 1, 3]
+
+
+def test_runs_as_causal_sequences_give_the_segment_mask_of_packed_rows():
+    """Each run attending causally within itself is exactly the reference mask for packer-made rows
+    (contiguous segments, padding at the end), so no query of any run is left without keys."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(16):
+        lengths = rng.integers(1, 12, size=rng.integers(1, 6))
+        ids = np.concatenate([np.full(n, i + 1) for i, n in enumerate(lengths)])[:48]
+        rows.append(np.concatenate([ids, np.zeros(48 - len(ids), int)]))
+    seg = jnp.asarray(np.stack(rows).astype(np.int32))
+    slot = jnp.broadcast_to(jnp.arange(48, dtype=jnp.int32), seg.shape)
+    offsets, lengths, count = attn.segment_runs(seg, 8)
+    assert int(jnp.max(count)) <= 8
+    run_of = np.zeros(seg.shape, int)
+    for b in range(seg.shape[0]):
+        for r in range(int(count[b])):
+            start, n = int(offsets[b, r]), int(lengths[b, r])
+            run_of[b, start:start + n] = r
+        assert int(np.sum(np.asarray(lengths[b])[: int(count[b])])) == 48
+    causal = np.tril(np.ones((48, 48), bool))
+    from_runs = (run_of[:, :, None] == run_of[:, None, :]) & causal
+    assert (from_runs == np.asarray(attention_mask(seg, slot, seg, slot))).all()
+
+
+def test_the_cudnn_call_is_chosen_by_what_the_rows_hold():
+    slot = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (2, 6))
+    whole = _rows([1] * 6, [3] * 6)
+    packed = _rows([1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1])
+    many = _rows([1, 2, 3, 4, 5, 0], [1] * 6)
+    assert int(attn.cudnn_path(whole, slot, whole, 0)) == 1  # causal kernel, no mask
+    assert int(attn.cudnn_path(packed, slot, packed, 0)) == 0  # the mask, as a bias
+    assert int(attn.cudnn_path(packed, slot, packed, 4)) == 2  # packed runs
+    assert int(attn.cudnn_path(many, slot, many, 4)) == 0  # 6 runs do not fit in 4
+    assert int(attn.cudnn_path(whole, slot[:, ::-1], whole, 4)) == 0  # slots not in order

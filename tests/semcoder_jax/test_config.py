@@ -75,3 +75,8 @@ def test_missing_config_json_names_the_file(tmp_path):
 def test_invalid_compute_settings_are_rejected_up_front():
     with pytest.raises(ConfigError, match="attention_impl"):
         ModelConfig(attention_impl="flash")
+    with pytest.raises(ConfigError, match="cudnn_packed_runs .* with 'xla'"):
+        ModelConfig(cudnn_packed_runs=8)
+    with pytest.raises(ConfigError, match="cudnn_packed_runs"):
+        ModelConfig(attention_impl="cudnn", cudnn_packed_runs=-1)
+    assert ModelConfig(attention_impl="cudnn", cudnn_packed_runs=8).cudnn_packed_runs == 8
