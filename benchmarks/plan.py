@@ -2,6 +2,7 @@
 
     python benchmarks/plan.py validate      # predicted vs measured peak per device, 4 CPU devices
     python benchmarks/plan.py configs       # `semcoder plan` of every launch/configs/semcoder_6.7b_*.yaml, timed
+    python benchmarks/plan.py tpu           # CPU-compiled plans vs XLA:TPU's own compile (needs libtpu)
 
 ``validate`` runs each layout in a fresh process with exactly 4 CPU devices and
 ``MALLOC_MMAP_THRESHOLD_=65536``: ``launch.plan.plan`` predicts, ``launch.plan.measure_step_peak``
@@ -65,11 +66,45 @@ def configs() -> None:
               f"| {r['fits']} | {r['step_seconds']:.1f} | {wall:.0f} s |", flush=True)
 
 
+# TPU plans compared with XLA:TPU's own compile (``tpu``): the shipped TPU configs, then variants
+# that move memory between parameters, activations and attention.
+TPU_CASES = [
+    ("semcoder_6.7b_v5p-32.yaml", 16, "v5p", []),
+    ("semcoder_6.7b_v5p-32.yaml", 16, "v5p", ["model.remat_policy=minimal", "train.micro_batches=16"]),
+    ("semcoder_6.7b_v5p-32.yaml", 16, "v5p", ["model.attention_impl=xla"]),
+    ("semcoder_6.7b_v5e-64.yaml", 64, "v5e", []),
+    ("semcoder_6.7b_v5e-64.yaml", 64, "v5e", ["mesh.fsdp=64", "mesh.tensor=1", "train.micro_batches=8"]),
+]
+
+
+def _plan_json(name: str, devices: int, kind: str, extra: list[str], compiler: str) -> tuple[dict, float]:
+    start = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "semcoder_jax.cli", "plan", "--config", f"launch/configs/{name}",
+                          "--devices", str(devices), "--device-kind", kind, "--json", "--no-suggest",
+                          "--compiler", compiler, *extra], cwd=REPO, capture_output=True, text=True)
+    if out.returncode not in (0, 3):
+        raise SystemExit(f"plan failed for {name} {extra} ({compiler}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout), time.monotonic() - start
+
+
+def tpu() -> None:
+    """The CPU-compiled plan (flash-like attention stand-in) beside XLA:TPU's compile of the same step."""
+    print("| config | overrides | devices | temporaries: CPU plan | XLA:TPU | error | peak: CPU plan | XLA:TPU | "
+          "wall: CPU | TPU |\n|---|---|---|---|---|---|---|---|---|---|")
+    for name, devices, kind, extra in TPU_CASES:
+        cpu, cpu_wall = _plan_json(name, devices, kind, extra, "cpu")
+        tpu, tpu_wall = _plan_json(name, devices, kind, extra, "tpu")
+        c, t = cpu["temp_bytes"], tpu["temp_bytes"]
+        print(f"| {name} | {' '.join(extra) or '-'} | {devices} x {kind} | {c / 2**30:.2f} GiB | {t / 2**30:.2f} GiB "
+              f"| {100 * (c - t) / t:+.1f} % | {cpu['peak_bytes'] / 2**30:.2f} GiB | {tpu['peak_bytes'] / 2**30:.2f} GiB "
+              f"| {cpu_wall:.0f} s | {tpu_wall:.0f} s |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["validate", "configs"])
+    parser.add_argument("what", choices=["validate", "configs", "tpu"])
     args = parser.parse_args()
-    validate() if args.what == "validate" else configs()
+    {"validate": validate, "configs": configs, "tpu": tpu}[args.what]()
 
 
 if __name__ == "__main__":

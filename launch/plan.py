@@ -24,6 +24,12 @@ Two things differ between the CPU stand-in and the target and are handled explic
   the [T, T] score matrix).  ``xla`` attention is planned as itself.
 - XLA:CPU's fusion and scheduling decisions are not the TPU's or GPU's; the temporaries are those of
   the CPU compilation of the same partitioned program.  The report states this.
+
+For TPU kinds there is a second compiler: with libtpu installed (``pip install 'jax[tpu]'``; no TPU
+needed), ``compiler="tpu"`` lowers the same step for the slice's topology
+(``jax.experimental.topologies``) and XLA:TPU compiles it, real splash kernel included.  Its buffer
+assignment is then the answer; a program that cannot fit is refused by the compiler, whose message
+gives the memory it needed (``_memory_from_tpu_refusal``).
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ class PlanReport:
     step_seconds: float
     tokens_per_second: float
     compile_seconds: float
+    compiler: str = "cpu"  # whose buffer assignment the temporaries are: "cpu" (stand-in devices) or "tpu"
+    topology: str | None = None  # the TPU topology compiled for (compiler "tpu")
     notes: list[str] = dataclasses.field(default_factory=list)
     suggestion: str | None = None
     suggestion_report: PlanReport | None = None
@@ -160,7 +168,10 @@ class PlanReport:
                              f"{s.step_seconds:.2f} s/step")
         for note in self.notes:
             lines.append(f"  note: {note}")
-        lines.append(f"  (compiled for {self.devices} simulated CPU devices in {self.compile_seconds:.1f} s)")
+        if self.compiler == "tpu":
+            lines.append(f"  (compiled by XLA:TPU for topology {self.topology}, without a TPU, in {self.compile_seconds:.1f} s)")
+        else:
+            lines.append(f"  (compiled for {self.devices} simulated CPU devices in {self.compile_seconds:.1f} s)")
         return "\n".join(lines)
 
 
@@ -247,19 +258,23 @@ def resolve_plan_model(config: TrainRunConfig):
 
 
 def plan(config: TrainRunConfig, *, devices: int, device_kind: str, mfu: float = DEFAULT_MFU,
-         suggest: bool = True) -> PlanReport:
-    """Compiles ``config``'s train step for ``devices`` simulated devices and reports the memory per device.
+         suggest: bool = True, compiler: str = "cpu", topology: str | None = None) -> PlanReport:
+    """Compiles ``config``'s train step for ``devices`` devices and reports the memory per device.
 
-    Needs at least ``devices`` JAX CPU devices (``launch.plan_cli`` arranges them).  With ``suggest``
+    ``compiler="cpu"`` (default) compiles for ``devices`` simulated CPU devices, which must exist
+    (``launch.plan_cli`` arranges them).  ``compiler="tpu"`` compiles with XLA:TPU itself for a TPU
+    topology (``tpu_topology_name``, or ``topology``) without any TPU: it needs libtpu installed and
+    gives the TPU compiler's own buffer assignment, with the real splash kernel.  With ``suggest``
     and a run that does not fit, also finds the smallest change that does (``suggestion``).
     """
     if device_kind not in DEVICE_KINDS:
         raise PlanError(f"--device-kind {device_kind!r}: unknown (known: {', '.join(DEVICE_KINDS)})")
     if not 0 < mfu <= 1:
         raise PlanError(f"--mfu {mfu}: must lie in (0, 1]")
-    report = _plan_once(config, devices, DEVICE_KINDS[device_kind], mfu)
+    target = _target(device_kind, devices, compiler, topology)
+    report = _plan_once(config, devices, DEVICE_KINDS[device_kind], mfu, target)
     if suggest and not report.fits:
-        found = suggest_fix(config, devices, device_kind, mfu)
+        found = suggest_fix(config, devices, device_kind, mfu, target)
         if found is None:
             report.suggestion = ("no single change fits (tried more fsdp, up to 8x the micro-batches, "
                                  "stronger remat): try tensor parallelism (mesh.tensor), more devices, "
@@ -269,19 +284,91 @@ def plan(config: TrainRunConfig, *, devices: int, device_kind: str, mfu: float =
     return report
 
 
-def _plan_once(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: float) -> PlanReport:
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What the step is compiled for: simulated CPU devices, or a TPU topology's devices (``topology``)."""
+
+    compiler: str
+    topology: str | None = None
+
+    def devices(self, count: int) -> list:
+        import jax
+
+        if self.compiler == "tpu":
+            from jax.experimental import topologies
+
+            found = topologies.get_topology_desc(topology_name=self.topology, platform="tpu").devices
+            if len(found) != count:
+                raise PlanError(f"--topology {self.topology}: has {len(found)} JAX devices, not --devices {count}")
+            return list(found)
+        available = jax.devices()
+        if len(available) < count:
+            raise PlanError(f"--devices {count}: only {len(available)} JAX devices here; run through "
+                            "`semcoder plan`, which simulates them on the CPU")
+        return available[:count]
+
+
+# Chip-grid rank of the TPU kinds that XLA:TPU can compile for without a TPU (one device per chip).
+# v4 is left out: its deviceless topologies count TensorCores, not the megacore chips JAX uses.
+TPU_GRID_RANK = {"v5e": 2, "v6e": 2, "v5p": 3}
+
+
+def tpu_topology_name(device_kind: str, devices: int) -> str:
+    """The topology of a slice of ``devices`` chips (a power of two, at least one 4-chip host).
+
+    2-D kinds grow 2x2, 2x4, 4x4, ...; v5p grows 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, ...
+    """
+    if device_kind not in TPU_GRID_RANK:
+        raise PlanError(f"--compiler tpu: device kind {device_kind!r} is not one of "
+                        f"{', '.join(TPU_GRID_RANK)} (plan it with --compiler cpu)")
+    if devices < 4 or devices & (devices - 1):
+        raise PlanError(f"--devices {devices}: a TPU slice topology needs a power of two >= 4 chips; "
+                        "give --topology (e.g. v5e:2x4) for another shape")
+    grid = [2, 2] if TPU_GRID_RANK[device_kind] == 2 else [2, 2, 1]
+    while math.prod(grid) < devices:
+        smallest = min(grid)
+        index = len(grid) - 1 - grid[::-1].index(smallest)  # the last of the smallest dims
+        grid[index] *= 2
+    return f"{device_kind}:{'x'.join(map(str, grid))}"
+
+
+def _target(device_kind: str, devices: int, compiler: str, topology: str | None) -> Target:
+    if compiler == "cpu":
+        if topology is not None:
+            raise PlanError("--topology: only with --compiler tpu")
+        return Target("cpu")
+    if compiler != "tpu":
+        raise PlanError(f"--compiler {compiler!r}: choose cpu or tpu")
+    if DEVICE_KINDS[device_kind].platform != "tpu":
+        raise PlanError(f"--compiler tpu: --device-kind {device_kind} is not a TPU")
+    import importlib.util
+
+    import jax
+
+    if importlib.util.find_spec("libtpu") is None:
+        raise PlanError(f"--compiler tpu needs libtpu, the TPU compiler: pip install 'jax[tpu]=={jax.__version__}' "
+                        "(no TPU needed); or plan with --compiler cpu")
+    return Target("tpu", topology or tpu_topology_name(device_kind, devices))
+
+
+def _plan_once(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: float,
+               target: Target = Target("cpu")) -> PlanReport:
     impl = config.model.attention_impl
     if impl == "cpu":
         raise PlanError("model.attention_impl='cpu' is the CPU kernel; plan TPU/GPU runs with xla, "
                         "splash (TPU) or cudnn (GPU)")
     if impl not in ("xla", "splash", "cudnn"):
         raise PlanError(f"model.attention_impl={impl!r}: unknown")
+    if target.compiler == "tpu":
+        if impl == "cudnn":
+            raise PlanError("model.attention_impl='cudnn' is a GPU kernel; plan TPU runs with splash or xla")
+        return _plan_traced(config, devices, kind, mfu, target)  # XLA:TPU compiles the real splash kernel
     # The stand-in covers parameter init too: the fused kernels cannot trace the 1-token init call.
     with _fused_attention_stand_in(impl):
-        return _plan_traced(config, devices, kind, mfu)
+        return _plan_traced(config, devices, kind, mfu, target)
 
 
-def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: float) -> PlanReport:
+def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: float, target: Target) -> PlanReport:
     import jax
     import jax.numpy as jnp
 
@@ -291,12 +378,9 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
     from semcoder_jax.train import step as step_lib
 
     config.validate()
-    available = jax.devices()
-    if len(available) < devices:
-        raise PlanError(f"--devices {devices}: only {len(available)} JAX devices here; run through "
-                        "`semcoder plan`, which simulates them on the CPU")
+    target_devices = target.devices(devices)
     model = resolve_plan_model(config)
-    mesh = shd.build_mesh(config.mesh.as_dict(), available[:devices])
+    mesh = shd.build_mesh(config.mesh.as_dict(), target_devices)
     t = config.train
     shards = shd.batch_shards(mesh)
     if t.global_batch % (shards * t.micro_batches):
@@ -317,23 +401,36 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
     start = time.perf_counter()
     with trace_for_platform(kind.platform):  # the target's program, not the CPU-specific backward
         lowered = step_lib.compile_train_step(step_fn, shardings, mesh).lower(state, batch)
-    compiled = lowered.compile()
-    compile_seconds = time.perf_counter() - start
-    mem = compiled.memory_analysis()
-
     params_bytes = _leaf_bytes_per_device(state.params, shardings.params)
     opt_bytes = _leaf_bytes_per_device(state.opt_state, shardings.opt_state)
     grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32), state.params)
     grad_bytes = _leaf_bytes_per_device(grads, shardings.params)
+    notes = []
+    try:
+        mem = _memory(lowered.compile())
+    except jax.errors.JaxRuntimeError as e:
+        if target.compiler != "tpu" or "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        # XLA:TPU refuses a program that does not fit and says how much it needed.
+        arguments = params_bytes + opt_bytes + len(batch) * math.prod(batch_sharding.shard_shape((t.global_batch, seq))) * 4
+        mem = _memory_from_tpu_refusal(str(e), arguments)
+        notes.append("XLA:TPU refused to compile it: " + str(e).splitlines()[0][:300])
+    compile_seconds = time.perf_counter() - start
     peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
 
     tokens = t.global_batch * seq
     flops = step_lib.flops_per_token(model, seq) * tokens
     step_seconds = flops / (devices * kind.peak_flops * mfu)
-    notes = ["temporaries are XLA:CPU's buffer assignment of the same partitioned step; the target "
-             "compiler fuses differently (validated within 20 % on CPU, see docs/launch.md)"]
+    if target.compiler == "tpu":
+        notes.insert(0, f"temporaries are XLA:TPU's own buffer assignment for {target.topology} (libtpu "
+                        f"{_libtpu_version()}), attention {model.attention_impl} compiled as itself")
+    else:
+        notes.insert(0, "temporaries are XLA:CPU's buffer assignment of the same partitioned step; the target "
+                        "compiler fuses differently (within 2 % of XLA:TPU's for the shipped TPU configs; "
+                        "see docs/launch.md)")
     if model.attention_impl != "xla":
-        notes.append(f"attention {model.attention_impl} planned with a flash-like stand-in (no [T, T] scores)")
+        if target.compiler == "cpu":
+            notes.append(f"attention {model.attention_impl} planned with a flash-like stand-in (no [T, T] scores)")
     elif seq >= 1024:
         notes.append(f"attention xla materialises [batch, heads, {seq}, {seq}] float32 scores per layer; "
                      f"model.attention_impl={'splash' if kind.platform == 'tpu' else 'cudnn'} avoids them")
@@ -351,7 +448,56 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
         alias_bytes=int(mem.alias_size_in_bytes), peak_bytes=int(peak),
         usable_bytes=int(kind.memory_bytes * USABLE_FRACTION), memory_bytes=kind.memory_bytes,
         flops_per_step=flops, mfu=mfu, step_seconds=step_seconds, tokens_per_second=tokens / step_seconds,
-        compile_seconds=compile_seconds, notes=notes)
+        compile_seconds=compile_seconds, compiler=target.compiler, topology=target.topology, notes=notes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Memory:
+    argument_size_in_bytes: int
+    temp_size_in_bytes: int
+    output_size_in_bytes: int
+    alias_size_in_bytes: int
+
+
+def _memory(compiled) -> _Memory:
+    m = compiled.memory_analysis()
+    return _Memory(int(m.argument_size_in_bytes), int(m.temp_size_in_bytes), int(m.output_size_in_bytes),
+                   int(m.alias_size_in_bytes))
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def _memory_from_tpu_refusal(message: str, argument_bytes: int) -> _Memory:
+    """The step's memory from XLA:TPU's out-of-memory refusal (arguments donated: outputs alias them).
+
+    XLA:TPU words it as "the total memory required for HLO temporaries (57.41G) exceeds available
+    HBM (15.75G)" or as "Used 20.5G of 15.75G hbm" (everything); either gives the temporaries.
+    """
+    import re
+
+    def size(number: str, unit: str) -> int:
+        return int(float(number) * _SIZE_UNITS[unit.upper()])
+
+    found = re.search(r"required for HLO temporaries \(([\d.]+)([KMGT]?)", message)
+    if found:
+        temps = size(*found.groups())
+    else:
+        found = re.search(r"Used ([\d.]+)([KMGT]?) of ([\d.]+)([KMGT]?) hbm", message)
+        if not found:
+            raise PlanError("XLA:TPU refused the step without saying how much memory it needs: "
+                            + message.splitlines()[0][:300])
+        temps = max(size(*found.groups()[:2]) - argument_bytes, 0)
+    return _Memory(argument_bytes, temps, argument_bytes, argument_bytes)
+
+
+def _libtpu_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("libtpu")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown version"
 
 
 def candidate_changes(config: TrainRunConfig, devices: int) -> list[tuple[str, list[str]]]:
@@ -382,14 +528,14 @@ def candidate_changes(config: TrainRunConfig, devices: int) -> list[tuple[str, l
 
 
 def suggest_fix(config: TrainRunConfig, devices: int, device_kind: str,
-                mfu: float = DEFAULT_MFU) -> tuple[str, PlanReport] | None:
+                mfu: float = DEFAULT_MFU, target: Target = Target("cpu")) -> tuple[str, PlanReport] | None:
     """The first single change (in ``candidate_changes`` order) whose plan fits, with its report."""
     from semcoder_jax.train.config import apply_overrides, from_dict, to_dict
 
     kind = DEVICE_KINDS[device_kind]
     for description, overrides in candidate_changes(config, devices):
         changed = from_dict(TrainRunConfig, apply_overrides(to_dict(config), overrides))
-        report = _plan_once(changed, devices, kind, mfu)
+        report = _plan_once(changed, devices, kind, mfu, target)
         if report.fits:
             return description, report
     return None

@@ -5,6 +5,11 @@
 
 The N devices are simulated on the CPU (``jax_num_cpu_devices``); when JAX has already started its
 backend with fewer devices in this process, the command re-runs itself in a fresh Python process.
+With ``--compiler tpu`` (libtpu installed, no TPU needed) XLA:TPU itself compiles the step for the
+slice's topology and its buffer assignment is the answer:
+
+    semcoder plan --config launch/configs/semcoder_6.7b_v5p-32.yaml --devices 16 --device-kind v5p --compiler tpu
+
 Exit status: 0 fits, 3 does not fit, 1 error.
 """
 
@@ -27,6 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-kind", required=True, choices=sorted(DEVICE_KINDS), help="the target's chip")
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU,
                         help=f"model FLOPs utilisation assumed for the speed estimate (default {DEFAULT_MFU})")
+    parser.add_argument("--compiler", choices=["cpu", "tpu"], default="cpu",
+                        help="cpu: compile for simulated CPU devices (default); tpu: compile with XLA:TPU for "
+                             "the slice's topology, no TPU needed (needs libtpu: pip install 'jax[tpu]')")
+    parser.add_argument("--topology", help="with --compiler tpu: the slice's chip grid, e.g. v5p:2x2x4 "
+                                           "(default: derived from --devices)")
     parser.add_argument("--no-suggest", action="store_true", help="do not search for a change that fits")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. mesh.fsdp=32")
@@ -66,6 +76,7 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
     argv = ["--devices", str(args.devices), "--device-kind", args.device_kind, "--mfu", str(args.mfu)]
     if args.config:
         argv += ["--config", args.config]
+    argv += ["--compiler", args.compiler] + (["--topology", args.topology] if args.topology else [])
     if args.no_suggest:
         argv.append("--no-suggest")
     if args.json:
@@ -83,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if not _can_simulate_here(args.devices):
         return _rerun_in_subprocess(_argv_of(args), args.devices)
     report = plan(config, devices=args.devices, device_kind=args.device_kind, mfu=args.mfu,
-                  suggest=not args.no_suggest)
+                  suggest=not args.no_suggest, compiler=args.compiler, topology=args.topology)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(), flush=True)
     return 0 if report.fits else NOT_FIT_EXIT
 

@@ -152,3 +152,65 @@ def test_6_7b_reports_for_real_slices_in_under_5_minutes(config, devices, kind):
 def test_the_cpu_attention_kernel_is_refused_for_accelerator_plans():
     with pytest.raises(plan_lib.PlanError, match="attention_impl='cpu' is the CPU kernel"):
         plan_lib.plan(tiny("model.attention_impl=cpu"), devices=1, device_kind="v4")
+
+
+# ---- compiling with XLA:TPU (no TPU needed; libtpu installed) --------------------------------------
+
+
+def test_tpu_topologies_grow_from_one_host():
+    assert plan_lib.tpu_topology_name("v5e", 4) == "v5e:2x2"
+    assert plan_lib.tpu_topology_name("v5e", 8) == "v5e:2x4"
+    assert plan_lib.tpu_topology_name("v6e", 64) == "v6e:8x8"
+    assert plan_lib.tpu_topology_name("v5p", 4) == "v5p:2x2x1"
+    assert plan_lib.tpu_topology_name("v5p", 16) == "v5p:2x2x4"
+    assert plan_lib.tpu_topology_name("v5p", 64) == "v5p:4x4x4"
+    assert plan_lib.tpu_topology_name("v5p", 128) == "v5p:4x4x8"
+    with pytest.raises(plan_lib.PlanError, match="power of two >= 4 chips"):
+        plan_lib.tpu_topology_name("v5e", 12)
+    with pytest.raises(plan_lib.PlanError, match="'v4' is not one of"):
+        plan_lib.tpu_topology_name("v4", 16)
+
+
+def test_the_tpu_compiler_is_refused_where_it_cannot_serve(monkeypatch):
+    with pytest.raises(plan_lib.PlanError, match="h100 is not a TPU"):
+        plan_lib.plan(tiny(), devices=4, device_kind="h100", compiler="tpu")
+    with pytest.raises(plan_lib.PlanError, match="--topology: only with --compiler tpu"):
+        plan_lib.plan(tiny(), devices=4, device_kind="v5e", topology="v5e:2x2")
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "libtpu" else real_find_spec(name, *a))
+    with pytest.raises(plan_lib.PlanError, match=r"needs libtpu.*pip install 'jax\[tpu\]=="):
+        plan_lib.plan(tiny(), devices=4, device_kind="v5e", compiler="tpu")
+
+
+def test_an_out_of_memory_refusal_of_xla_tpu_gives_the_temporaries():
+    gib = 2**30
+    refusal = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(57.41G) exceeds available HBM (15.75G).")
+    mem = plan_lib._memory_from_tpu_refusal(refusal, 3 * gib)
+    assert mem.temp_size_in_bytes == int(57.41 * gib) and mem.argument_size_in_bytes == 3 * gib
+    assert mem.output_size_in_bytes == mem.alias_size_in_bytes  # donated state: outputs reuse the arguments
+    used = "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 20.5G of 15.75G hbm."
+    assert plan_lib._memory_from_tpu_refusal(used, 4 * gib).temp_size_in_bytes == int(16.5 * gib)
+    with pytest.raises(plan_lib.PlanError, match="without saying how much"):
+        plan_lib._memory_from_tpu_refusal("RESOURCE_EXHAUSTED: something else", gib)
+
+
+def test_xla_tpu_compiles_the_step_with_the_real_splash_kernel_and_agrees_with_the_cpu_plan():
+    """Runs where libtpu is installed (``pip install 'jax[tpu]'``); CI's CPU set-up has no libtpu."""
+    pytest.importorskip("libtpu")
+    config = tiny("model.attention_impl=splash", "mesh.fsdp=4", "mesh.data=1", "data.seq_len=256")
+    on_tpu = plan_lib.plan(config, devices=4, device_kind="v5e", compiler="tpu", suggest=False)
+    on_cpu = plan_lib.plan(config, devices=4, device_kind="v5e", suggest=False)
+    assert on_tpu.compiler == "tpu" and on_tpu.topology == "v5e:2x2" and on_tpu.fits
+    assert on_tpu.params_bytes == on_cpu.params_bytes and on_tpu.optimizer_bytes == on_cpu.optimizer_bytes
+    assert on_tpu.argument_bytes >= on_cpu.argument_bytes  # TPU layouts pad small arrays to (8, 128) tiles
+    assert "XLA:TPU's own buffer assignment" in on_tpu.format()
+    # a run that cannot fit is refused by XLA:TPU, reported as not fitting, with the amount it needed
+    big = load_config(None, ["model.preset=deepseek-coder-6.7b", "data.source=synthetic", "data.seq_len=2048",
+                             "train.steps=10", "train.global_batch=4", "mesh.fsdp=4", "mesh.data=1",
+                             "model.attention_impl=splash"])
+    refused = plan_lib.plan(big, devices=4, device_kind="v5e", compiler="tpu", suggest=False)
+    assert not refused.fits and refused.temp_bytes > 16 * 2**30
+    assert any("XLA:TPU refused" in note for note in refused.notes)
