@@ -297,7 +297,10 @@ class Target:
         if self.compiler == "tpu":
             from jax.experimental import topologies
 
-            found = topologies.get_topology_desc(topology_name=self.topology, platform="tpu").devices
+            try:
+                found = topologies.get_topology_desc(topology_name=self.topology, platform="tpu").devices
+            except jax.errors.JaxRuntimeError as e:  # libtpu's own words: what it expected
+                raise PlanError(f"--topology {self.topology}: {str(e).splitlines()[0]}") from None
             if len(found) != count:
                 raise PlanError(f"--topology {self.topology}: has {len(found)} JAX devices, not --devices {count}")
             return list(found)

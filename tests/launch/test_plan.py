@@ -214,3 +214,7 @@ def test_xla_tpu_compiles_the_step_with_the_real_splash_kernel_and_agrees_with_t
     refused = plan_lib.plan(big, devices=4, device_kind="v5e", compiler="tpu", suggest=False)
     assert not refused.fits and refused.temp_bytes > 16 * 2**30
     assert any("XLA:TPU refused" in note for note in refused.notes)
+    with pytest.raises(plan_lib.PlanError, match=r"--topology v5e:3x3: .*chips_per_host_bounds"):
+        plan_lib.plan(config, devices=9, device_kind="v5e", compiler="tpu", topology="v5e:3x3")
+    with pytest.raises(plan_lib.PlanError, match="--topology v5e:2x4: has 8 JAX devices, not --devices 4"):
+        plan_lib.plan(config, devices=4, device_kind="v5e", compiler="tpu", topology="v5e:2x4")
