@@ -248,6 +248,17 @@ def _leaf_bytes_per_device(tree, shardings) -> int:
     return total
 
 
+def cpu_stand_in(model):
+    """The model XLA:CPU compiles for an accelerator's plan: bfloat16 replaced by float16.
+
+    Both take 2 bytes, but XLA:CPU runs bfloat16 dots and collectives in float32 (its
+    ``float-normalization-bf16`` pass), so a bfloat16 step compiled for the CPU gathers every layer's
+    weights and holds activations at twice the accelerator's bytes.  float16 it keeps as it is.
+    """
+    changes = {name: "float16" for name in ("dtype", "param_dtype") if getattr(model, name) == "bfloat16"}
+    return model.replace(**changes) if changes else model
+
+
 def resolve_plan_model(config: TrainRunConfig):
     """The ModelConfig to plan: the preset (with overrides), else the ``init_from`` checkpoint's config."""
     if config.model.preset is not None:
@@ -383,6 +394,7 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
     config.validate()
     target_devices = target.devices(devices)
     model = resolve_plan_model(config)
+    compiled_model = cpu_stand_in(model) if target.compiler == "cpu" else model
     mesh = shd.build_mesh(config.mesh.as_dict(), target_devices)
     t = config.train
     shards = shd.batch_shards(mesh)
@@ -394,12 +406,12 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
     total_steps = t.steps if t.steps is not None else 1000  # the schedule's length does not change memory
     tx = opt_lib.build_optimizer(config.optimizer, total_steps)
     schedule = opt_lib.learning_rate_schedule(config.optimizer, total_steps)
-    shardings = step_lib.state_shardings(model, tx, mesh)
-    state = step_lib.abstract_state(model, tx, shardings)
+    shardings = step_lib.state_shardings(compiled_model, tx, mesh)
+    state = step_lib.abstract_state(compiled_model, tx, shardings)
     batch_sharding = shd.batch_sharding(mesh)
     batch = {key: jax.ShapeDtypeStruct((t.global_batch, seq), jnp.int32, sharding=batch_sharding)
              for key in step_lib.BATCH_KEYS}
-    step_fn = step_lib.make_train_step(model, tx, schedule, micro_batches=t.micro_batches, z_loss=t.z_loss,
+    step_fn = step_lib.make_train_step(compiled_model, tx, schedule, micro_batches=t.micro_batches, z_loss=t.z_loss,
                                        loss_chunk=t.loss_chunk, mesh=mesh, param_sharding=shardings.params)
     start = time.perf_counter()
     with trace_for_platform(kind.platform):  # the target's program, not the CPU-specific backward
@@ -429,9 +441,11 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
                         f"{_libtpu_version()}), attention {model.attention_impl} compiled as itself")
     else:
         better = "; --compiler tpu gives XLA:TPU's own figure" if kind.platform == "tpu" else ""
-        notes.insert(0, "temporaries are XLA:CPU's buffer assignment of the same partitioned step: against "
-                        "XLA:TPU's it was within 1.3 % for 6.7B with full remat and 63-69 % over for bf16 with "
-                        f"minimal remat (XLA:CPU gathers and holds bf16 in float32; docs/launch.md){better}")
+        notes.insert(0, "temporaries are XLA:CPU's buffer assignment of the same partitioned step; for the "
+                        "6.7B configs they were 15 % under to 3 % over XLA:TPU's (docs/launch.md)" + better)
+        if compiled_model is not model:
+            notes.insert(1, "bfloat16 compiled as float16 (same bytes): XLA:CPU has float16 dots and collectives "
+                            "but gathers and multiplies bfloat16 in float32, which over-predicted by up to 69 %")
     if model.attention_impl != "xla":
         if target.compiler == "cpu":
             notes.append(f"attention {model.attention_impl} planned with a flash-like stand-in (no [T, T] scores)")
@@ -560,7 +574,8 @@ def measure_step_peak(config: TrainRunConfig, devices: int, platform: str = "tpu
     """Runs the real train step on ``devices`` CPU devices and measures its peak memory per device.
 
     The step is traced as for ``platform`` (default: the TPU program, which is what ``plan``
-    predicts for TPU and GPU kinds), so prediction and measurement see the same program.
+    predicts for TPU and GPU kinds), with ``plan``'s float16 stand-in for bfloat16, so prediction and
+    measurement see the same program.
 
     The CPU backend keeps no allocator statistics (``Device.memory_stats()`` is None), so the peak is
     the process's resident-set high-water mark (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``
@@ -578,7 +593,7 @@ def measure_step_peak(config: TrainRunConfig, devices: int, platform: str = "tpu
     from semcoder_jax.train import step as step_lib
     from semcoder_jax.train.data import SyntheticBatches
 
-    model = resolve_plan_model(config)
+    model = cpu_stand_in(resolve_plan_model(config))  # the program ``plan`` compiles
     mesh = shd.build_mesh(config.mesh.as_dict(), jax.devices()[:devices])
     t = config.train
     tx = opt_lib.build_optimizer(config.optimizer, t.steps or 1000)

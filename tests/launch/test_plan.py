@@ -218,3 +218,21 @@ def test_xla_tpu_compiles_the_step_with_the_real_splash_kernel_and_agrees_with_t
         plan_lib.plan(config, devices=9, device_kind="v5e", compiler="tpu", topology="v5e:3x3")
     with pytest.raises(plan_lib.PlanError, match="--topology v5e:2x4: has 8 JAX devices, not --devices 4"):
         plan_lib.plan(config, devices=4, device_kind="v5e", compiler="tpu", topology="v5e:2x4")
+
+
+def test_bfloat16_is_compiled_as_float16_for_the_cpu_plan(monkeypatch):
+    """Same bytes; XLA:CPU would otherwise gather and multiply bf16 in float32 and over-predict.
+
+    Two layers of the 6.7B shape, where gathered [11008, 4096] weights dominate the temporaries."""
+    def config(dtype):
+        return load_config(None, ["model.preset=deepseek-coder-6.7b", "model.num_layers=2", f"model.dtype={dtype}",
+                                  "model.remat_policy=minimal", "data.source=synthetic", "data.seq_len=512",
+                                  "train.steps=10", "train.global_batch=8", "mesh.fsdp=4", "mesh.data=1"])
+
+    bf16 = plan_lib.plan(config("bfloat16"), devices=4, device_kind="h100", suggest=False)
+    f16 = plan_lib.plan(config("float16"), devices=4, device_kind="h100", suggest=False)
+    assert bf16.dtype == "bfloat16" and bf16.temp_bytes == f16.temp_bytes
+    assert any("bfloat16 compiled as float16" in note for note in bf16.notes)
+    monkeypatch.setattr(plan_lib, "cpu_stand_in", lambda model: model)
+    as_bf16 = plan_lib.plan(config("bfloat16"), devices=4, device_kind="h100", suggest=False)
+    assert as_bf16.temp_bytes > 1.1 * bf16.temp_bytes, (as_bf16.temp_bytes, bf16.temp_bytes)
