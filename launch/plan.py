@@ -74,6 +74,9 @@ DEVICE_KINDS: dict[str, DeviceKind] = {
 # The share of device memory a run may use: XLA/the runtime keep the rest (TPU: program and runtime
 # buffers; GPU: the launch scripts set XLA_PYTHON_CLIENT_MEM_FRACTION=0.95, cuDNN/NCCL workspaces).
 USABLE_FRACTION = 0.95
+# The most a CPU-compiled plan's peak fell short of XLA:TPU's own, over the 6.7B layouts of
+# ``benchmarks/plan.py tpu`` (docs/launch.md); a CPU plan closer than this to the limit is flagged.
+CPU_PLAN_SHORTFALL = 0.11
 DEFAULT_MFU = 0.40
 REMAT_ORDER = ("none", "dots", "minimal", "full")  # most memory first
 
@@ -441,8 +444,8 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
                         f"{_libtpu_version()}), attention {model.attention_impl} compiled as itself")
     else:
         better = "; --compiler tpu gives XLA:TPU's own figure" if kind.platform == "tpu" else ""
-        notes.insert(0, "temporaries are XLA:CPU's buffer assignment of the same partitioned step; for the "
-                        "6.7B configs they were 15 % under to 3 % over XLA:TPU's (docs/launch.md)" + better)
+        notes.insert(0, "temporaries are XLA:CPU's buffer assignment of the same partitioned step; for 6.7B "
+                        "steps the peak has been 11 % under to 14 % over XLA:TPU's (docs/launch.md)" + better)
         if compiled_model is not model:
             notes.insert(1, "bfloat16 compiled as float16 (same bytes): XLA:CPU has float16 dots and collectives "
                             "but gathers and multiplies bfloat16 in float32, which over-predicted by up to 69 %")
@@ -452,6 +455,10 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
     elif seq >= 1024:
         notes.append(f"attention xla materialises [batch, heads, {seq}, {seq}] float32 scores per layer; "
                      f"model.attention_impl={'splash' if kind.platform == 'tpu' else 'cudnn'} avoids them")
+    usable = int(kind.memory_bytes * USABLE_FRACTION)
+    if target.compiler == "cpu" and peak <= usable < peak / (1 - CPU_PLAN_SHORTFALL):
+        notes.append(f"tight: CPU plans have come out up to {CPU_PLAN_SHORTFALL:.0%} below XLA:TPU's peak; leave "
+                     "more room" + (" or check with --compiler tpu" if kind.platform == "tpu" else ""))
     dropped = [f"{k}" for k, v in mesh.shape.items() if v > 1 and k == "tensor" and model.num_heads % v]
     if dropped:
         notes.append(f"num_heads={model.num_heads} is not divisible by mesh.tensor; heads are replicated")
@@ -464,7 +471,7 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
         gradient_bytes=grad_bytes, temp_bytes=int(mem.temp_size_in_bytes),
         argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
         alias_bytes=int(mem.alias_size_in_bytes), peak_bytes=int(peak),
-        usable_bytes=int(kind.memory_bytes * USABLE_FRACTION), memory_bytes=kind.memory_bytes,
+        usable_bytes=usable, memory_bytes=kind.memory_bytes,
         flops_per_step=flops, mfu=mfu, step_seconds=step_seconds, tokens_per_second=tokens / step_seconds,
         compile_seconds=compile_seconds, compiler=target.compiler, topology=target.topology, notes=notes)
 

@@ -236,3 +236,13 @@ def test_bfloat16_is_compiled_as_float16_for_the_cpu_plan(monkeypatch):
     monkeypatch.setattr(plan_lib, "cpu_stand_in", lambda model: model)
     as_bf16 = plan_lib.plan(config("bfloat16"), devices=4, device_kind="h100", suggest=False)
     assert as_bf16.temp_bytes > 1.1 * bf16.temp_bytes, (as_bf16.temp_bytes, bf16.temp_bytes)
+
+
+def test_a_cpu_plan_within_its_measured_shortfall_of_the_limit_is_flagged(monkeypatch):
+    report = plan_lib.plan(tiny("mesh.fsdp=8", "mesh.data=1"), devices=8, device_kind="v5e", suggest=False)
+    assert not any(note.startswith("tight") for note in report.notes)  # megabytes on a 16 GiB chip
+    # a chip just large enough for this plan's peak
+    chip = plan_lib.DeviceKind("test chip", int(report.peak_bytes / plan_lib.USABLE_FRACTION) + 4096, 1e12, "tpu")
+    monkeypatch.setitem(plan_lib.DEVICE_KINDS, "test", chip)
+    tight = plan_lib.plan(tiny("mesh.fsdp=8", "mesh.data=1"), devices=8, device_kind="test", suggest=False)
+    assert tight.fits and any(note.startswith("tight") and "--compiler tpu" in note for note in tight.notes)
