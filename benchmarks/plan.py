@@ -72,6 +72,7 @@ TPU_CASES = [
     ("semcoder_6.7b_v5p-32.yaml", 16, "v5p", []),
     ("semcoder_6.7b_v5p-32.yaml", 16, "v5p", ["model.remat_policy=full"]),
     ("semcoder_6.7b_v5p-32.yaml", 16, "v5p", ["model.remat_policy=full", "model.attention_impl=xla"]),
+    ("semcoder_6.7b_v4-64.yaml", 32, "v4", []),
     ("semcoder_6.7b_v5e-64.yaml", 64, "v5e", []),
     ("semcoder_6.7b_v5e-64.yaml", 64, "v5e", ["model.remat_policy=full", "mesh.fsdp=64", "mesh.tensor=1",
                                             "train.micro_batches=8"]),

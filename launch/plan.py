@@ -311,8 +311,10 @@ class Target:
         if self.compiler == "tpu":
             from jax.experimental import topologies
 
+            # v4 and v5p chips are megacore (one JAX device per chip); libtpu's v4 default counts cores.
+            options = {"chip_config_name": "megacore"} if self.topology.startswith(("v4:", "v5p:")) else {}
             try:
-                found = topologies.get_topology_desc(topology_name=self.topology, platform="tpu").devices
+                found = topologies.get_topology_desc(topology_name=self.topology, platform="tpu", **options).devices
             except jax.errors.JaxRuntimeError as e:  # libtpu's own words: what it expected
                 raise PlanError(f"--topology {self.topology}: {str(e).splitlines()[0]}") from None
             if len(found) != count:
@@ -326,14 +328,13 @@ class Target:
 
 
 # Chip-grid rank of the TPU kinds that XLA:TPU can compile for without a TPU (one device per chip).
-# v4 is left out: its deviceless topologies count TensorCores, not the megacore chips JAX uses.
-TPU_GRID_RANK = {"v5e": 2, "v6e": 2, "v5p": 3}
+TPU_GRID_RANK = {"v5e": 2, "v6e": 2, "v4": 3, "v5p": 3}
 
 
 def tpu_topology_name(device_kind: str, devices: int) -> str:
     """The topology of a slice of ``devices`` chips (a power of two, at least one 4-chip host).
 
-    2-D kinds grow 2x2, 2x4, 4x4, ...; v5p grows 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, ...
+    2-D kinds grow 2x2, 2x4, 4x4, ...; v4 and v5p grow 2x2x1, 2x2x2, 2x2x4, 2x4x4, 4x4x4, ...
     """
     if device_kind not in TPU_GRID_RANK:
         raise PlanError(f"--compiler tpu: device kind {device_kind!r} is not one of "

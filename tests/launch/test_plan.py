@@ -167,8 +167,9 @@ def test_tpu_topologies_grow_from_one_host():
     assert plan_lib.tpu_topology_name("v5p", 128) == "v5p:4x4x8"
     with pytest.raises(plan_lib.PlanError, match="power of two >= 4 chips"):
         plan_lib.tpu_topology_name("v5e", 12)
-    with pytest.raises(plan_lib.PlanError, match="'v4' is not one of"):
-        plan_lib.tpu_topology_name("v4", 16)
+    assert plan_lib.tpu_topology_name("v4", 32) == "v4:2x4x4"
+    with pytest.raises(plan_lib.PlanError, match="'a100-80g' is not one of"):
+        plan_lib.tpu_topology_name("a100-80g", 16)
 
 
 def test_the_tpu_compiler_is_refused_where_it_cannot_serve(monkeypatch):
@@ -214,6 +215,9 @@ def test_xla_tpu_compiles_the_step_with_the_real_splash_kernel_and_agrees_with_t
     refused = plan_lib.plan(big, devices=4, device_kind="v5e", compiler="tpu", suggest=False)
     assert not refused.fits and refused.temp_bytes > 16 * 2**30
     assert any("XLA:TPU refused" in note for note in refused.notes)
+    # v4 chips are megacore: one JAX device each, as on a real slice
+    v4 = plan_lib.plan(config, devices=4, device_kind="v4", compiler="tpu", suggest=False)
+    assert v4.topology == "v4:2x2x1" and v4.devices == 4 and v4.fits
     with pytest.raises(plan_lib.PlanError, match=r"--topology v5e:3x3: .*chips_per_host_bounds"):
         plan_lib.plan(config, devices=9, device_kind="v5e", compiler="tpu", topology="v5e:3x3")
     with pytest.raises(plan_lib.PlanError, match="--topology v5e:2x4: has 8 JAX devices, not --devices 4"):
