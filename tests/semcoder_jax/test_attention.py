@@ -177,3 +177,66 @@ def test_the_cudnn_call_is_chosen_by_what_the_rows_hold():
     assert int(attn.cudnn_path(packed, slot, packed, 4)) == 2  # packed runs
     assert int(attn.cudnn_path(many, slot, many, 4)) == 0  # 6 runs do not fit in 4
     assert int(attn.cudnn_path(whole, slot[:, ::-1], whole, 4)) == 0  # slots not in order
+
+
+def _cudnn_stand_ins(monkeypatch, calls):
+    """XLA stand-ins with the documented semantics of the two cuDNN entry points, recording which ran.
+
+    cuDNN itself needs a GPU; these check the plumbing around it (the choice of call, the packed
+    layout's offsets and lengths, gradients through ``lax.switch`` inside the sharded, rematerialised
+    layer scan) against the reference attention.
+    """
+    from jax._src.cudnn import fused_attention_stablehlo as cudnn
+
+    xla_sdpa = jax.nn.dot_product_attention
+
+    def sdpa(q, k, v, bias=None, mask=None, *, implementation=None, **options):
+        assert implementation == "cudnn"
+        calls.append("causal" if options.get("is_causal") else "mask")
+        return xla_sdpa(q, k, v, bias, mask, implementation="xla", **options)
+
+    def packed(q, k, v, q_seqlen=None, kv_seqlen=None, q_offsets=None, kv_offsets=None, *, scale, mask_type):
+        assert mask_type == cudnn.MaskType.PADDING_CAUSAL and q_offsets.shape[1] == q_seqlen.shape[1] + 1
+        calls.append("packed")
+        position = jnp.arange(q.shape[1])[None, :, None]
+        start, length = q_offsets[:, None, :-1], q_seqlen[:, None, :]
+        inside = (position >= start) & (position < start + length) & (length > 0)  # [B, T, runs]
+        run = jnp.argmax(inside, axis=-1)
+        mask = (run[:, :, None] == run[:, None, :]) & jnp.tril(jnp.ones((q.shape[1],) * 2, bool))
+        return xla_sdpa(q, k, v, mask=mask[:, None], scale=scale, implementation="xla")
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", sdpa)
+    monkeypatch.setattr(cudnn, "dot_product_attention", packed)
+
+
+@pytest.mark.parametrize("rows,packed_runs,expected", [("whole", 0, "causal"), ("packed", 0, "mask"),
+                                                       ("packed", 4, "packed"), ("packed", 2, "mask")])
+def test_cudnn_calls_compose_with_the_sharded_rematerialised_decoder(monkeypatch, rows, packed_runs, expected):
+    calls = []
+    _cudnn_stand_ins(monkeypatch, calls)
+    config = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                         num_kv_heads=2, max_position_embeddings=64, remat_policy="minimal")
+    params = init_params(config, jax.random.key(0))
+    rng = np.random.RandomState(0)
+    ids = jnp.asarray(rng.randint(0, 128, (8, 32)))
+    one = [1] * 32
+    segments = jnp.asarray(np.array([one if rows == "whole" else [1] * 10 + [2] * 15 + [0] * 7] * 8, np.int32))
+    positions = jnp.asarray(np.array([list(range(32)) if rows == "whole" else
+                                      list(range(10)) + list(range(15)) + list(range(7))] * 8, np.int32))
+    mesh = shd.build_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+
+    def loss(params, impl):
+        cfg = config.replace(attention_impl=impl, cudnn_packed_runs=packed_runs if impl == "cudnn" else 0)
+        with shd.activation_sharding(mesh):
+            logits = forward(params, cfg, ids, positions, segments)
+        return jnp.sum(jnp.where((segments > 0)[..., None], logits, 0.0) ** 2)
+
+    ours, ours_grads = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, "cudnn")
+    ref, ref_grads = jax.jit(jax.value_and_grad(loss), static_argnums=1)(params, "xla")
+    np.testing.assert_allclose(float(ours), float(ref), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+    # every branch is traced; the one the data chose is the one whose result was used
+    assert set(calls) >= {"mask", "causal"} | ({"packed"} if packed_runs else set())
+    chosen = int(attn.cudnn_path(segments[:2], jnp.broadcast_to(jnp.arange(32), (2, 32)), segments[:2], packed_runs))
+    assert ["mask", "causal", "packed"][chosen] == expected
