@@ -108,7 +108,8 @@ def test_the_cpu_kernel_runs_on_each_devices_own_rows_and_heads(kv_heads):
 
 
 def test_the_splash_kernel_runs_per_device_on_a_sharded_batch():
-    """Pallas interpret mode stands in for the TPU: per-device splash equals the reference."""
+    """Pallas interpret mode stands in for the TPU: per-device splash equals the reference, and no
+    device gathers another's rows (run as one partitioned call, the compiled step all-gathers)."""
     mesh = shd.build_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     q, k, v, seg, slot = _inputs(batch=4)
 
@@ -116,10 +117,12 @@ def test_the_splash_kernel_runs_per_device_on_a_sharded_batch():
         with shd.activation_sharding(mesh):
             return attention(q, k, v, seg, slot, seg, slot, impl="splash")
 
-    ours = jax.jit(fn, in_shardings=(NamedSharding(mesh, P(("data", "fsdp"))),) * 3)(q, k, v)
+    jitted = jax.jit(fn, in_shardings=(NamedSharding(mesh, P(("data", "fsdp"))),) * 3)
+    ours = jitted(q, k, v)
     ref = xla_attention(q, k, v, seg, slot, seg, slot)
     np.testing.assert_allclose(np.asarray(ours)[:, :220], np.asarray(ref)[:, :220], atol=1e-5)
     assert ours.sharding.spec[0] == ("data", "fsdp")
+    assert "all-gather" not in jitted.lower(q, k, v).compile().as_text()
 
 
 def test_only_the_cpu_kernel_takes_unrotated_queries():
