@@ -191,7 +191,7 @@ def make_parser(description: str = __doc__) -> argparse.ArgumentParser:
                    help="model.cudnn_packed_runs: packed rows of up to this many runs use cuDNN's packed layout")
     p.add_argument("--segments", type=int, default=1,
                    help="examples packed per row (ours only: the torch stack always runs whole rows)")
-    p.add_argument("--remat", default="none", choices=["none", "minimal", "dots", "full"])
+    p.add_argument("--remat", default="none", choices=["none", "minimal", "minimal_attention", "dots", "full"])
     p.add_argument("--no-scan-layers", action="store_true",
                    help="model.scan_layers=false: a Python loop over the layers (faster on CPU)")
     p.add_argument("--system-malloc", action="store_true",

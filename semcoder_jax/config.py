@@ -20,7 +20,7 @@ from semcoder_jax.errors import UserError
 DType = Literal["float32", "bfloat16", "float16"]
 AttentionImpl = Literal["xla", "cudnn", "splash", "cpu"]
 CPU_ATTENTION_HEAD_DIMS = (16, 32, 64, 128, 256)  # what kernels/cpu_attention.cc instantiates
-RematPolicy = Literal["none", "minimal", "dots", "full"]
+RematPolicy = Literal["none", "minimal", "minimal_attention", "dots", "full"]
 
 SUPPORTED_MODEL_TYPES = ("llama",)
 

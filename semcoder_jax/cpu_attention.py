@@ -36,7 +36,8 @@ Array = jax.Array
 SOURCE = Path(__file__).with_name("kernels") / "cpu_attention.cc"
 HEAD_DIMS = CPU_ATTENTION_HEAD_DIMS
 _FLAGS = ("-O3", "-march=native", "-ffast-math", "-std=c++17", "-fPIC", "-shared")
-_FORWARD, _BACKWARD = "semcoder_cpu_attention_forward", "semcoder_cpu_attention_backward"
+FORWARD_TARGET = "semcoder_cpu_attention_forward"  # the remat policy "minimal_attention" matches it
+_FORWARD, _BACKWARD = FORWARD_TARGET, "semcoder_cpu_attention_backward"
 
 
 class KernelBuildError(RuntimeError):

@@ -31,11 +31,33 @@ import jax.numpy as jnp
 
 from semcoder_jax.attention import attention
 from semcoder_jax.config import ModelConfig
+from semcoder_jax.cpu_attention import FORWARD_TARGET
 
 Array = jax.Array
 
+# The primitives whose results are a fused attention kernel's forward: cuDNN's (bound in jax's
+# custom_vjp forward rule), the CPU kernel's FFI call, and Pallas calls (splash is the only Pallas
+# kernel in the model).
+_CUDNN_FORWARDS = frozenset({"dot_product_attention_fwd_wrapper", "dot_product_attention_fwd"})
+
+
+def fused_attention_forward_saveable(prim: Any, *avals: Any, **params: Any) -> bool:
+    """Remat policy: save what a fused attention kernel's forward returns (output, softmax statistics).
+
+    Under ``minimal`` a kernel is not a dot, so the backward pass runs its forward a second time to
+    rebuild the residuals its own backward needs; saving them costs one [B, T, H, D] output plus
+    [B, H, T] statistics per layer.
+    """
+    del avals
+    if prim.name in _CUDNN_FORWARDS or prim.name == "pallas_call":
+        return True
+    return prim.name == "ffi_call" and params.get("target_name") == FORWARD_TARGET
+
+
 _REMAT_POLICIES = {
     "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "minimal_attention": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, fused_attention_forward_saveable),
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "full": jax.checkpoint_policies.nothing_saveable,
 }

@@ -43,7 +43,7 @@ class ModelSection:
     init_from: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    remat_policy: Literal["none", "minimal", "dots", "full"] = "none"
+    remat_policy: Literal["none", "minimal", "minimal_attention", "dots", "full"] = "none"
     attention_impl: Literal["xla", "cudnn", "splash", "cpu"] = "xla"
     cudnn_packed_runs: int = 0
     scan_layers: bool = True
