@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures of the README's performance table, in one go (one H100/H200, CUDA jax + torch).
-# Usage: OUT=/some/dir bash benchmarks/run_gpu.sh    (results: $OUT/*.txt and $OUT/train_step.jsonl)
+# Usage: OUT=/some/dir bash benchmarks/run_gpu.sh
+# Results (three files, within the device tool's 8): $OUT/gpu.txt, $OUT/run_gpu.log, $OUT/train_step.jsonl.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/semcoder-gpu}
@@ -10,39 +11,47 @@ py=${PYTHON:-python3}
 run() {  # run NAME SECONDS CMD...: time-boxed, output kept even on failure
   local name=$1 secs=$2; shift 2
   echo "=== $name: $*"
-  timeout "$secs" "$@" 2>&1 | grep -v -i "warning" | tee "$OUT/$name.txt"
+  echo "=== $name: $*" >> "$OUT/run_gpu.log"
+  timeout "$secs" "$@" 2>&1 | grep -v -i "warning" | tee -a "$OUT/run_gpu.log"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 $py -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
 # Correctness first (values and gradients of cuDNN's three calls against float32 XLA), then the MFU
-# goal's row beside torch (6.7B shape, remat minimal; whole rows take cuDNN's causal kernel), then the
-# remat policies that recompute less (minimal_attention keeps cuDNN's forward out of the backward;
-# none recomputes nothing), two micro-batches (the optimizer update once per 32K tokens), where the
-# step time goes, and packed rows on cuDNN's packed layout.  The time boxes add up to 560 s of one
-# 600 s device call; a summary table comes last.
-six=(--preset deepseek-coder-6.7b --layers 8 --seq 2048 --batch 8 --dtype bfloat16 --attention cudnn --steps 6)
-run attention 40 "$py" benchmarks/attention.py
-run train_6.7b_minimal 150 "$py" benchmarks/train_step.py "${six[@]}" --remat minimal --json "$OUT/train_step.jsonl"
-run train_6.7b_minimal_attention 70 "$py" benchmarks/train_step.py "${six[@]}" --remat minimal_attention --only jax
+# goal's row beside torch (6.7B shape with 8 of 32 layers, batch 16, remat minimal_attention: whole rows
+# take cuDNN's causal kernel and the backward does not rerun its forward), session 1's batch-8 row
+# beside torch, the other remat policies, 12 layers, packed rows through cuDNN's packed layout and
+# through the mask, and where the step time goes.  Session 7 on an H100 ran these in about 300 s; the
+# time boxes add up to 570 s of one 600 s device call.  A summary table comes last.
+six=(--preset deepseek-coder-6.7b --layers 8 --seq 2048 --dtype bfloat16 --attention cudnn --steps 6)
+run attention 90 "$py" benchmarks/attention.py
+run train_6.7b_b16_minimal_attention 120 "$py" benchmarks/train_step.py "${six[@]}" --batch 16 \
+    --remat minimal_attention --json "$OUT/train_step.jsonl"
+run train_6.7b_b8_minimal 100 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 --remat minimal \
+    --json "$OUT/train_step.jsonl"
+run train_6.7b_b8_minimal_attention 40 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 \
+    --remat minimal_attention --only jax
 # No remat at all: nothing recomputed (XLA:TPU plans this shape at 67.5 GiB).
-run train_6.7b_none 70 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 "$py" benchmarks/train_step.py "${six[@]}" \
-    --remat none --only jax
-run train_6.7b_minimal_attention_micro2 80 "$py" benchmarks/train_step.py "${six[@]}" --batch 16 \
-    --micro-batches 2 --remat minimal_attention --only jax
-run profile_6.7b_minimal_attention 80 "$py" benchmarks/profile_step.py "${six[@]}" --remat minimal_attention --top 25
-run train_6.7b_packed_runs 60 "$py" benchmarks/train_step.py "${six[@]}" --remat minimal_attention --segments 4 \
-    --cudnn-packed-runs 8 --only jax
+run train_6.7b_b8_none 40 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 "$py" benchmarks/train_step.py "${six[@]}" \
+    --batch 8 --remat none --only jax
+run train_6.7b_12layers_b8_minimal_attention 40 "$py" benchmarks/train_step.py "${six[@]}" --layers 12 --batch 8 \
+    --remat minimal_attention --only jax
+run train_6.7b_b8_packed_runs 40 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 --remat minimal_attention \
+    --segments 4 --cudnn-packed-runs 8 --only jax
+run train_6.7b_b8_packed_mask 40 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 --remat minimal_attention \
+    --segments 4 --only jax
+run profile_6.7b_b16_minimal_attention 60 "$py" benchmarks/profile_step.py "${six[@]}" --batch 16 \
+    --remat minimal_attention --top 40
 echo "=== summary (ours; MFU = 6N + causal attention FLOPs over the device's dense bf16 peak)"
-for f in "$OUT"/train_*.txt; do
-  "$py" - "$f" <<'PY'
+"$py" - "$OUT/run_gpu.log" <<'PY'
 import json, re, sys
-name = sys.argv[1].rsplit("/", 1)[-1][:-4]
+name = "?"
 for line in open(sys.argv[1]):
-    if line.startswith("RESULT "):
+    if line.startswith("=== "):
+        name = line[4:].split(":", 1)[0]
+    elif line.startswith("RESULT "):
         r = json.loads(line[7:])
         print(f"{name:40s} {r['tokens_per_second']:8.0f} tok/s  MFU {100 * r.get('mfu', 0):5.1f} %  "
               f"peak {r.get('peak_gib') or 0:5.1f} GiB  compile {r.get('compile_s', 0):4.0f} s  loss {r['loss']:.3f}")
     elif re.match(r"(jax|torch) ", line) or line.startswith("ratio"):
         print(f"{name:40s} {line.strip()}")
 PY
-done
