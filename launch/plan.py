@@ -78,7 +78,7 @@ USABLE_FRACTION = 0.95
 # ``benchmarks/plan.py tpu`` (docs/launch.md); a CPU plan closer than this to the limit is flagged.
 CPU_PLAN_SHORTFALL = 0.11
 DEFAULT_MFU = 0.40
-REMAT_ORDER = ("none", "dots", "minimal", "full")  # most memory first
+REMAT_ORDER = ("none", "dots", "minimal_attention", "minimal", "full")  # most memory first
 
 
 @dataclasses.dataclass
@@ -190,6 +190,9 @@ def _flash_like_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, **ker
     """
     import jax
     import jax.numpy as jnp
+    from jax.ad_checkpoint import checkpoint_name
+
+    from semcoder_jax.model import FUSED_ATTENTION_FORWARD
 
     heads, kv_heads = q.shape[2], k.shape[2]
 
@@ -201,8 +204,10 @@ def _flash_like_attention(q, k, v, q_segment, q_slot, kv_segment, kv_slot, **ker
         return q * kv_to_q(k) + kv_to_q(v)
 
     def fwd(q, k, v):
-        out = attend(q, k, v)
-        lse = jnp.sum(q.astype(jnp.float32), axis=-1)  # [B, T, H]
+        # Named as a kernel's forward results, so that remat minimal_attention saves them as it would
+        # the real kernel's (model.fused_attention_forward_saveable).
+        out = checkpoint_name(attend(q, k, v), FUSED_ATTENTION_FORWARD)
+        lse = checkpoint_name(jnp.sum(q.astype(jnp.float32), axis=-1), FUSED_ATTENTION_FORWARD)  # [B, T, H]
         return out, (q, k, v, out, lse)
 
     def bwd(res, d_out):

@@ -39,6 +39,8 @@ Array = jax.Array
 # custom_vjp forward rule), the CPU kernel's FFI call, and Pallas calls (splash is the only Pallas
 # kernel in the model).
 _CUDNN_FORWARDS = frozenset({"dot_product_attention_fwd_wrapper", "dot_product_attention_fwd"})
+# Stand-ins for a kernel (the planner's) name their forward results with this ``checkpoint_name``.
+FUSED_ATTENTION_FORWARD = "fused_attention_forward"
 
 
 def fused_attention_forward_saveable(prim: Any, *avals: Any, **params: Any) -> bool:
@@ -51,6 +53,8 @@ def fused_attention_forward_saveable(prim: Any, *avals: Any, **params: Any) -> b
     del avals
     if prim.name in _CUDNN_FORWARDS or prim.name == "pallas_call":
         return True
+    if prim.name == "name":
+        return params.get("name") == FUSED_ATTENTION_FORWARD
     return prim.name == "ffi_call" and params.get("target_name") == FORWARD_TARGET
 
 

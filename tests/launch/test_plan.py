@@ -108,7 +108,7 @@ def test_candidate_changes_come_cheapest_first():
     changes = [c for c, _ in plan_lib.candidate_changes(tiny("mesh.data=2", "mesh.fsdp=2"), 4)]
     assert changes[0].startswith("shard parameters") and "mesh.fsdp=4" in changes[0]
     assert [c.split(": ")[1] for c in changes[1:3]] == ["train.micro_batches=2", "train.micro_batches=4"]
-    assert [c.split("=")[-1] for c in changes if "remat" in c] == ["dots", "minimal", "full"]
+    assert [c.split("=")[-1] for c in changes if "remat" in c] == ["dots", "minimal_attention", "minimal", "full"]
 
 
 def test_cli_simulates_more_devices_than_this_process_has_by_rerunning_itself(capfd):
@@ -250,3 +250,25 @@ def test_a_cpu_plan_within_its_measured_shortfall_of_the_limit_is_flagged(monkey
     monkeypatch.setitem(plan_lib.DEVICE_KINDS, "test", chip)
     tight = plan_lib.plan(tiny("mesh.fsdp=8", "mesh.data=1"), devices=8, device_kind="test", suggest=False)
     assert tight.fits and any(note.startswith("tight") and "--compiler tpu" in note for note in tight.notes)
+
+
+def test_the_attention_stand_in_is_saved_by_remat_minimal_attention_as_the_real_kernels_are():
+    """The plan of a minimal_attention run holds the kernel's output and statistics per layer, as the
+    GPU/TPU step does, instead of planning the rerun of ``minimal``."""
+    import jax
+    import jax.numpy as jnp
+    from jax._src.ad_checkpoint import saved_residuals
+
+    from semcoder_jax.model import _REMAT_POLICIES
+
+    q = jnp.ones((2, 16, 4, 8))
+    segments = jnp.ones((2, 16), jnp.int32)
+
+    def loss(q):
+        return jnp.sum(jnp.sin(plan_lib._flash_like_attention(q, q, q, segments, segments, segments, segments)))
+
+    def saved(policy):
+        return sorted(aval.shape for aval, _ in saved_residuals(jax.checkpoint(loss, policy=_REMAT_POLICIES[policy]), q))
+
+    assert saved("minimal") == [(2, 16, 4, 8)]  # q only: the forward runs again in the backward
+    assert saved("minimal_attention") == [(2, 16, 4), (2, 16, 4, 8), (2, 16, 4, 8)]  # + statistics, output
