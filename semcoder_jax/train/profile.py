@@ -66,7 +66,13 @@ _PARTS: tuple[tuple[str, Callable[[str], bool]], ...] = (
 
 
 def classify(op_name: str) -> tuple[str, str]:
-    """(part of the model, 'fwd' | 'bwd' | '') for an ``op_name``; unknown names are ('other', '')."""
+    """(part of the model, 'fwd' | 'bwd' | '') for an ``op_name``; unknown names are ('other', '').
+
+    An instruction XLA made without a JAX op (``op_name`` empty: the layer scan's buffer updates,
+    copies) is ('unattributed', '') rather than counted as the optimizer's.
+    """
+    if not op_name:
+        return "unattributed", ""
     direction = "bwd" if "transpose(" in op_name else ("fwd" if "jvp(" in op_name else "")
     for part, test in _PARTS:
         if test(op_name):
@@ -156,7 +162,7 @@ def fold_trace(events: list[Mapping[str, Any]], op_names: Mapping[str, str], mod
     per_step = {name: us / 1000.0 / steps for name, us in shares.items()}
     parts: dict[tuple[str, str], float] = defaultdict(float)
     for name, ms in per_step.items():
-        parts[classify(op_names.get(name, name))] += ms
+        parts[classify(op_names.get(name, ""))] += ms
     return StepProfile(steps=steps, wall_ms=1000.0 * wall_s / steps, parts=dict(parts),
                        instructions=per_step, op_names=dict(op_names),
                        source="device kernels" if on_device else "host ops")
