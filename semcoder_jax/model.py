@@ -48,7 +48,7 @@ def fused_attention_forward_saveable(prim: Any, *avals: Any, **params: Any) -> b
 
     Under ``minimal`` a kernel is not a dot, so the backward pass runs its forward a second time to
     rebuild the residuals its own backward needs; saving them costs one [B, T, H, D] output plus
-    [B, H, T] statistics per layer.
+    [B, H, T] statistics per layer (cuDNN, CPU); splash's statistics are lane-replicated, [B, H, T, 128].
     """
     del avals
     if prim.name in _CUDNN_FORWARDS or prim.name == "pallas_call":
