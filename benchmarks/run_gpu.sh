@@ -19,27 +19,32 @@ $py -c "import jax, flax, optax, torch, transformers; print('jax', jax.__version
 # Correctness first (values and gradients of cuDNN's three calls against float32 XLA), then the MFU
 # goal's row beside torch (6.7B shape with 8 of 32 layers, batch 16, remat minimal_attention: whole rows
 # take cuDNN's causal kernel and the backward does not rerun its forward), session 1's batch-8 row
-# beside torch, the other remat policies, 12 layers, packed rows through cuDNN's packed layout and
-# through the mask, and where the step time goes.  Session 7 on an H100 ran these in about 300 s; the
-# time boxes add up to 570 s of one 600 s device call.  A summary table comes last.
+# beside torch, a Python loop over the layers instead of the scan, the other remat policies, 12 layers,
+# packed rows through cuDNN's packed layout and through the mask, and where the step time goes.
+# Session 7 on an H100 ran most of these in about 300 s; the time boxes (about 1.5-2x those times) add
+# up to 550 s of one 600 s device call.  A summary table comes last.
 six=(--preset deepseek-coder-6.7b --layers 8 --seq 2048 --dtype bfloat16 --attention cudnn --steps 6)
-run attention 90 "$py" benchmarks/attention.py
-run train_6.7b_b16_minimal_attention 120 "$py" benchmarks/train_step.py "${six[@]}" --batch 16 \
+run attention 75 "$py" benchmarks/attention.py
+run train_6.7b_b16_minimal_attention 100 "$py" benchmarks/train_step.py "${six[@]}" --batch 16 \
     --remat minimal_attention --json "$OUT/train_step.jsonl"
-run train_6.7b_b8_minimal 100 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 --remat minimal \
+run train_6.7b_b8_minimal 90 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 --remat minimal \
     --json "$OUT/train_step.jsonl"
-run train_6.7b_b8_minimal_attention 40 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 \
+# The layer scan's stacked buffers: two dynamic-update-slice fusions without a JAX op took 31 ms of a
+# 640 ms step (batch 16, H200, session 7).  A Python loop over the layers has no stacked buffers.
+run train_6.7b_b16_minimal_attention_loop 60 "$py" benchmarks/train_step.py "${six[@]}" --batch 16 \
+    --remat minimal_attention --no-scan-layers --only jax
+run train_6.7b_b8_minimal_attention 35 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 \
     --remat minimal_attention --only jax
 # No remat at all: nothing recomputed (XLA:TPU plans this shape at 67.5 GiB).
-run train_6.7b_b8_none 40 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 "$py" benchmarks/train_step.py "${six[@]}" \
+run train_6.7b_b8_none 35 env XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 "$py" benchmarks/train_step.py "${six[@]}" \
     --batch 8 --remat none --only jax
-run train_6.7b_12layers_b8_minimal_attention 40 "$py" benchmarks/train_step.py "${six[@]}" --layers 12 --batch 8 \
+run train_6.7b_12layers_b8_minimal_attention 35 "$py" benchmarks/train_step.py "${six[@]}" --layers 12 --batch 8 \
     --remat minimal_attention --only jax
-run train_6.7b_b8_packed_runs 40 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 --remat minimal_attention \
+run train_6.7b_b8_packed_runs 35 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 --remat minimal_attention \
     --segments 4 --cudnn-packed-runs 8 --only jax
-run train_6.7b_b8_packed_mask 40 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 --remat minimal_attention \
+run train_6.7b_b8_packed_mask 35 "$py" benchmarks/train_step.py "${six[@]}" --batch 8 --remat minimal_attention \
     --segments 4 --only jax
-run profile_6.7b_b16_minimal_attention 60 "$py" benchmarks/profile_step.py "${six[@]}" --batch 16 \
+run profile_6.7b_b16_minimal_attention 50 "$py" benchmarks/profile_step.py "${six[@]}" --batch 16 \
     --remat minimal_attention --top 40
 echo "=== summary (ours; MFU = 6N + causal attention FLOPs over the device's dense bf16 peak)"
 "$py" - "$OUT/run_gpu.log" <<'PY'
