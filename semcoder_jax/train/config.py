@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
-from semcoder_jax.config import PRESETS, ModelConfig, get_preset
+from semcoder_jax.config import PRESETS, AttentionImpl, DType, ModelConfig, RematPolicy, get_preset
 from semcoder_jax.errors import UserError
 
 
@@ -41,10 +41,10 @@ class ModelSection:
 
     preset: str | None = None
     init_from: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
-    param_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    remat_policy: Literal["none", "minimal", "minimal_attention", "dots", "full"] = "none"
-    attention_impl: Literal["xla", "cudnn", "splash", "cpu"] = "xla"
+    dtype: DType = "bfloat16"
+    param_dtype: DType = "float32"
+    remat_policy: RematPolicy = "none"
+    attention_impl: AttentionImpl = "xla"
     cudnn_packed_runs: int = 0
     scan_layers: bool = True
     num_layers: int | None = None
