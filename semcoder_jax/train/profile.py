@@ -34,6 +34,26 @@ import jax
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s.*?metadata=\{([^}]*)\}")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_ANY_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_LAYOUT = re.compile(r"\{[^{}]*\}")
+_SIGNATURE_END = re.compile(r",\s*(?:kind=|calls=|metadata=|backend_config=|sharding=)")
+
+
+def signatures_from_hlo(hlo_text: str) -> dict[str, str]:
+    """HLO instruction name -> its result shape, opcode and operands (layouts dropped), e.g.
+    ``f32[8,4,128,352] copy(%wrapped_broadcast.6)``.
+
+    For instructions that XLA made without a JAX op, this is all the report can say about them.
+    """
+    out: dict[str, str] = {}
+    for line in hlo_text.splitlines():
+        m = _ANY_INSTRUCTION.match(line)
+        if m and m.group(1) not in out:
+            text = _SIGNATURE_END.split(m.group(2), maxsplit=1)[0]
+            while _LAYOUT.search(text):
+                text = _LAYOUT.sub("", text)
+            out[m.group(1)] = " ".join(text.split())
+    return out
 
 
 def op_names_from_hlo(hlo_text: str) -> dict[str, str]:
@@ -116,6 +136,7 @@ class StepProfile:
     instructions: dict[str, float]
     op_names: dict[str, str]
     source: str = "host ops"  # or "device kernels": which trace events were counted
+    signatures: dict[str, str] = dataclasses.field(default_factory=dict)  # shapes, for instructions without an op
 
     @property
     def busy_ms(self) -> float:
@@ -136,7 +157,8 @@ class StepProfile:
                          f"{total:8.2f} {100 * total / busy:5.1f}%")
         lines.append(f"slowest {top} instructions (ms/step):")
         for name, ms in sorted(self.instructions.items(), key=lambda kv: -kv[1])[:top]:
-            lines.append(f"  {ms:8.2f}  {name:28s} {self.op_names.get(name, '?')[:90]}")
+            what = self.op_names.get(name) or f"(no JAX op) {self.signatures.get(name, '?')}"
+            lines.append(f"  {ms:8.2f}  {name:28s} {what[:110]}")
         return "\n".join(lines)
 
 
@@ -150,7 +172,7 @@ def _trace_events(trace_dir: str) -> list[dict[str, Any]]:
 
 
 def fold_trace(events: list[Mapping[str, Any]], op_names: Mapping[str, str], module: str,
-               steps: int, wall_s: float) -> StepProfile:
+               steps: int, wall_s: float, signatures: Mapping[str, str] | None = None) -> StepProfile:
     """A ``StepProfile`` from raw trace events of ``steps`` steps of the HLO module ``module``."""
     processes = {e.get("pid"): (e.get("args") or {}).get("name", "") for e in events
                  if e.get("ph") == "M" and e.get("name") == "process_name"}
@@ -165,14 +187,16 @@ def fold_trace(events: list[Mapping[str, Any]], op_names: Mapping[str, str], mod
         parts[classify(op_names.get(name, ""))] += ms
     return StepProfile(steps=steps, wall_ms=1000.0 * wall_s / steps, parts=dict(parts),
                        instructions=per_step, op_names=dict(op_names),
-                       source="device kernels" if on_device else "host ops")
+                       source="device kernels" if on_device else "host ops",
+                       signatures={name: sig for name, sig in (signatures or {}).items()
+                                   if name in per_step and name not in op_names})
 
 
 def fold_trace_dir(trace_dir: str, hlo_text: str, steps: int, wall_s: float) -> StepProfile:
     """Folds the trace ``jax.profiler`` wrote into ``trace_dir`` for ``steps`` steps of the HLO module."""
     module = re.search(r"HloModule\s+([\w.\-]+)", hlo_text)
     return fold_trace(_trace_events(trace_dir), op_names_from_hlo(hlo_text), module.group(1) if module else "",
-                      steps, wall_s)
+                      steps, wall_s, signatures_from_hlo(hlo_text))
 
 
 def profile_compiled(compiled, run: Callable[[], Any], steps: int = 3, trace_dir: str | None = None) -> StepProfile:

@@ -49,6 +49,23 @@ def test_hlo_instructions_are_named_by_their_jax_op_names():
     assert all(" " not in name for name in names)
 
 
+def test_instructions_without_a_jax_op_are_reported_by_their_shapes():
+    """The layer scan's zero-filled stacked outputs: XLA's own instructions, shown by what they make."""
+    def scan_ys(x):
+        return jax.lax.scan(lambda c, _: (c * 2.0, jnp.tanh(c)), x, None, length=4)[1]
+
+    hlo = jax.jit(scan_ys).lower(jnp.ones((3, 5))).compile().as_text()
+    signatures = prof.signatures_from_hlo(hlo)
+    assert any(sig.startswith("f32[4,3,5] ") for sig in signatures.values())  # the stacked ys buffer
+    assert all("{" not in sig and "metadata" not in sig for sig in signatures.values())
+    name = next(n for n, sig in signatures.items() if sig.startswith("f32[4,3,5] "))
+    profile = prof.fold_trace(
+        [{"ph": "X", "ts": 0.0, "dur": 2000.0, "args": {"hlo_op": name, "hlo_module": "jit_scan_ys"}}],
+        {}, "jit_scan_ys", steps=1, wall_s=0.002, signatures=signatures)
+    assert profile.parts == {("unattributed", ""): 2.0}
+    assert f"(no JAX op) {signatures[name]}" in profile.table(top=1)
+
+
 def test_profile_of_a_real_step_covers_the_model_parts_and_adds_up():
     cfg = get_preset("tiny", dtype="float32", num_layers=1)
     opt = OptimizerSection(learning_rate=1e-3, warmup_steps=0, schedule="constant")
