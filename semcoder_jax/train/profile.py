@@ -155,6 +155,10 @@ class StepProfile:
             total = sum(d.values())
             lines.append(f"{part:24s} {d.get('fwd', 0):8.2f} {d.get('bwd', 0):8.2f} {d.get('-', 0):8.2f} "
                          f"{total:8.2f} {100 * total / busy:5.1f}%")
+        hidden = sum(ms for name, ms in self.instructions.items() if name.startswith("command_buffer"))
+        if hidden:
+            lines.append(f"note: {hidden:.1f} ms/step ran inside XLA:GPU command buffers, which hide their kernels; "
+                         "set XLA_FLAGS=--xla_gpu_enable_command_buffer= to attribute them")
         lines.append(f"slowest {top} instructions (ms/step):")
         for name, ms in sorted(self.instructions.items(), key=lambda kv: -kv[1])[:top]:
             what = self.op_names.get(name) or f"(no JAX op) {self.signatures.get(name, '?')}"

@@ -66,6 +66,16 @@ def test_instructions_without_a_jax_op_are_reported_by_their_shapes():
     assert f"(no JAX op) {signatures[name]}" in profile.table(top=1)
 
 
+def test_time_inside_gpu_command_buffers_is_flagged_with_the_flag_that_reveals_it():
+    events = [{"ph": "X", "ts": 0.0, "dur": 3000.0, "args": {"hlo_op": "command_buffer_114", "hlo_module": "m"}},
+              {"ph": "X", "ts": 3000.0, "dur": 1000.0, "args": {"hlo_op": "fusion.1", "hlo_module": "m"}}]
+    report = prof.fold_trace(events, {"fusion.1": "jit(train_step)/add"}, "m", steps=1, wall_s=0.004).table()
+    assert "3.0 ms/step ran inside XLA:GPU command buffers" in report
+    assert "--xla_gpu_enable_command_buffer=" in report
+    plain = prof.fold_trace(events[1:], {"fusion.1": "jit(train_step)/add"}, "m", steps=1, wall_s=0.001).table()
+    assert "command buffers" not in plain
+
+
 def test_profile_of_a_real_step_covers_the_model_parts_and_adds_up():
     cfg = get_preset("tiny", dtype="float32", num_layers=1)
     opt = OptimizerSection(learning_rate=1e-3, warmup_steps=0, schedule="constant")
