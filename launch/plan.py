@@ -449,9 +449,10 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
         notes.insert(0, f"temporaries are XLA:TPU's own buffer assignment for {target.topology} (libtpu "
                         f"{_libtpu_version()}), attention {model.attention_impl} compiled as itself")
     else:
-        better = "; --compiler tpu gives XLA:TPU's own figure" if kind.platform == "tpu" else ""
+        measured = ("11 % under to 14 % over XLA:TPU's; --compiler tpu gives XLA:TPU's own figure"
+                    if kind.platform == "tpu" else "5 to 20 % over the peaks one H100 measured (single-GPU steps)")
         notes.insert(0, "temporaries are XLA:CPU's buffer assignment of the same partitioned step; for 6.7B "
-                        "steps the peak has been 11 % under to 14 % over XLA:TPU's (docs/launch.md)" + better)
+                        f"steps the peak has been {measured} (docs/launch.md)")
         if compiled_model is not model:
             notes.insert(1, "bfloat16 compiled as float16 (same bytes): XLA:CPU has float16 dots and collectives "
                             "but gathers and multiplies bfloat16 in float32, which over-predicted by up to 69 %")

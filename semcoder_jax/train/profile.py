@@ -32,9 +32,8 @@ from typing import Any
 
 import jax
 
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s.*?metadata=\{([^}]*)\}")
-_OP_NAME = re.compile(r'op_name="([^"]*)"')
-_ANY_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$")  # name, the rest of the line
+_OP_NAME = re.compile(r'metadata=\{[^}]*op_name="([^"]*)"')
 _LAYOUT = re.compile(r"\{[^{}]*\}")
 _SIGNATURE_END = re.compile(r",\s*(?:kind=|calls=|metadata=|backend_config=|sharding=)")
 
@@ -47,7 +46,7 @@ def signatures_from_hlo(hlo_text: str) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     for line in hlo_text.splitlines():
-        m = _ANY_INSTRUCTION.match(line)
+        m = _INSTRUCTION.match(line)
         if m and m.group(1) not in out:
             text = _SIGNATURE_END.split(m.group(2), maxsplit=1)[0]
             while _LAYOUT.search(text):
