@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 
 from data_pipeline import packing
+from data_pipeline.errors import UserError
 from data_pipeline.examples import build_examples
 from data_pipeline.prompts import TASK_IDS, TASK_NAMES
 from data_pipeline.records import (
@@ -43,7 +44,6 @@ from data_pipeline.records import (
     parse_json_line,
 )
 from data_pipeline.tokenizer import Tokenizer
-from semcoder_jax.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import pathlib
 import tempfile
 from collections.abc import Iterator
 
+from data_pipeline.errors import UserError
 from data_pipeline.prompts import TASKS
-from semcoder_jax.errors import UserError
 
 TASK_FIELDS: dict[str, str] = {field: task for task, (field, _) in TASKS.items()}
 DEFAULT_MAX_RECORD_BYTES = 1 << 20

@@ -23,8 +23,8 @@ import pathlib
 
 import tensorflow_datasets as tfds
 
+from data_pipeline.errors import UserError
 from data_pipeline.records import TASK_FIELDS, BadRecord, iter_jsonl
-from semcoder_jax.errors import UserError
 
 VALIDATION_PERCENT = 5
 FIELDS = (*TASK_FIELDS, "response", "task", "source")

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 
-from semcoder_jax.errors import UserError
+from data_pipeline.errors import UserError
 
 # Names of special tokens that tokenizer.json files commonly use, tried when no config says which.
 _BOS_NAMES = ("<｜begin▁of▁sentence｜>", "<s>", "<bos>", "<|bos|>", "<|begin_of_text|>", "<|startoftext|>")

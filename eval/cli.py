@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="CRUXEval: extract answers exactly as the release (including its double-to-single "
                    "quote replacement, which can turn correct answers wrong)")
     p.add_argument("--workers", type=int, default=None, help="sandbox worker processes (default: CPU count)")
+    p.add_argument("--require-isolation", action="store_true",
+                   help="refuse to run when the sandbox cannot isolate candidates (no user namespaces) "
+                   "instead of warning and running them in mode 'none'")
+    p.add_argument("--sandbox-mode", choices=("auto", "namespaces", "none"), default="auto",
+                   help="auto (the strongest available), namespaces, or none (rlimits and seccomp only)")
     p.add_argument("--data-dir", default=None, help=f"benchmark data folder (default: ${DATA_ENV} or the "
                    "download cache)")
     p.add_argument("--out", help="output directory (rerunning with the same one resumes)")
@@ -84,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError("--temperature must be >= 0 and --top-p in (0, 1]")
 
     from eval.runner import EvalConfig, format_table, run
+    from sandbox import SandboxUnavailable
 
     config = EvalConfig(benchmarks=names, mode=args.mode, n_samples=args.n_samples, temperature=args.temperature,
                         top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
@@ -97,8 +103,12 @@ def main(args: argparse.Namespace) -> int:
         from eval.backends import load_backend
 
         backend = load_backend(args.backend, args.model, args.dtype)
-    summary = run(config, args.out, backend=backend, data_dir=args.data_dir, batch_size=args.batch_size,
-                  workers=args.workers, progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        summary = run(config, args.out, backend=backend, data_dir=args.data_dir, batch_size=args.batch_size,
+                      workers=args.workers, progress=not args.no_progress and sys.stderr.isatty(),
+                      sandbox_mode=args.sandbox_mode, require_isolation=args.require_isolation)
+    except SandboxUnavailable as e:
+        raise UserError(str(e)) from None
     print(format_table({k: v for k, v in summary.items() if k in names}))
     print(f"summary: {json.dumps(str(args.out))[1:-1]}/summary.json")
     return 0

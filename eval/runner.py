@@ -23,7 +23,8 @@ from eval.backends import Backend
 from eval.benchmarks import Benchmark, Extracted, Problem, get_benchmark
 from eval.extract import refined_code, sanitize
 from eval.prompts import refine_prompt
-from eval.sandbox import Job, Limits, Outcome, Sandbox
+from sandbox import Job, Limits, Sandbox
+from sandbox.function_tests import Verdict
 from semcoder_jax.errors import UserError
 
 PASS_AT_K = (1, 5, 10, 100)
@@ -119,24 +120,20 @@ def read_predictions(path: str | os.PathLike, bench: Benchmark, problems: list[P
 
 # ---- scoring -----------------------------------------------------------------------------------------------
 
-def _combine(bench: Benchmark, problem: Problem, parts: dict[str, Outcome | str]) -> dict:
-    """One record's status from its parts: passed only if every part passed."""
+def _combine(bench: Benchmark, problem: Problem, parts: dict[str, Verdict]) -> dict:
+    """One record's status from its parts' verdicts: passed only if every part passed."""
     record: dict[str, Any] = {"parts": {}}
     status, message, failed_test = "passed", "", ""
     failed_at: dict[str, Any] = {}
     for name in bench.parts:
-        result = parts[name]
-        if isinstance(result, str):
-            part = {"status": "failed", "message": result}
-        else:
-            part = {"status": result.status, "message": result.message}
-            if result.status != "passed" and status == "passed":  # the first failing part
-                failed_test = bench.failed_test(problem, name, result.details)
-                if isinstance(result.details.get("failed_test"), int):
-                    failed_at = {"part": name, "failed_test": result.details["failed_test"]}
-        record["parts"][name] = part
-        if status == "passed" and part["status"] != "passed":
-            status, message = part["status"], f"{name}: {part['message']}" if len(bench.parts) > 1 else part["message"]
+        verdict = parts[name]
+        record["parts"][name] = {"status": verdict.status, "message": verdict.message}
+        if verdict.status != "passed" and status == "passed":  # the first failing part
+            failed_test = bench.failed_test(problem, name, verdict)
+            if verdict.failed_at is not None:
+                failed_at = {"part": name, "failed_test": verdict.failed_at}
+            status = verdict.status
+            message = f"{name}: {verdict.message}" if len(bench.parts) > 1 else verdict.message
     record.update(status=status, message=message, failed_test=failed_test)
     if failed_at:
         record["failed_at"] = failed_at  # which part and input failed first (for traces)
@@ -145,26 +142,10 @@ def _combine(bench: Benchmark, problem: Problem, parts: dict[str, Outcome | str]
 
 def score(bench: Benchmark, sandbox: Sandbox, items: Sequence[tuple[Problem, Extracted]],
           progress: Any = None) -> list[dict]:
-    """Execute every (problem, extracted) item's parts in the sandbox; returns one status record each."""
-    flat: list[tuple[int, str, Job]] = []
-    results: list[dict[str, Outcome | str]] = [{} for _ in items]
-    for i, (problem, extracted) in enumerate(items):
-        for part, job in bench.jobs(problem, extracted).items():
-            if isinstance(job, str):
-                results[i][part] = job
-            else:
-                flat.append((i, part, job))
-
-    def done(j: int, outcome: Outcome) -> None:
-        if progress is not None:
-            progress.update(1 / len(bench.parts))
-
-    outcomes = sandbox.map([job for _, _, job in flat], on_result=done)
-    for (i, part, _), outcome in zip(flat, outcomes):
-        results[i][part] = outcome
-    if progress is not None:
-        progress.update(sum(1 for r in results for v in r.values() if isinstance(v, str)) / len(bench.parts))
-    return [_combine(bench, problem, results[i]) for i, (problem, _) in enumerate(items)]
+    """Run and judge every (problem, extracted) item in the sandbox; returns one status record each."""
+    advance = None if progress is None else (lambda samples: progress.update(samples))
+    verdicts = bench.verdicts(sandbox, items, advance)
+    return [_combine(bench, problem, verdicts[i]) for i, (problem, _) in enumerate(items)]
 
 
 # ---- summary -----------------------------------------------------------------------------------------------
@@ -299,9 +280,10 @@ def _progress(total: float, desc: str, enabled: bool) -> Any:
 def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | None = None,
         data_dir: str | os.PathLike | None = None, batch_size: int = 8, workers: int | None = None,
         limits: Limits | None = None, progress: bool = True, chunk: int | None = None,
-        gt_cache_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+        gt_cache_dir: str | os.PathLike | None = None, sandbox_mode: str = "auto",
+        require_isolation: bool = False) -> dict[str, dict]:
     """Evaluate every benchmark of ``config`` with ``backend`` (or ``config.predictions``); returns and
-    writes ``summary.json``."""
+    writes ``summary.json``.  ``sandbox_mode`` / ``require_isolation``: see ``sandbox.Sandbox``."""
     if backend is None and config.predictions is None:
         raise UserError("nothing to evaluate: pass --model or --predictions")
     if config.predictions and len(config.benchmarks) != 1:
@@ -312,7 +294,8 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
     summary_path = out / "summary.json"
     summary: dict[str, dict] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     chunk = chunk or max(batch_size * 4, 32)
-    with Sandbox(workers=workers, limits=limits or Limits()) as sandbox:
+    with Sandbox(workers=workers, limits=limits or Limits(), mode=sandbox_mode, require_isolation=require_isolation,
+                 hide=hidden_paths(data_dir, gt_cache_dir)) as sandbox:
         for name in config.benchmarks:
             bench = get_benchmark(name, mode=config.mode, release_quotes=config.release_quotes,
                                   gt_cache_dir=gt_cache_dir)
@@ -335,11 +318,28 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
             wanted = {p.task_id for p in problems}
             summary[name] = summarise(bench, [r for r in records.records if r["task_id"] in wanted],
                                       len(problems), 0 if config.predictions else config.self_refine)
-            summary[name]["isolation"] = sandbox.isolation
+            summary[name].update(sandbox.describe())
             tmp = summary_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(summary, indent=2))
             os.replace(tmp, summary_path)
     return summary
+
+
+def hidden_paths(data_dir: str | os.PathLike | None, gt_cache_dir: str | os.PathLike | None) -> list[str]:
+    """What candidates must not see even where the sandbox shows a directory holding it (an installed
+    package's bundled data inside site-packages): the project's packages, the data and ground-truth caches."""
+    import data_pipeline
+    import eval as eval_package
+    import launch
+    import sandbox
+    import semcoder_jax
+    from eval.benchmarks import BUNDLED_DATA_DIR, resolve_data_dir
+
+    paths = [Path(m.__file__).parent for m in (eval_package, sandbox, semcoder_jax, data_pipeline, launch)]
+    paths += [BUNDLED_DATA_DIR, resolve_data_dir(data_dir), Path.home() / ".cache" / "semcoder"]
+    if gt_cache_dir:
+        paths.append(Path(gt_cache_dir))
+    return [str(p) for p in paths]
 
 
 def _score_predictions(config: EvalConfig, bench: Benchmark, problems: list[Problem], sandbox: Sandbox,
@@ -398,13 +398,14 @@ def _traces(bench: Benchmark, sandbox: Sandbox, part: list[tuple[Problem, int, d
     jobs: list[tuple[int, Job]] = []
     for i, (problem, _, rec) in enumerate(part):
         where = rec.get("failed_at")
-        job = make(problem, rec["extracted"], where["part"], where) if make and where else None
+        job = make(problem, rec["extracted"], where["part"], where.get("failed_test")) if make and where else None
         if job is not None:
             jobs.append((i, job))
     traces: list[str | None] = [None] * len(part)
     for (i, _), outcome in zip(jobs, sandbox.map([job for _, job in jobs])):
-        if outcome.status == "passed":
-            traces[i] = annotate_trace(part[i][2]["extracted"], outcome.details)
+        trace = outcome.values[0] if outcome.values else None
+        if isinstance(trace, dict) and all(isinstance(trace.get(k), dict) for k in ("states", "errors")):
+            traces[i] = annotate_trace(part[i][2]["extracted"], trace)
     return traces
 
 

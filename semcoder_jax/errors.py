@@ -1,9 +1,6 @@
-"""The one exception type that every package raises for bad user input.
+"""``UserError``, the one exception type for bad user input (defined in ``data_pipeline.errors``, the lowest
+package that raises it, so that no import points up the package graph)."""
 
-The CLI prints a ``UserError`` as one line (``semcoder CMD: error: MESSAGE``) and exits 1; anything
-else is a bug and keeps its traceback.  Messages name the file, line or key and what is wrong.
-"""
+from data_pipeline.errors import UserError
 
-
-class UserError(ValueError):
-    """Bad input (a file, a config key, an argument) described in one line."""
+__all__ = ["UserError"]

@@ -1,11 +1,13 @@
 """Benchmarks read from local files: where the data lives, what a problem is, and the registry.
 
 Each benchmark module turns its release file into ``Problem``s (with the release's prompt), extracts the
-code or answer from a raw generation, and builds the sandbox ``Job``s that score it.  Nothing is
+code or answer from a raw generation, and scores it: it runs the candidate in the sandbox and judges the
+plain values that come back, here, against expected values the candidate never sees.  Nothing is
 downloaded at run time: ``--data-dir`` or ``$SEMCODER_DATA_DIR`` (default ``~/.cache/semcoder/eval-data``,
-filled by ``semcoder eval download``) points at a folder laid out like ``shared/data``.  CRUXEval and
-HumanEval (both MIT-licensed, small) also ship inside the package (``eval/benchmarks/data``, byte copies
-with their PROVENANCE.md) and are used when neither flag nor variable is given and the cache lacks them.
+filled by ``semcoder eval download``) points at a folder laid out like ``shared/data``.  CRUXEval (MIT)
+and HumanEval+ (Apache-2.0), both small, also ship inside the package (``eval/benchmarks/data``, byte
+copies with their PROVENANCE.md) and are used when neither flag nor variable is given and the cache lacks
+them.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ import gzip
 import json
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from eval.extract import completion_before_fence, sanitize
-from eval.sandbox import Job
+from sandbox import Sandbox
+from sandbox.function_tests import Verdict
 from semcoder_jax.errors import UserError
 
 DATA_ENV = "SEMCODER_DATA_DIR"
@@ -27,7 +31,7 @@ DEFAULT_DATA_DIR = Path.home() / ".cache" / "semcoder" / "eval-data"
 BUNDLED_DATA_DIR = Path(__file__).resolve().parent / "data"
 # benchmark name -> path of its release file inside the data dir
 DATA_FILES: dict[str, str] = {
-    "humaneval": "humaneval/HumanEval.jsonl.gz",
+    "humaneval": "humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz",
     "humaneval+": "humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz",
     "mbpp": "mbppplus/MbppPlus-v0.2.0.jsonl.gz",
     "mbpp+": "mbppplus/MbppPlus-v0.2.0.jsonl.gz",
@@ -104,7 +108,7 @@ class Benchmark(ABC):
     """Interface every benchmark implements."""
 
     name: str
-    parts: tuple[str, ...] = ("main",)  # the sandbox jobs each sample runs, e.g. ("base", "plus")
+    parts: tuple[str, ...] = ("main",)  # what each sample is scored on, e.g. ("base", "plus")
     stop: tuple[str, ...] = ()           # stop strings for generation
 
     @abstractmethod
@@ -116,13 +120,15 @@ class Benchmark(ABC):
         """The code or answer to execute from a raw generation."""
 
     @abstractmethod
-    def jobs(self, problem: Problem, extracted: Extracted) -> dict[str, Job | str]:
-        """One sandbox job per part; a string instead of a job is an immediate failure message."""
+    def verdicts(self, sandbox: Sandbox, items: Sequence[tuple[Problem, Extracted]],
+                 progress: Callable[[float], None] | None = None) -> list[dict[str, Verdict]]:
+        """Run every item in the sandbox and judge it: one ``Verdict`` per part.  ``progress(samples)`` is
+        called as parts finish (fractions of a sample)."""
 
     def prepare(self, problems: list[Problem]) -> None:  # noqa: B027 - optional hook
         """Work done once before scoring (EvalPlus: ground-truth outputs and timings)."""
 
-    def failed_test(self, problem: Problem, part: str, details: dict) -> str:
+    def failed_test(self, problem: Problem, part: str, verdict: Verdict) -> str:
         """The failing test as source text (for the per-sample record and the refine prompt)."""
         return ""
 
@@ -150,11 +156,8 @@ def get_benchmark(name: str, **options: Any) -> Benchmark:
     """The benchmark called ``name`` (see ``BENCHMARK_NAMES``)."""
     from eval.benchmarks.cruxeval import CruxEval
     from eval.benchmarks.evalplus import EvalPlus
-    from eval.benchmarks.humaneval import HumanEval
 
-    if name == "humaneval":
-        return HumanEval()
-    if name in ("humaneval+", "mbpp", "mbpp+"):
+    if name in ("humaneval", "humaneval+", "mbpp", "mbpp+"):
         return EvalPlus(name, **{k: v for k, v in options.items() if k in ("gt_cache_dir",)})
     if name in ("cruxeval-i", "cruxeval-o"):
         return CruxEval(name, **{k: v for k, v in options.items() if k in ("mode", "release_quotes",

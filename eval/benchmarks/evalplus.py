@@ -1,12 +1,14 @@
-"""EvalPlus sets: ``humaneval+`` (HumanEval+ v0.1.10), ``mbpp`` and ``mbpp+`` (MBPP+ v0.2.0, 378 tasks).
+"""EvalPlus sets: ``humaneval`` / ``humaneval+`` (HumanEval+ v0.1.10), ``mbpp`` / ``mbpp+`` (MBPP+ v0.2.0).
 
 Each sample runs a ``base`` part (the original tests' inputs) and, for the ``+`` sets, a ``plus`` part
-(EvalPlus's extra inputs); ``mbpp`` is MBPP+'s base part alone, which is the paper's "MBPP" number.
-Scoring follows EvalPlus 0.3.1 (``evalplus/eval/__init__.py``): expected outputs come from running the
-canonical solution on the same inputs; per-input time limit max(1 s, 4 x ground-truth time); outputs
-compare with ``==``, except that float-valued expectations (or a task ``atol``) use ``np.allclose(rtol=1e-7,
-atol)``; special oracles for HumanEval/32 and a few MBPP tasks.  The one deliberate difference: a
-correct ``find_zero`` (HumanEval/32) passes here, while 0.3.1 always fails it (see docs/eval.md).
+(EvalPlus's extra inputs); ``humaneval`` and ``mbpp`` are the base parts alone, the paper's "HumanEval" and
+"MBPP" numbers.  No ``check()`` function ever runs next to candidate code: the candidate's process only
+calls its function on the inputs and sends the outputs back as plain data (``sandbox.function_tests``);
+they are compared here with EvalPlus 0.3.1's rule (``evalplus/eval/__init__.py``): expected outputs come
+from the canonical solution on the same inputs (a trusted process, cached); per-input time limit max(1 s,
+4 x ground-truth time); ``==``, except that float-valued expectations (or a task ``atol``) use
+``np.allclose(rtol=1e-7, atol)``; special oracles for HumanEval/32 and a few MBPP tasks.  Differences from
+EvalPlus are listed in docs/eval.md (a correct ``find_zero`` passes here; 0.3.1 always fails it).
 """
 
 from __future__ import annotations
@@ -17,19 +19,26 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from copy import deepcopy
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from eval.benchmarks import CodeBenchmark, DataError, Extracted, Problem, data_file, read_jsonl, require_keys
 from eval.prompts import humaneval_prompt, mbpp_prompt
-from eval.sandbox import Job
+from sandbox import Job, Sandbox, codec, function_tests
+from sandbox.drivers import NOT_NONE
+from sandbox.function_tests import Compare, Digest, Program, Verdict
 
 MIN_TIME_LIMIT_S = 1.0
 GT_TIME_LIMIT_FACTOR = 4.0
+ENCODE_SLACK_S = 0.5  # added to 4 x the ground truth's time to send a value like this one back
 TIMEOUT_PER_TASK_S = 60.0
+GROUND_TRUTH_FORMAT = 2  # bump when _ground_truth_one records something new
 
 # MBPP tasks whose output is only checked to be (not) None, and those compared as sets (EvalPlus oracles).
 MBPP_OUTPUT_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")
@@ -99,22 +108,29 @@ def _short_repr(value: Any, limit: int = 2000) -> str:
 # ---- ground truth ------------------------------------------------------------------------------------------
 
 def _ground_truth_one(code: str, entry_point: str, inputs_by_part: dict[str, list], not_none: bool) -> dict:
-    """Run a canonical solution (trusted) on every input, recording outputs and seconds per input."""
+    """Run a canonical solution (trusted) on every input, recording outputs, seconds per call and seconds to
+    turn each output into what a sandboxed candidate sends back (``codec.result_record``), the two steps the
+    sandbox times separately."""
     env: dict[str, Any] = {}
     exec(code, env)
     fn = env[entry_point]
     result: dict[str, Any] = {}
     for part, inputs in inputs_by_part.items():
-        outputs, times = [], []
+        outputs, times, encode_times = [], [], []
         for inp in inputs:
             inp = deepcopy(inp)
-            start = time.time()
-            outputs.append(fn(*inp))
-            times.append(time.time() - start)
+            start = time.perf_counter()
+            out = fn(*inp)
+            middle = time.perf_counter()
+            codec.result_record((None if out is None else NOT_NONE) if not_none and type(out) is not bool else out)
+            times.append(middle - start)
+            encode_times.append(time.perf_counter() - middle)
+            outputs.append(out)
         if not_none:
             outputs = [o is not None for o in outputs]
         result[part] = outputs
         result[part + "_time"] = times
+        result[part + "_encode_time"] = encode_times
     return result
 
 
@@ -127,115 +143,89 @@ def _ground_truth_worker(args: tuple) -> tuple[str, bytes | str]:
         return task_id, f"{type(e).__name__}: {e}"
 
 
-# ---- the program that runs in the sandbox ------------------------------------------------------------------
+# ---- comparing outputs (in the harness, never next to the candidate) -------------------------------------------
 
-DRIVER = r'''
-import math, signal, sys
-try:
-    import numpy as np
-except ImportError:
-    np = None
-P = PAYLOAD
-
-class _Sink:
-    def write(self, s): return len(s)
-    def flush(self): pass
-    def read(self, *a): raise IOError("stdin is not readable")
-    readline = read
-sys.stdout = sys.stderr = _Sink()
-sys.stdin = _Sink()
-
-class _TestTimeout(BaseException):
-    pass
-
-def _alarm(signum, frame):
-    raise _TestTimeout()
-
-def _poly(xs, x):
+def _poly(xs: list, x: float) -> float:
     return sum(c * math.pow(x, i) for i, c in enumerate(xs))
 
-def _surface_area(base_edge, height):
+
+def _surface_area(base_edge: float, height: float) -> float:
     slant = math.sqrt((base_edge / 2) ** 2 + height ** 2)
     return round(base_edge ** 2 + 4 * (base_edge * slant) / 2)
 
-def _digit_distance(a, b):
+
+def _digit_distance(a: int, b: int) -> int:
     sa, sb = str(a), str(b)
     n = max(len(sa), len(sb))
     return sum(abs(int(x) - int(y)) for x, y in zip(sa.zfill(n), sb.zfill(n)))
 
-def _is_floats(x):
+
+def is_floats(x: Any) -> bool:
+    """EvalPlus's test for a float-valued expectation (a float, or a non-empty list/tuple of floats)."""
     if isinstance(x, float):
         return True
     if isinstance(x, (list, tuple)) and x:
         return all(isinstance(i, float) for i in x)
-    if np is not None and isinstance(x, np.ndarray):
+    if isinstance(x, np.ndarray):
         return x.dtype == np.float64 or x.dtype == np.float32
     return False
 
-def _matches(out, exp, inp, atol):
-    dataset, entry = P["dataset"], P["entry_point"]
-    exact = out == exp
-    if dataset == "mbpp":
-        if entry == "are_equivalent":
-            exact = True
-        elif entry == "sum_div":
-            exact = exact or out == 0
-        elif entry == "surface_Area":
-            exact = exact or abs(out - _surface_area(*inp)) <= atol
-        elif entry == "digit_distance_nums":
-            exact = exact or out == _digit_distance(*inp)
-        elif entry in P["set_eq"]:
-            exact = set(out) == set(exp)
-        elif entry in P["not_none"]:
-            exact = (out == exp) if isinstance(out, bool) else exp == (out is not None)
-    if dataset == "humaneval" and entry == "find_zero":
-        return abs(_poly(*inp, out)) <= atol, atol
-    if atol == 0 and _is_floats(exp):
-        atol = 1e-6
-    if not exact and atol != 0:
-        if type(out) != type(exp):
-            return False, atol
-        if isinstance(exp, (list, tuple)) and len(out) != len(exp):
-            return False, atol
-        return bool(np.allclose(out, exp, rtol=1e-07, atol=atol)), atol
-    return bool(exact), atol
 
-# EvalPlus's reliability_guard also takes these away from candidates; a solution using them fails there.
-import builtins, os
-def _disabled(*args, **kwargs):
-    raise TypeError("'NoneType' object is not callable")
-builtins.open = os.getcwd = os.chdir = _disabled
-env = {"__name__": "__main__"}
-exec(compile(P["solution"], "<candidate>", "exec"), env)
-fn = env[P["entry_point"]]
-signal.signal(signal.SIGALRM, _alarm)
-atol = P["atol"]
-for i, (inp, exp, limit) in enumerate(zip(P["inputs"], P["expected"], P["time_limits"])):
-    try:
-        signal.setitimer(signal.ITIMER_REAL, limit)
-        try:
-            out = fn(*inp)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    except _TestTimeout:
-        report("timeout", f"test {i} exceeded its {limit:.2f} s limit", failed_test=i)
-        break
-    except BaseException as e:
-        report("failed", f"test {i}: {type(e).__name__}: {e}"[:500], failed_test=i)
-        break
-    try:
-        ok, atol = _matches(out, exp, inp, atol)
-    except BaseException as e:
-        ok = False
-    if not ok:
-        report("failed", f"test {i}: wrong output {repr(out)[:200]}", failed_test=i)
-        break
-'''
+def sticky_atols(task_atol: float, expected: list) -> list[float]:
+    """The tolerance EvalPlus applies at each input: the task's ``atol``, or 1e-6 from the first float-valued
+    expectation on (EvalPlus sets it inside its loop and keeps it for the later inputs)."""
+    atols, atol = [], task_atol
+    for exp in expected:
+        if atol == 0 and is_floats(exp):
+            atol = 1e-6
+        atols.append(atol)
+    return atols
 
 
-# Runs the candidate on its failing input under sys.settrace and reports, per line of the candidate's code,
-# the local variables after its last execution and any exception raised there.
-TRACE_DRIVER = r'''
+def evalplus_compare(dataset: str, entry_point: str, inputs: list, expected: list, task_atol: float):
+    """EvalPlus 0.3.1's per-input rule (``evalplus/eval/__init__.py``), as a ``function_tests`` comparator:
+    ``==``, the special oracles, and ``np.allclose(rtol=1e-7, atol)`` for float-valued expectations."""
+    atols = sticky_atols(task_atol, expected)
+
+    def compare(out: Any, exp: Any, i: int) -> str | None:
+        inp, atol = inputs[i], atols[i]
+        large = isinstance(out, Digest)
+        exact = out.matches(exp) if large else out == exp
+        if dataset == "mbpp":
+            if entry_point == "are_equivalent":
+                exact = True
+            elif entry_point == "sum_div":
+                exact = exact or (not large and out == 0)
+            elif entry_point == "surface_Area":
+                exact = exact or (not large and abs(out - _surface_area(*inp)) <= atol)
+            elif entry_point == "digit_distance_nums":
+                exact = exact or (not large and out == _digit_distance(*inp))
+            elif entry_point in MBPP_OUTPUT_SET_EQ:
+                if large:
+                    return "output too large to compare as a set"
+                exact = set(out) == set(exp)
+            elif entry_point in MBPP_OUTPUT_NOT_NONE:
+                exact = (out == exp) if isinstance(out, bool) else exp == (out is not None)
+        if dataset == "humaneval" and entry_point == "find_zero":
+            return None if not large and abs(_poly(*inp, out)) <= task_atol else "wrong output"
+        if not exact and atol != 0:
+            if large:
+                return "output too large to compare within a tolerance"
+            if type(out) is not type(exp):
+                return "wrong output"
+            if isinstance(exp, (list, tuple)) and len(out) != len(exp):
+                return "wrong output"
+            return None if bool(np.allclose(out, exp, rtol=1e-07, atol=atol)) else "wrong output"
+        return None if exact else "wrong output"
+
+    return compare
+
+
+# ---- the refine prompt's execution trace ----------------------------------------------------------------------
+
+# Runs the candidate on its failing input under sys.settrace and sends, per line of the candidate's code, the
+# local variables after its last execution and any exception raised there (informational: no verdict).
+TRACE_DRIVER = r"""
 import sys
 P = PAYLOAD
 states, errors, budget = {}, {}, [5000]
@@ -269,7 +259,7 @@ def _tracer(frame, event, arg):
         return local
     return local
 
-env = {"__name__": "__main__"}
+env = {}
 exec(compile(P["solution"], "<candidate>", "exec"), env)
 fn = env[P["entry_point"]]
 sys.settrace(_tracer)
@@ -279,8 +269,8 @@ except BaseException:
     pass
 finally:
     sys.settrace(None)
-report("passed", "", states={str(k): v for k, v in states.items()}, errors={str(k): v for k, v in errors.items()})
-'''
+emit({"states": {str(k): str(v) for k, v in states.items()}, "errors": {str(k): str(v) for k, v in errors.items()}})
+"""
 
 
 def annotate_trace(code: str, details: dict) -> str:
@@ -299,14 +289,14 @@ def annotate_trace(code: str, details: dict) -> str:
 
 
 class EvalPlus(CodeBenchmark):
-    """``humaneval+``, ``mbpp`` (base tests only) or ``mbpp+``."""
+    """``humaneval`` and ``mbpp`` (base inputs only: the paper's HumanEval and MBPP), ``humaneval+``, ``mbpp+``."""
 
     stop = ()
 
     def __init__(self, name: str, gt_cache_dir: str | os.PathLike | None = None):
         self.name = name
         self.dataset = "humaneval" if name.startswith("humaneval") else "mbpp"
-        self.parts = ("base",) if name == "mbpp" else ("base", "plus")
+        self.parts = ("base",) if name in ("mbpp", "humaneval") else ("base", "plus")
         self.gt_cache_dir = Path(gt_cache_dir) if gt_cache_dir else Path.home() / ".cache" / "semcoder" / "eval"
         self.ground_truth: dict[str, dict] = {}
         self._path: Path | None = None
@@ -330,7 +320,8 @@ class EvalPlus(CodeBenchmark):
     def _cache_path(self) -> Path:
         assert self._path is not None
         digest = hashlib.md5(self._path.read_bytes()).hexdigest()
-        return self.gt_cache_dir / f"groundtruth-{self.dataset}-{digest}-py{sys.version_info[0]}{sys.version_info[1]}.pkl"
+        version = f"py{sys.version_info[0]}{sys.version_info[1]}"
+        return self.gt_cache_dir / f"groundtruth-v{GROUND_TRUTH_FORMAT}-{self.dataset}-{digest}-{version}.pkl"
 
     def prepare(self, problems: list[Problem], workers: int | None = None) -> None:
         """Expected outputs and timings of the canonical solutions for ``problems`` (cached on disk)."""
@@ -357,24 +348,41 @@ class EvalPlus(CodeBenchmark):
             pickle.dump(self.ground_truth, f)
         os.replace(tmp, cache)
 
-    def jobs(self, problem: Problem, extracted: Extracted) -> dict[str, Job | str]:
+    def programs(self, problem: Problem, code: str) -> dict[str, tuple[Program, list, Compare]]:
+        """Per part: the sandbox program (``code`` called on the part's inputs, with per-input limits from the
+        ground truth), the expected outputs and EvalPlus's comparison rule."""
         if problem.task_id not in self.ground_truth:
             self.prepare([problem])
         gt = self.ground_truth[problem.task_id]
         record = problem.record
-        jobs: dict[str, Job | str] = {}
+        out = {}
         for part in self.parts:
+            inputs = record[part + "_input"]
             limits = [max(MIN_TIME_LIMIT_S, GT_TIME_LIMIT_FACTOR * t) for t in gt[part + "_time"]]
-            payload = {"solution": extracted.text, "entry_point": record["entry_point"],
-                       "inputs": record[part + "_input"], "expected": gt[part], "time_limits": limits,
-                       "atol": float(record["atol"]), "dataset": self.dataset,
-                       "set_eq": MBPP_OUTPUT_SET_EQ, "not_none": MBPP_OUTPUT_NOT_NONE}
-            jobs[part] = Job(DRIVER, payload, timeout_s=min(TIMEOUT_PER_TASK_S, math.fsum(limits)) + 2.0)
-        return jobs
+            encode = [ENCODE_SLACK_S + GT_TIME_LIMIT_FACTOR * t for t in gt[part + "_encode_time"]]
+            not_none = self.dataset == "mbpp" and record["entry_point"] in MBPP_OUTPUT_NOT_NONE
+            program = Program(code, record["entry_point"], [list(i) for i in inputs], time_limits=limits,
+                              encode_limits=encode, guard="evalplus", not_none=not_none,
+                              timeout_s=min(TIMEOUT_PER_TASK_S, math.fsum(limits) + math.fsum(encode)) + 2.0)
+            compare = evalplus_compare(self.dataset, record["entry_point"], inputs, gt[part], float(record["atol"]))
+            out[part] = (program, gt[part], compare)
+        return out
 
-    def failed_test(self, problem: Problem, part: str, details: dict) -> str:
-        index = details.get("failed_test")
-        if not isinstance(index, int) or part not in self.parts:
+    def verdicts(self, sandbox: Sandbox, items: Sequence[tuple[Problem, Extracted]],
+                 progress: Callable[[float], None] | None = None) -> list[dict[str, Verdict]]:
+        flat = [(i, part, spec) for i, (problem, extracted) in enumerate(items)
+                for part, spec in self.programs(problem, extracted.text).items()]
+        step = 1 / len(self.parts)
+        results = function_tests.run(sandbox, [spec[0] for _, _, spec in flat],
+                                     None if progress is None else (lambda *_: progress(step)))
+        verdicts: list[dict[str, Verdict]] = [{} for _ in items]
+        for (i, part, (_, expected, compare)), result in zip(flat, results):
+            verdicts[i][part] = function_tests.judge(result, expected, compare)
+        return verdicts
+
+    def failed_test(self, problem: Problem, part: str, verdict: Verdict) -> str:
+        index = verdict.failed_at
+        if index is None or part not in self.parts:
             return ""
         inputs = problem.record[part + "_input"]
         gt = self.ground_truth.get(problem.task_id)
@@ -387,11 +395,10 @@ class EvalPlus(CodeBenchmark):
     def description(self, problem: Problem) -> str:
         return problem.record["prompt"].strip()
 
-    def trace_job(self, problem: Problem, code: str, part: str, details: dict) -> Job | None:
+    def trace_job(self, problem: Problem, code: str, part: str, failed_at: int | None) -> Job | None:
         """A job tracing ``code`` on the input it failed (None when the failing input is unknown)."""
-        index = details.get("failed_test")
         inputs = problem.record.get(part + "_input", [])
-        if not isinstance(index, int) or not 0 <= index < len(inputs):
+        if not isinstance(failed_at, int) or not 0 <= failed_at < len(inputs):
             return None
-        payload = {"solution": code, "entry_point": problem.record["entry_point"], "input": inputs[index]}
+        payload = {"solution": code, "entry_point": problem.record["entry_point"], "input": list(inputs[failed_at])}
         return Job(TRACE_DRIVER, payload, timeout_s=10.0)
