@@ -324,12 +324,11 @@ def _become_candidate(job: dict, cfg: dict, fds: dict, workdir: str) -> None:
         sys.stderr = open(2, "w", closefd=False, buffering=1)
         payload = CODEC.from_json_value(job["payload"])
         program = compile(job["program"], "<driver>", "exec")
-        encode, dumps = CODEC.encode, json.dumps
-        pack = struct.Struct(">I").pack
-        write = os.write
+        encode, dumps_tagged = CODEC.encode, CODEC.dumps_tagged
+        pack, write, view_of, length = struct.Struct(">I").pack, os.write, memoryview, len
 
         def send(data: bytes) -> None:
-            view = memoryview(pack(len(data)) + data)
+            view = view_of(pack(length(data)) + data)
             while view:
                 view = view[write(RESULTS_FD, view):]
 
@@ -339,7 +338,7 @@ def _become_candidate(job: dict, cfg: dict, fds: dict, workdir: str) -> None:
 
         def emit_tagged(tagged) -> None:
             """Send an already tagged value (``codec.result_record``'s output)."""
-            send(dumps(tagged, separators=(",", ":")).encode("ascii"))
+            send(dumps_tagged(tagged))
 
         _guard_python(workdir, restrict_writes=cfg["mode"] != "namespaces")
         namespace = {"__name__": "__driver__", "PAYLOAD": payload, "emit": emit, "emit_tagged": emit_tagged,

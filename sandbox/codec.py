@@ -50,14 +50,23 @@ except ImportError:  # pragma: no cover - numpy is a dependency of the project, 
     _np = None
 
 # Names bound at import: a candidate that rebinds builtins changes nothing here.
-_type, _len, _id, _sorted = type, len, id, sorted
+_type, _len, _id, _sorted, _enumerate, _hex = type, len, id, sorted, enumerate, hex
 _NONE, _BOOL, _INT, _FLOAT, _STR, _LIST = type(None), bool, int, float, str, list
 _TUPLE, _DICT, _SET, _FROZENSET, _BYTES, _BYTEARRAY, _COMPLEX, _RANGE = (
     tuple, dict, set, frozenset, bytes, bytearray, complex, range)
 _ODICT, _DDICT, _COUNTER, _DEQUE = (collections.OrderedDict, collections.defaultdict, collections.Counter,
                                     collections.deque)
 _DECIMAL, _FRACTION = decimal.Decimal, fractions.Fraction
-_dumps, _loads = json.dumps, json.loads
+_loads = json.loads
+# json's C encoder, called directly: ``json.dumps`` runs Python-level isinstance checks a candidate could
+# rebind in its own process.  Tagged values have no cycles, so no circular-reference markers are needed.
+_c_encoder = json.encoder.c_make_encoder(None, None, json.encoder.encode_basestring_ascii, None, ":", ",",
+                                         False, False, True)
+
+
+def _dumps(tagged: Any, separators: Any = None) -> str:
+    """Compact ASCII JSON of a tagged value (NaN and infinities as Python's json writes them)."""
+    return "".join(_c_encoder(tagged, 0))
 _b64encode, _b64decode = base64.b64encode, base64.b64decode
 
 NUMPY_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -101,7 +110,7 @@ class _Encoder:
         if t is _NONE or t is _BOOL or t is _STR or t is _FLOAT:
             return x
         if t is _INT:
-            return x if -_SMALL_INT < x < _SMALL_INT else {"int": hex(x)}
+            return x if -_SMALL_INT < x < _SMALL_INT else {"int": _hex(x)}
         if t is _COMPLEX:
             return {"complex": [x.real, x.imag]}
         if t is _BYTES:
@@ -141,7 +150,7 @@ class _Encoder:
         if t is _SET or t is _FROZENSET:
             items = [self.encode(v, d) for v in x]
             if _len(items) > 1:  # canonical: equal sets encode identically, whatever the hash seed
-                order = _sorted((_dumps(v, separators=(",", ":")), i) for i, v in enumerate(items))
+                order = _sorted((_dumps(v), i) for i, v in _enumerate(items))
                 items = [items[i] for _, i in order]
             return {"set" if t is _SET else "frozenset": items}
         if t is _DICT or t is _ODICT or t is _DDICT or t is _COUNTER:
@@ -159,7 +168,7 @@ class _Encoder:
             self.nodes += _len(flat)
             if self.nodes > self.max_nodes:
                 raise self.error(f"more than {self.max_nodes:,} values")
-            return {"ndarray": [dtype, [int(n) for n in x.shape], flat]}
+            return {"ndarray": [dtype, [_INT(n) for n in x.shape], flat]}
         raise PlainDataError(f"a {type_name(x)} object, not plain data")
 
 
@@ -173,7 +182,12 @@ def to_json_value(value: Any) -> Any:
 
 def encode(value: Any) -> bytes:
     """``value`` as canonical JSON bytes (compact, ASCII)."""
-    return _dumps(to_json_value(value), separators=(",", ":")).encode("ascii")
+    return _dumps(to_json_value(value)).encode("ascii")
+
+
+def dumps_tagged(tagged: Any) -> bytes:
+    """Bytes of an already tagged value (``result_record``'s output)."""
+    return _dumps(tagged).encode("ascii")
 
 
 _blake2b, _marshal_dumps, _pack = hashlib.blake2b, marshal.dumps, __import__("struct").pack
@@ -214,7 +228,7 @@ def result_record(value: Any) -> list:
     except RecursionError:
         raise PlainDataError(f"nested deeper than {MAX_DEPTH} levels") from None
     if tagged is not None:
-        text = _dumps(tagged, separators=(",", ":"))
+        text = _dumps(tagged)
         if _len(text) <= INLINE_MAX_BYTES:
             return ["value", tagged]
     return ["digest", to_json_value({"blake2b": digest(value), "type": type_name(value)})]
