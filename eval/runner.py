@@ -28,6 +28,7 @@ from sandbox.function_tests import Verdict
 from semcoder_jax.errors import UserError
 
 PASS_AT_K = (1, 5, 10, 100)
+PROJECT_PACKAGES = ("eval", "sandbox", "semcoder_jax", "data_pipeline", "launch")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -328,14 +329,10 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
 def hidden_paths(data_dir: str | os.PathLike | None, gt_cache_dir: str | os.PathLike | None) -> list[str]:
     """What candidates must not see even where the sandbox shows a directory holding it (an installed
     package's bundled data inside site-packages): the project's packages, the data and ground-truth caches."""
-    import data_pipeline
-    import eval as eval_package
-    import launch
-    import sandbox
-    import semcoder_jax
     from eval.benchmarks import BUNDLED_DATA_DIR, resolve_data_dir
 
-    paths = [Path(m.__file__).parent for m in (eval_package, sandbox, semcoder_jax, data_pipeline, launch)]
+    installed = Path(__file__).resolve().parents[1]  # the checkout, or site-packages for a regular install
+    paths = [installed / name for name in PROJECT_PACKAGES]
     paths += [BUNDLED_DATA_DIR, resolve_data_dir(data_dir), Path.home() / ".cache" / "semcoder"]
     if gt_cache_dir:
         paths.append(Path(gt_cache_dir))

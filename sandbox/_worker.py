@@ -146,22 +146,36 @@ def _inside(path: str, parent: str) -> bool:
 
 
 def build_root(hide: list[str]) -> dict:
-    """Build ``ROOT`` (read-only): bound library directories, devices, empty ``/proc``, ``/tmp``, ``/dev/shm``.
+    """Build ``ROOT`` (read-only): bound library directories, devices, empty ``/proc``, ``/tmp``, ``/dev/shm``;
+    then an empty read-only mount over each of ``hide`` that lies inside a bound directory.
 
-    Sources are opened before a private tmpfs covers ``/tmp``, so a virtualenv under ``/tmp`` still works.
+    Sources are opened before a private tmpfs covers ``/tmp``, so a virtualenv under ``/tmp`` still works
+    (its directories are staged and bound back over each job's fresh ``/tmp``).
     """
-    wanted = [p for p in dict.fromkeys(_interpreter_dirs() + [d for d in SYSTEM_LIB_DIRS if os.path.isdir(d)])]
+    wanted: list[str] = []
+    for path in sorted(dict.fromkeys(_interpreter_dirs() + [d for d in SYSTEM_LIB_DIRS if os.path.isdir(d)]),
+                       key=len):
+        outer = next((q for q in wanted if _inside(path, q)), None)
+        if outer is None or os.path.realpath(path) != os.path.realpath(outer) + path[len(outer):]:
+            wanted.append(path)  # not already visible through an outer directory bound above
     files = [p for p in ("/etc/ld.so.cache",) if os.path.isfile(p)]
     handles = {p: os.open(p, os.O_PATH) for p in wanted + files}
     real = {p: os.path.realpath(p) for p in wanted}
+    hide_info = [(h, os.path.isdir(h)) for h in (os.path.realpath(p) for p in hide) if os.path.exists(h)]
     devices = {d: os.open(f"/dev/{d}", os.O_PATH) for d in DEVICES if os.path.exists(f"/dev/{d}")}
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755", "mount a private /tmp")
     os.makedirs(ROOT)
     _mount("tmpfs", ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=4m,mode=755", "mount the candidate root")
     for sub in ("proc", "tmp", "dev/shm"):
         os.makedirs(ROOT + "/" + sub)
+    staged, targets = [], {}
     for path, fd in handles.items():
         target = ROOT + path
+        if _inside(path, "/tmp"):
+            # the job's fresh /tmp will cover this; keep it at a staging point and bind it back per job
+            target = f"/tmp/staged-{len(staged)}"
+            staged.append((target, path))
+        targets[path] = target
         if path in files:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             open(target, "w").close()
@@ -177,20 +191,24 @@ def build_root(hide: list[str]) -> dict:
         _mount(f"/proc/self/fd/{fd}", target, None, MS_BIND, None, f"bind /dev/{name}")
         os.close(fd)
     hidden = []
-    for path in hide:
-        path = os.path.realpath(path)
+    for path, is_dir in hide_info:
         for shown, source in real.items():
-            if _inside(path, source) and os.path.exists(path):
-                target = ROOT + shown + path[len(source.rstrip("/")):] if path != source else ROOT + shown
-                if os.path.isdir(path):
-                    _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=555",
-                           f"hide {path}")
-                else:
-                    _mount("/dev/null", target, None, MS_BIND, None, f"hide {path}")
-                hidden.append(path)
+            if not _inside(path, source):
+                continue
+            target = targets[shown] + path[len(source.rstrip("/")):]
+            if is_dir:
+                _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=555",
+                       f"hide {path}")
+            else:
+                _mount("/dev/null", target, None, MS_BIND, None, f"hide {path}")
+            hidden.append(path)
     _mount(None, ROOT, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4m,mode=755",
            "make the candidate root read-only")
+    STAGED[:] = staged
     return {"visible": sorted(set(wanted + files)), "hidden": sorted(set(hidden))}
+
+
+STAGED: list[tuple[str, str]] = []  # (staging point, path): interpreter directories that live under /tmp
 
 
 def _enter_root(tmp_bytes: int) -> None:
@@ -200,6 +218,10 @@ def _enter_root(tmp_bytes: int) -> None:
     size = max(1, tmp_bytes // 1024)
     _mount("tmpfs", ROOT + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}k,mode=1777", "mount /tmp")
     _mount("tmpfs", ROOT + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777", "mount /dev/shm")
+    for staging, path in STAGED:
+        target = ROOT + path
+        os.makedirs(target, exist_ok=True)
+        _mount(staging, target, None, MS_BIND | MS_REC, None, f"bind {path} back")
     os.chdir(ROOT)
     machine = os.uname().machine
     _check(_libc.syscall(SYS_PIVOT_ROOT[machine], b".", b"."), "pivot_root")

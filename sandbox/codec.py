@@ -224,12 +224,11 @@ def result_record(value: Any) -> list:
     try:
         tagged = _Encoder(INLINE_MAX_NODES, budget=True).encode(value, 0)
     except _TooLarge:
-        tagged = None
+        pass
     except RecursionError:
         raise PlainDataError(f"nested deeper than {MAX_DEPTH} levels") from None
-    if tagged is not None:
-        text = _dumps(tagged)
-        if _len(text) <= INLINE_MAX_BYTES:
+    else:
+        if _len(_dumps(tagged)) <= INLINE_MAX_BYTES:
             return ["value", tagged]
     return ["digest", to_json_value({"blake2b": digest(value), "type": type_name(value)})]
 

@@ -28,13 +28,15 @@ STATUSES = ("passed", "failed", "timeout", "error")
 
 @dataclass(frozen=True)
 class Program:
-    """Code to load, then either ``entry_point`` called with each of ``calls`` (``(args, kwargs)`` pairs, or
-    plain argument sequences) or ``expression`` evaluated once in the code's namespace."""
+    """Code to load, then either ``entry_point`` called with each of ``calls`` (positional arguments; keyword
+    arguments from ``call_kwargs``, one mapping per call) or ``expression`` evaluated once in the code's
+    namespace."""
 
     code: str
     entry_point: str | None = None
-    calls: Sequence[Any] = ()
+    calls: Sequence[Sequence[Any]] = ()
     expression: str | None = None
+    call_kwargs: Sequence[Mapping[str, Any]] | None = None
     time_limits: Sequence[float] | None = None     # seconds per call
     encode_limits: Sequence[float] | None = None   # seconds to send each call's value
     timeout_s: float = 10.0
@@ -54,8 +56,9 @@ class Program:
         return 1 if self.expression is not None else len(self.calls)
 
     def job(self) -> Job:
-        calls = [list(c) if _is_pair(c) else [list(c), {}] for c in self.calls]
-        payload = {"code": self.code, "entry_point": self.entry_point, "calls": [[list(a), dict(k)] for a, k in calls],
+        kwargs = self.call_kwargs or [{}] * len(self.calls)
+        payload = {"code": self.code, "entry_point": self.entry_point,
+                   "calls": [[list(args), dict(kw)] for args, kw in zip(self.calls, kwargs)],
                    "expression": self.expression, "run_as_main": self.run_as_main, "swallow_io": self.swallow_io,
                    "guard": self.guard, "lambdas": [[slot, src] for slot, src in self.lambdas],
                    "not_none": self.not_none,
@@ -65,11 +68,6 @@ class Program:
             deadlines.append(self.time_limits[i] if self.time_limits else self.timeout_s)
             deadlines.append(self.encode_limits[i] if self.encode_limits else DEFAULT_ENCODE_LIMIT_S)
         return Job(RUN, payload, timeout_s=self.timeout_s, stdin=self.stdin, deadlines=deadlines)
-
-
-def _is_pair(call: Any) -> bool:
-    return isinstance(call, (tuple, list)) and len(call) == 2 and isinstance(call[1], Mapping) and \
-        isinstance(call[0], (tuple, list))
 
 
 @dataclass(frozen=True)

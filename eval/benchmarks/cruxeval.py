@@ -199,7 +199,7 @@ class CruxEval(Benchmark):
                 continue
             args, kwargs = value
             # stage B: the trusted f on those plain values, in a fresh process that runs no candidate code
-            stage_b.append((i, Program(items[i][0].record["code"], "f", [(list(args), kwargs)],
+            stage_b.append((i, Program(items[i][0].record["code"], "f", [list(args)], call_kwargs=[kwargs],
                                        lambdas=lambdas, timeout_s=TIMEOUT_S, guard="reference")))
         results = function_tests.run(sandbox, [p for _, p in stage_b], tick)
         for (i, _), result in zip(stage_b, results):

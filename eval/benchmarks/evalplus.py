@@ -321,7 +321,8 @@ class EvalPlus(CodeBenchmark):
         assert self._path is not None
         digest = hashlib.md5(self._path.read_bytes()).hexdigest()
         version = f"py{sys.version_info[0]}{sys.version_info[1]}"
-        return self.gt_cache_dir / f"groundtruth-v{GROUND_TRUTH_FORMAT}-{self.dataset}-{digest}-{version}.pkl"
+        parts = "+".join(self.parts)
+        return self.gt_cache_dir / f"groundtruth-v{GROUND_TRUTH_FORMAT}-{self.dataset}-{parts}-{digest}-{version}.pkl"
 
     def prepare(self, problems: list[Problem], workers: int | None = None) -> None:
         """Expected outputs and timings of the canonical solutions for ``problems`` (cached on disk)."""
@@ -333,7 +334,7 @@ class EvalPlus(CodeBenchmark):
         if not todo:
             return
         args = [(p.task_id, p.record["prompt"] + p.record["canonical_solution"], p.record["entry_point"],
-                 {"base": p.record["base_input"], "plus": p.record["plus_input"]},
+                 {part: p.record[part + "_input"] for part in self.parts},
                  self.dataset == "mbpp" and p.record["entry_point"] in MBPP_OUTPUT_NOT_NONE) for p in todo]
         # Ground truth is trusted code but can be slow; a spawned pool keeps the harness responsive.
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count(), mp_context=get_context("spawn")) as pool:

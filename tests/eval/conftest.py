@@ -9,7 +9,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def sandbox():
-    from eval.sandbox import Sandbox
+    from sandbox import Sandbox
 
     with Sandbox(workers=2) as sb:
         yield sb

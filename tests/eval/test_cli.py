@@ -70,3 +70,14 @@ def test_download_checks_the_pinned_hash(shared_data_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(download_module, "RELEASES", {"x/y.jsonl": (source.as_uri(), "0" * 64)})
     with pytest.raises(download_module.UserError, match="does not match the pinned release"):
         download_module.download(tmp_path)
+
+
+def test_require_isolation_refuses_to_run_without_namespaces_in_one_line(shared_data_dir, tmp_path, capsys):
+    path = tmp_path / "generations.json"
+    path.write_text(json.dumps({"sample_0": ["'x'"]}))
+    code = semcoder(["eval", "--predictions", str(path), "--benchmark", "cruxeval-o", "--limit", "1",
+                     "--data-dir", str(shared_data_dir), "--out", str(tmp_path / "out"), "--sandbox-mode", "none",
+                     "--require-isolation"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "isolation is required" in err
+    assert not (tmp_path / "out" / "cruxeval-o.jsonl").exists()

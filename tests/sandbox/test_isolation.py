@@ -131,8 +131,8 @@ def test_no_connection_reaches_a_server_on_the_host(sandbox, fallback):
     accepted = []
     thread = threading.Thread(target=lambda: accepted.append(_accept(server)))
     thread.start()
-    program = ("import socket\ntry:\n    s = socket.socket()\n    s.connect(('127.0.0.1', %d))\n    emit('connected')\n"
-               "except OSError as e:\n    emit(e.strerror)" % port)
+    program = (f"import socket\ntry:\n    s = socket.socket()\n    s.connect(('127.0.0.1', {port}))\n"
+               "    emit('connected')\nexcept OSError as e:\n    emit(e.strerror)")
     in_namespace, without = sandbox.run(Job(program)).values, fallback.run(Job(program)).values
     thread.join()
     server.close()
