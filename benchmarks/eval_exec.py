@@ -1,114 +1,228 @@
-"""Throughput of the eval harness's sandbox, and wall time of the main job's eval step on a tiny model.
+"""How fast the sandbox scores: candidates per second beside EvalPlus 0.3.1, and what isolation costs per job.
 
-    .venv/bin/python benchmarks/eval_exec.py [--data-dir /work/shared/data] [--samples 800] [--limit 50]
+    .venv/bin/python benchmarks/eval_exec.py [--data-dir ../shared/data] [--evalplus-python /tmp/ep/bin/python]
+        [--sets humaneval+,mbpp+] [--workers 2] [--repeats 2] [--models]
 
-1. Candidate executions per second per core: the 800 CRUXEval-O gold programs run (a) in the sandbox
-   (namespaces, limits, per-sample PID namespace, forked from warm workers) and (b) with a plain
-   ``subprocess.run([python, -c, program])`` per sample (no isolation at all: the baseline every reference
-   scorer's process-per-sample design approximates), both with one worker per core.
-2. ``semcoder eval --benchmark cruxeval-o --mode monologue --limit 50`` wall time with a tiny random LLaMA
-   (2 layers, hidden 64) for ``--backend hf`` and ``--backend jax`` (includes model load and compilation).
+1. Per-job overhead: 300 trivial jobs (``emit(1)``) on one worker, in ``namespaces`` mode (a PID and mount
+   namespace, a fresh /proc, /tmp and root per job) and in ``none`` mode, beside starting and joining a bare
+   ``multiprocessing.Process`` (fork), which is what EvalPlus pays per check.
+2. Throughput: the canonical solutions of each EvalPlus set, base and plus inputs (HumanEval+: 164 tasks,
+   MBPP+: 378), scored end to end by ``eval.runner.run`` (``--predictions``) and by ``evalplus.evaluate``
+   (0.3.1, run with ``--evalplus-python``, a separate virtual environment: evalplus conflicts with the
+   project's protobuf) on the same data files, both with ``--workers`` processes and warm ground-truth
+   caches (one untimed run each first).  Rounds alternate between the two, ``--repeats`` times.
+   Install the reference with: ``python3 -m venv /tmp/ep && /tmp/ep/bin/pip install evalplus==0.3.1
+   --no-deps numpy psutil termcolor tqdm fire wget appdirs tempdir tree_sitter tree_sitter_python
+   multipledispatch rich``.
+3. CRUXEval-O gold answers through the sandbox (executions per second).
+4. ``--models``: wall time of ``semcoder eval`` on a tiny random LLaMA, ``--backend hf`` and ``jax``.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import multiprocessing
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+SETS = {"humaneval+": ("humaneval", "humanevalplus/HumanEvalPlus-v0.1.10.jsonl.gz", "HUMANEVAL_OVERRIDE_PATH"),
+        "mbpp+": ("mbpp", "mbppplus/MbppPlus-v0.2.0.jsonl.gz", "MBPP_OVERRIDE_PATH")}
 
-def programs(data_dir: Path, n: int) -> list[str]:
-    rows = [json.loads(line) for line in open(data_dir / "cruxeval" / "cruxeval.jsonl")]
-    return [f"{r['code']}\nassert {r['output']} == f({r['input']})" for r in rows][:n]
+EVALPLUS_RUN = r'''
+import json, os, sys, time, types
+sys.modules["datasets"] = types.SimpleNamespace(load_dataset=None)  # imported by evalplus.data, unused here
+from evalplus.evaluate import evaluate
+dataset, samples, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+results_path = samples.replace(".jsonl", "_eval_results.json")
+if os.path.exists(results_path):
+    os.remove(results_path)  # else evaluate() asks on stdin whether to overwrite it
+start = time.perf_counter()
+evaluate(dataset, samples=samples, parallel=workers, i_just_wanna_run=True)
+seconds = time.perf_counter() - start
+results = json.load(open(results_path))["eval"]
+plus = sum(r["base_status"] == "pass" and r["plus_status"] == "pass" for rs in results.values() for r in rs)
+print(json.dumps({"seconds": seconds, "passed": plus, "total": sum(len(rs) for rs in results.values())}))
+'''
 
 
-def sandbox_rate(progs: list[str], workers: int) -> tuple[float, int]:
-    from eval.sandbox import Job, Sandbox
+def _trivial_rate(mode: str, n: int) -> float:
+    from sandbox import Job, Sandbox
 
-    with Sandbox(workers=workers) as sb:
-        sb.map([Job("x = 1")] * workers)  # warm
+    with Sandbox(workers=1, mode=mode, preload=()) as sb:
+        sb.map([Job("emit(1)")] * 20)  # warm
         start = time.perf_counter()
-        results = sb.map([Job(p, timeout_s=3) for p in progs])
-        elapsed = time.perf_counter() - start
-    return len(progs) / elapsed, sum(r.status == "passed" for r in results)
+        outcomes = sb.map([Job("emit(1)")] * n)
+        seconds = time.perf_counter() - start
+    assert all(o.values == [1] for o in outcomes)
+    return seconds / n
 
 
-def subprocess_rate(progs: list[str], workers: int) -> tuple[float, int]:
-    def one(p: str) -> bool:
-        with tempfile.TemporaryDirectory() as d:
-            return subprocess.run([sys.executable, "-I", "-c", p], cwd=d, capture_output=True,
-                                  timeout=3).returncode == 0
+def _noop() -> None:
+    pass
+
+
+def _process_rate(n: int) -> float:
+    ctx = multiprocessing.get_context("fork")
+    start = time.perf_counter()
+    for _ in range(n):
+        p = ctx.Process(target=_noop)
+        p.start()
+        p.join()
+    return (time.perf_counter() - start) / n
+
+
+def overhead(n: int = 300) -> None:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    ns, none, fork = _trivial_rate("namespaces", n), _trivial_rate("none", n), _process_rate(n)
+    print(f"per-job overhead (1 worker, {n} trivial jobs): namespaces {1000 * ns:.2f} ms, none {1000 * none:.2f} ms "
+          f"(namespaces cost {1000 * (ns - none):+.2f} ms); multiprocessing.Process fork+join {1000 * fork:.2f} ms")
+
+
+def _samples(data_dir: Path, rel: str, directory: Path) -> tuple[Path, Path]:
+    """The canonical solutions as an EvalPlus samples file, and the data file decompressed for EvalPlus."""
+    records = [json.loads(line) for line in gzip.open(data_dir / rel, "rt")]
+    samples = directory / "samples.jsonl"
+    with open(samples, "w") as f:
+        for r in records:
+            f.write(json.dumps({"task_id": r["task_id"], "solution": r["prompt"] + r["canonical_solution"]}) + "\n")
+    plain = directory / Path(rel).name.removesuffix(".gz")
+    with gzip.open(data_dir / rel, "rb") as src, open(plain, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return samples, plain
+
+
+def _ours(name: str, samples: Path, data_dir: Path, out: Path, workers: int, gt_cache: Path) -> dict:
+    from eval.runner import EvalConfig, run
 
     start = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        passed = sum(pool.map(one, progs))
-    return len(progs) / (time.perf_counter() - start), passed
+    summary = run(EvalConfig(benchmarks=[name], predictions=str(samples)), out, data_dir=data_dir, workers=workers,
+                  progress=False, gt_cache_dir=gt_cache)[name]
+    return {"seconds": time.perf_counter() - start, "passed": summary["passed"], "total": summary["total"]}
 
 
-def tiny_model(directory: Path, data_dir: Path) -> Path:
+def _evalplus(python: str, dataset: str, samples: Path, plain: Path, env_key: str, workers: int,
+              script: Path) -> dict:
+    env = {**os.environ, env_key: str(plain)}
+    proc = subprocess.run([python, str(script), dataset, str(samples), str(workers)], env=env, capture_output=True,
+                          text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"evalplus failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def throughput(sets: list[str], data_dir: Path, python: str | None, workers: int, repeats: int) -> None:
+    import warnings
+
+    warnings.simplefilter("ignore")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        script = tmp / "evalplus_run.py"
+        script.write_text(EVALPLUS_RUN)
+        for name in sets:
+            dataset, rel, env_key = SETS[name]
+            work = tmp / dataset
+            work.mkdir()
+            samples, plain = _samples(data_dir, rel, work)
+            gt = tmp / "gt"
+            _ours(name, samples, data_dir, work / "warm", workers, gt)  # ground truth computed and cached
+            if python:
+                _evalplus(python, dataset, samples, plain, env_key, workers, script)
+            ours, theirs = [], []
+            for r in range(repeats):
+                ours.append(_ours(name, samples, data_dir, work / f"ours-{r}", workers, gt))
+                if python:
+                    theirs.append(_evalplus(python, dataset, samples, plain, env_key, workers, script))
+            n = ours[0]["total"]
+            rate = [n / o["seconds"] for o in ours]
+            line = (f"{name}: {n} canonical solutions, base + plus inputs, {workers} workers: ours "
+                    + " / ".join(f"{x:.2f}" for x in rate) + f" candidates/s ({ours[0]['passed']}/{n} pass)")
+            if theirs:
+                ref = [t["total"] / t["seconds"] for t in theirs]
+                line += (", evalplus 0.3.1 " + " / ".join(f"{x:.2f}" for x in ref)
+                         + f" candidates/s ({theirs[0]['passed']}/{theirs[0]['total']} pass); ratio "
+                         f"{statistics.mean(rate) / statistics.mean(ref):.2f}x")
+            print(line, flush=True)
+
+
+def cruxeval_rate(data_dir: Path, workers: int) -> None:
+    from eval.benchmarks import Extracted, get_benchmark
+    from eval.runner import score
+    from sandbox import Sandbox
+
+    bench = get_benchmark("cruxeval-o")
+    problems = bench.load(data_dir)
+    with Sandbox(workers=workers) as sb:
+        start = time.perf_counter()
+        results = score(bench, sb, [(p, Extracted(bench.gold(p))) for p in problems])
+        seconds = time.perf_counter() - start
+    passed = sum(r["status"] == "passed" for r in results)
+    print(f"cruxeval-o gold answers: {len(problems) / seconds:.1f} executions/s with {workers} workers "
+          f"({passed}/{len(problems)} pass)")
+
+
+def model_wall_times(data_dir: Path) -> None:
     sys.path.insert(0, str(REPO / "tests" / "eval"))
     import torch
     from conftest import _train_tokenizer
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    hf = directory / "hf"
-    _train_tokenizer(hf, data_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(AutoTokenizer.from_pretrained(hf)), hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                         initializer_range=0.3, tie_word_embeddings=False)
-    LlamaForCausalLM(config).save_pretrained(hf)
-    return hf
+    from semcoder_jax.convert import convert_hf_to_native
 
-
-def eval_wall_time(model: Path, backend: str, data_dir: Path, limit: int, max_new_tokens: int, out: Path) -> float:
-    cmd = [str(Path(sys.executable).with_name("semcoder")), "eval", "--model", str(model), "--backend", backend,
-           "--benchmark", "cruxeval-o", "--mode", "monologue", "--limit", str(limit), "--max-new-tokens",
-           str(max_new_tokens), "--batch-size", "10", "--data-dir", str(data_dir), "--out", str(out)]
-    env = {**os.environ, "JAX_PLATFORMS": os.environ.get("JAX_PLATFORMS", "cpu")}
-    start = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        hf = Path(tmp) / "hf"
+        _train_tokenizer(hf, data_dir)
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(AutoTokenizer.from_pretrained(hf)), hidden_size=64,
+                             intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=2048, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                             initializer_range=0.3, tie_word_embeddings=False)
+        LlamaForCausalLM(config).save_pretrained(hf)
+        native = Path(tmp) / "native"
+        convert_hf_to_native(str(hf), str(native))
+        for backend, model in (("hf", hf), ("jax", native)):
+            cmd = [str(Path(sys.executable).with_name("semcoder")), "eval", "--model", str(model), "--backend",
+                   backend, "--benchmark", "cruxeval-o", "--mode", "monologue", "--limit", "50",
+                   "--max-new-tokens", "64", "--batch-size", "10", "--data-dir", str(data_dir), "--out",
+                   str(Path(tmp) / f"out-{backend}")]
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdout=subprocess.DEVNULL)
+            print(f"semcoder eval cruxeval-o --limit 50 --max-new-tokens 64 --backend {backend}: "
+                  f"{time.perf_counter() - start:.1f} s wall")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--samples", type=int, default=800)
-    parser.add_argument("--limit", type=int, default=50)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--skip-models", action="store_true")
+    parser.add_argument("--evalplus-python", default=None, help="a Python with evalplus==0.3.1 (not the project's)")
+    parser.add_argument("--sets", default="humaneval+,mbpp+")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--models", action="store_true", help="also time semcoder eval on a tiny model")
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
-    progs = programs(args.data_dir, args.samples)
-    print(f"machine: {cores} cores, python {sys.version.split()[0]}, {os.uname().release}")
-    rate, passed = sandbox_rate(progs, cores)
-    print(f"sandbox:             {rate:7.1f} executions/s = {rate / cores:6.1f} per core ({passed}/{len(progs)} passed)")
-    rate, passed = subprocess_rate(progs, cores)
-    print(f"subprocess baseline: {rate:7.1f} executions/s = {rate / cores:6.1f} per core ({passed}/{len(progs)} passed)")
-    if args.skip_models:
-        return
-    from semcoder_jax.convert import convert_hf_to_native
-
-    with tempfile.TemporaryDirectory() as tmp:
-        hf = tiny_model(Path(tmp), args.data_dir)
-        native = Path(tmp) / "native"
-        convert_hf_to_native(str(hf), str(native))
-        for backend, model in (("hf", hf), ("jax", native)):
-            seconds = eval_wall_time(model, backend, args.data_dir, args.limit, args.max_new_tokens,
-                                     Path(tmp) / f"out-{backend}")
-            print(f"cruxeval-o --limit {args.limit} --max-new-tokens {args.max_new_tokens} --backend {backend}: "
-                  f"{seconds:.1f} s wall")
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, load average {load:.1f}, python {sys.version.split()[0]}, "
+          f"{os.uname().release}, {time.strftime('%Y-%m-%d')}")
+    overhead()
+    cruxeval_rate(args.data_dir, args.workers)
+    sets = [s for s in args.sets.split(",") if s]
+    if not args.evalplus_python:
+        print("(no --evalplus-python: EvalPlus 0.3.1 not measured)")
+    throughput(sets, args.data_dir, args.evalplus_python, args.workers, args.repeats)
+    if args.models:
+        model_wall_times(args.data_dir)
 
 
 if __name__ == "__main__":

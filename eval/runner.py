@@ -295,8 +295,10 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
     summary_path = out / "summary.json"
     summary: dict[str, dict] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     chunk = chunk or max(batch_size * 4, 32)
+    # numpy preloaded, as in the reference scorers' processes: a candidate's "import numpy" is then free (and
+    # possible under their reliability guard, which removes os.putenv, which numpy's import calls)
     with Sandbox(workers=workers, limits=limits or Limits(), mode=sandbox_mode, require_isolation=require_isolation,
-                 hide=hidden_paths(data_dir, gt_cache_dir)) as sandbox:
+                 hide=hidden_paths(data_dir, gt_cache_dir), preload=("numpy",)) as sandbox:
         for name in config.benchmarks:
             bench = get_benchmark(name, mode=config.mode, release_quotes=config.release_quotes,
                                   gt_cache_dir=gt_cache_dir)

@@ -126,18 +126,32 @@ def build_filter(restrict_signals: bool, restrict_sockets: bool, self_pid: int) 
     return program
 
 
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+_compiled: dict[tuple[bool, bool, int], tuple[ctypes.Array, int]] = {}
+
+
 def install(restrict_signals: bool, restrict_sockets: bool, self_pid: int) -> None:
-    """Install the filter on the calling thread (and everything it later starts); raises OSError."""
-    program = build_filter(restrict_signals, restrict_sockets, self_pid)
-    blob = b"".join(struct.pack("HBBI", *ins) for ins in program)
-    buf = ctypes.create_string_buffer(blob, len(blob))
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-    prog = SockFprog(len(program), ctypes.cast(buf, ctypes.c_void_p))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
+    """Install the filter on the calling thread (and everything it later starts); raises OSError.  Programs
+    are cached by their arguments, so a zygote that compiles one ahead (``install`` in a throwaway child, or
+    ``compile_ahead``) hands every job a ready one."""
+    key = (restrict_signals, restrict_sockets, self_pid)
+    if key not in _compiled:
+        compile_ahead(*key)
+    buf, n = _compiled[key]
+    prog = _SockFprog(n, ctypes.cast(buf, ctypes.c_void_p))
+    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"seccomp filter: {errno.errorcode.get(err, err)}")
+
+
+def compile_ahead(restrict_signals: bool, restrict_sockets: bool, self_pid: int) -> None:
+    """Build and cache the filter program for these arguments (no system call)."""
+    program = build_filter(restrict_signals, restrict_sockets, self_pid)
+    blob = b"".join(struct.pack("HBBI", *ins) for ins in program)
+    _compiled[(restrict_signals, restrict_sockets, self_pid)] = (ctypes.create_string_buffer(blob, len(blob)),
+                                                                 len(program))

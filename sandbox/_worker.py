@@ -35,6 +35,8 @@ then each frame as 4-byte length + bytes.
 from __future__ import annotations
 
 import ctypes
+import fcntl
+import gc
 import importlib.util
 import json
 import os
@@ -70,7 +72,10 @@ ROOT = "/tmp/candidate-root"
 SYSTEM_LIB_DIRS = ("/lib", "/lib64", "/lib32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib")
 DEVICES = ("null", "zero", "full", "random", "urandom")
 RESULTS_FD = 3
-READ_CHUNK = 1 << 16
+READ_CHUNK = 1 << 20
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = 1031
+BATCH_S = 0.002
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -231,16 +236,17 @@ def _enter_root(tmp_bytes: int) -> None:
 
 # ---- the candidate process -------------------------------------------------------------------------------
 
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
 def _drop_capabilities() -> None:
-    class Header(ctypes.Structure):
-        _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-
-    class Data(ctypes.Structure):
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                    ("inheritable", ctypes.c_uint32)]
-
-    header = Header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (Data * 2)()
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
     _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
@@ -272,7 +278,7 @@ def _guard_python(workdir: str, restrict_writes: bool) -> None:
         def __init__(self, *args, **kwargs):
             raise PermissionError("subprocess.Popen is disabled in the sandbox")
 
-    for name in ("system", "kill", "killpg", "fork", "forkpty", "putenv", "unsetenv", "chroot", "setuid",
+    for name in ("system", "kill", "killpg", "fork", "forkpty", "chroot", "setuid",
                  "setgid", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
                  "spawnv", "spawnve", "spawnvp", "spawnvpe", "posix_spawn", "posix_spawnp", "popen"):
         if hasattr(os, name):
@@ -345,7 +351,7 @@ def _become_candidate(job: dict, cfg: dict, fds: dict, workdir: str) -> None:
         sys.stdout = open(1, "w", closefd=False, buffering=1)
         sys.stderr = open(2, "w", closefd=False, buffering=1)
         payload = CODEC.from_json_value(job["payload"])
-        program = compile(job["program"], "<driver>", "exec")
+        program = COMPILED.get(job["program"]) or compile(job["program"], "<driver>", "exec")
         encode, dumps_tagged = CODEC.encode, CODEC.dumps_tagged
         pack, write, view_of, length = struct.Struct(">I").pack, os.write, memoryview, len
 
@@ -396,50 +402,60 @@ class _Capture:
 
 
 class _Frames:
-    """Length-prefixed frames from the results pipe, each stamped with its arrival time."""
+    """Length-prefixed frames from the results pipe, each stamped with the time the monitor read it."""
 
     def __init__(self, limit: int):
         self.limit, self.buffer, self.frames, self.times, self.bytes, self.error = limit, bytearray(), [], [], 0, None
 
     def add(self, chunk: bytes, now: float) -> None:
         self.buffer += chunk
-        while self.error is None and len(self.buffer) >= 4:
-            (n,) = struct.unpack(">I", self.buffer[:4])
+        view, at, size = memoryview(self.buffer), 0, len(self.buffer)
+        unpack = _FRAME_LENGTH.unpack_from
+        while self.error is None and size - at >= 4:
+            (n,) = unpack(view, at)
             if self.bytes + n > self.limit:
                 self.error = f"results larger than the {self.limit:,}-byte limit"
-                self.buffer.clear()
-                return
-            if len(self.buffer) < 4 + n:
-                return
-            self.frames.append(bytes(self.buffer[4:4 + n]))
+                break
+            if size - at < 4 + n:
+                break
+            self.frames.append(bytes(view[at + 4:at + 4 + n]))
             self.times.append(now)
             self.bytes += n
-            del self.buffer[:4 + n]
+            at += 4 + n
+        view.release()
+        if self.error is not None:
+            self.buffer.clear()
+        elif at:
+            del self.buffer[:at]
 
 
-def _kill_tree(root_pid: int, cfg: dict) -> None:
-    """Kill every process of a candidate's tree (none mode; the monitor is their subreaper)."""
-    for _ in range(50):
-        for target in (-root_pid, root_pid):
+_FRAME_LENGTH = struct.Struct(">I")
+
+
+def _kill_everything(candidate: int, namespaces: bool) -> None:
+    """Kill and reap every process of the job's tree.
+
+    namespaces: the monitor is PID 1 of the job's PID namespace, so ``kill(-1)`` reaches every other process
+    in it.  none: the monitor is a child subreaper, so every orphan of the tree comes back to it; only when
+    children remain after the candidate's group is gone does it walk /proc for their descendants.
+    """
+    for attempt in range(200):
+        targets = [-1] if namespaces else [-candidate, candidate]
+        if attempt and not namespaces:
+            targets += _descendants(os.getpid())
+        for target in targets:
             try:
                 os.kill(target, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        children = _descendants(os.getpid())
-        for pid in children:
-            try:
-                os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
         while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                return  # no child left: as PID 1 or as a subreaper that means no descendant either
             if pid == 0:
                 break
-        if not children:
-            time.sleep(0.001)
+        time.sleep(0.0005)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -466,48 +482,37 @@ def _ended(status: int) -> dict:
     return {"exit_code": os.WEXITSTATUS(status), "signal": None}
 
 
-def _init(job: dict, cfg: dict, fds: dict, status_w: int) -> None:
-    """PID 1 of the job's namespace: enter the candidate root, run the candidate as PID 2, report its end."""
-    report: dict = {}
-    try:
-        _enter_root(job["limits"]["tmp_bytes"])
-        pid = os.fork()
-        if pid == 0:
-            os.close(status_w)
-            _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            _become_candidate(job, cfg, fds, "/tmp")
-        for fd in fds.values():
-            os.close(fd)
-        while True:
-            done, status = os.waitpid(-1, os.WUNTRACED)
-            if done != pid:
-                continue  # an orphan: reaped by init, as an init does
-            if os.WIFSTOPPED(status):
-                report["stopped"] = signal.Signals(os.WSTOPSIG(status)).name
-                os.kill(pid, signal.SIGKILL)
-                continue
-            report.update(_ended(status))
-            break
-    except BaseException as e:  # noqa: BLE001
-        report["sandbox_error"] = f"init: {_describe(e)}"
-    try:
-        os.write(status_w, json.dumps(report).encode())
-    finally:
-        os._exit(0)
+def _drain(fd: int, sink) -> None:
+    """Read what is left in a non-blocking pipe whose writers are gone (or stop at EAGAIN)."""
+    while True:
+        try:
+            chunk = os.read(fd, READ_CHUNK)
+        except (BlockingIOError, OSError):
+            return
+        if not chunk:
+            return
+        sink(chunk)
 
 
 def _monitor(job: dict, cfg: dict, reply_fd: int) -> None:
-    """Runs one job and writes its reply to ``reply_fd``.  Never returns."""
+    """Runs one job and writes its reply to ``reply_fd``.  Never returns.
+
+    namespaces: this process is PID 1 of the job's new PID namespace; it takes a mount namespace of its own,
+    enters the candidate root and forks the candidate (PID 2).  none: it is a child subreaper and forks the
+    candidate into a fresh directory.  Either way the candidate's tree does not outlive the job.
+    """
     header: dict = {"exit_code": None, "signal": None, "stopped": None, "timed_out": None, "sandbox_error": None}
     frames = _Frames(job["limits"]["result_bytes"])
     out = _Capture(job["limits"]["output_bytes"])
     err = _Capture(job["limits"]["output_bytes"])
     start = time.monotonic()
     workdir = None
+    namespaces = cfg["mode"] == "namespaces"
     try:
-        namespaces = cfg["mode"] == "namespaces"
         if namespaces:
-            _check(_libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare(PID, mount)")
+            _check(_libc.unshare(CLONE_NEWNS), "unshare(mount)")
+            _enter_root(job["limits"]["tmp_bytes"])
+            workdir = "/tmp"
         else:
             _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
             workdir = tempfile.mkdtemp(prefix="job-", dir=cfg["scratch"])
@@ -518,7 +523,11 @@ def _monitor(job: dict, cfg: dict, reply_fd: int) -> None:
         _write_all(stdin, job["stdin"].encode())
         os.lseek(stdin, 0, os.SEEK_SET)
         pipes = {name: os.pipe() for name in ("stdout", "stderr", "results")}
-        status_r, status_w = os.pipe()
+        for r, _ in pipes.values():
+            try:
+                fcntl.fcntl(r, F_SETPIPE_SZ, PIPE_BYTES)  # room for a burst of frames while the monitor sleeps
+            except OSError:
+                pass
         wake_r, wake_w = os.pipe()
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
@@ -528,22 +537,14 @@ def _monitor(job: dict, cfg: dict, reply_fd: int) -> None:
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            for r, _ in pipes.values():
-                os.close(r)
-            os.close(status_r)
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-            if namespaces:
-                signal.set_wakeup_fd(-1)
-                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                _init(job, cfg, child_fds, status_w)
-            os.close(status_w)
             _become_candidate(job, cfg, child_fds, workdir)
         for fd in child_fds.values():
             os.close(fd)
-        os.close(status_w)
         readers = {pipes["results"][0]: "results", pipes["stdout"][0]: "stdout", pipes["stderr"][0]: "stderr"}
         for fd in readers:
             os.set_blocking(fd, False)
+        sinks = {"results": None, "stdout": out.add, "stderr": err.add}
         deadlines = job.get("deadlines") or []
         overall = start + job["timeout_s"]
         status = None
@@ -561,10 +562,7 @@ def _monitor(job: dict, cfg: dict, reply_fd: int) -> None:
             now = round(time.monotonic() - start, 4)
             for fd in ready:
                 if fd == wake_r:
-                    try:
-                        os.read(wake_r, 512)
-                    except BlockingIOError:
-                        pass
+                    _drain(wake_r, lambda _: None)
                     continue
                 try:
                     chunk = os.read(fd, READ_CHUNK)
@@ -573,69 +571,35 @@ def _monitor(job: dict, cfg: dict, reply_fd: int) -> None:
                 if not chunk:
                     del readers[fd]
                     os.close(fd)
-                    continue
-                name = readers[fd]
-                if name == "results":
+                elif readers[fd] == "results":
                     frames.add(chunk, now)
                 else:
-                    (out if name == "stdout" else err).add(chunk)
+                    sinks[readers[fd]](chunk)
             if frames.error:
                 break
-            done, wait_status = os.waitpid(pid, os.WNOHANG | (0 if namespaces else os.WUNTRACED))
+            done, wait_status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
             if done:
-                if not namespaces and os.WIFSTOPPED(wait_status):
+                if os.WIFSTOPPED(wait_status):
                     header["stopped"] = signal.Signals(os.WSTOPSIG(wait_status)).name
                     break
                 status = wait_status
                 break
-        # end of the run: nothing of the candidate may outlive it
-        if namespaces:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            if status is None:
-                _, status = os.waitpid(pid, 0)
-        else:
-            _kill_tree(pid, cfg)
-            if status is None:
-                try:
-                    _, status = os.waitpid(pid, 0)
-                except ChildProcessError:
-                    status = None
+            if wake_r not in ready:
+                # Read in batches: a candidate sending thousands of small frames would otherwise cost a
+                # wake-up each.  Arrival times are therefore exact to within BATCH_S.
+                time.sleep(min(BATCH_S, max(0.0, limit - time.monotonic())))
+        # the end of the run: nothing of the candidate's tree may outlive it
+        _kill_everything(pid, namespaces)
         header["wall_s"] = round(time.monotonic() - start, 4)
-        for fd, name in list(readers.items()):  # whatever is still buffered in the pipes
-            while True:
-                try:
-                    chunk = os.read(fd, READ_CHUNK)
-                except (BlockingIOError, OSError):
-                    break
-                if not chunk:
-                    break
-                if name == "results":
-                    frames.add(chunk, header["wall_s"])
-                else:
-                    (out if name == "stdout" else err).add(chunk)
-            os.close(fd)
-        if namespaces:
-            try:
-                report = json.loads(os.read(status_r, 65536) or b"{}")
-            except (OSError, ValueError):
-                report = {}
-            if report.get("sandbox_error"):
-                header["sandbox_error"] = report["sandbox_error"]
-            header["stopped"] = header["stopped"] or report.get("stopped")
-            if "exit_code" in report or "signal" in report:
-                header["exit_code"], header["signal"] = report.get("exit_code"), report.get("signal")
-            elif status is not None and not header["timed_out"] and not frames.error:
-                header["sandbox_error"] = header["sandbox_error"] or "the job's init ended without a report"
-        elif status is not None and not header["stopped"]:
+        if status is not None and not header["stopped"]:
             header.update(_ended(status))
-        os.close(status_r)
+        for fd, name in readers.items():  # what is still buffered in the pipes (every writer is gone)
+            _drain(fd, (lambda chunk: frames.add(chunk, header["wall_s"])) if name == "results" else sinks[name])
+            os.close(fd)
     except BaseException as e:  # noqa: BLE001
         header["sandbox_error"] = f"monitor: {_describe(e)}"
     finally:
-        if workdir is not None:
+        if workdir is not None and not namespaces:
             shutil.rmtree(workdir, ignore_errors=True)
     header.update(wall_s=header.get("wall_s", round(time.monotonic() - start, 4)), frame_times=frames.times,
                   stream_error=frames.error or ("an incomplete frame" if frames.buffer else None),
@@ -664,10 +628,29 @@ def _error_reply(message: str) -> bytes:
     return struct.pack(">I", len(body)) + body + struct.pack(">I", 0)
 
 
+OWN_PID_NAMESPACE: list[int] = []  # namespaces mode: an fd of the worker's own PID namespace
+
+
+def _fork_monitor(namespaces: bool) -> int:
+    """Fork the job's monitor: in namespaces mode as PID 1 of a new PID namespace.  A process may unshare a
+    PID namespace for its children only while that setting is its own, so the worker switches it back after
+    each fork (it runs in a PID namespace that its user namespace owns, which allows the ``setns``)."""
+    if not namespaces:
+        return os.fork()
+    _check(_libc.unshare(CLONE_NEWPID), "unshare(PID)")
+    pid = -1
+    try:
+        pid = os.fork()
+    finally:
+        if pid != 0:
+            _check(_libc.setns(OWN_PID_NAMESPACE[0], CLONE_NEWPID), "setns(the worker's PID namespace)")
+    return pid
+
+
 def run_one(request: bytes | bytearray, cfg: dict, out_fd: int) -> None:
     """Fork a monitor for one job, wait for it and send its reply to ``out_fd``."""
     reply = os.memfd_create("reply")
-    pid = os.fork()
+    pid = _fork_monitor(cfg["mode"] == "namespaces")
     if pid == 0:
         try:
             _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -728,6 +711,8 @@ def _probe(cfg: dict) -> str | None:
 
 CODEC = _load("codec")
 SECCOMP = _load("_seccomp")
+DRIVERS = _load("drivers")
+COMPILED = {DRIVERS.RUN: compile(DRIVERS.RUN, "<driver>", "exec")}  # the standard driver, compiled once
 
 
 def main() -> None:
@@ -742,6 +727,7 @@ def main() -> None:
     cfg["seccomp"] = SECCOMP.supported()
     try:
         if cfg["mode"] == "namespaces":
+            OWN_PID_NAMESPACE.append(os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC))
             hello.update(build_root(cfg.get("hide", [])))
         else:
             cfg["scratch"] = tempfile.mkdtemp(prefix="semcoder-sandbox-")
@@ -751,6 +737,9 @@ def main() -> None:
         problem = f"{e}"
     if problem:
         hello = {"ready": False, "error": problem}
+    if cfg["seccomp"] and cfg["mode"] == "namespaces":
+        SECCOMP.compile_ahead(True, False, 2)  # the candidate is always PID 2 of its namespace
+    gc.freeze()  # what the zygote holds stays out of every child's collections (and its pages shared)
     hello["seccomp"] = cfg["seccomp"]
     hello["uid"] = cfg.get("uid")
     hello["uid_unusable"] = cfg.get("uid_unusable")

@@ -11,7 +11,7 @@ import pytest
 def sandbox():
     from sandbox import Sandbox
 
-    with Sandbox(workers=2) as sb:
+    with Sandbox(workers=2, preload=("numpy",)) as sb:
         yield sb
 
 

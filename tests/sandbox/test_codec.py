@@ -15,7 +15,7 @@ from sandbox.codec import PlainDataError
 
 PLAIN = [
     None, True, False, 0, -7, 10**15, -(2**200), 1.5, -0.0, float("inf"), "", "tab\tand\u00e9\ud800",
-    [1, [2, [3]]], (1, (2,)), (), {"a": 1, 2: "b", (3, 4): [5], None: frozenset({1})}, {3, 1, 2}, frozenset(),
+    [1, [2, [3]]], (1, (2,)), (), [1, 2**20000, -(2**20000)], (2**20000,), {"a": 1, 2: "b", (3, 4): [5], None: frozenset({1})}, {3, 1, 2}, frozenset(),
     b"\x00\xff", bytearray(b"ab"), 1 - 2j, range(3, 30, 4), collections.OrderedDict(b=1, a=2),
     collections.defaultdict(list, {"k": [1]}), collections.Counter("hello"), collections.deque([1, 2], maxlen=5),
     decimal.Decimal("-1.25E+3"), fractions.Fraction(-3, 7), np.float32(0.1), np.int64(-3), np.uint8(255),

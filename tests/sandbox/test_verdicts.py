@@ -55,9 +55,10 @@ def test_patched_builtins_and_comparison_machinery_change_nothing(sandbox, patch
 
 def test_a_patched_encoder_only_changes_the_candidates_own_answers(sandbox):
     # Rewrites the driver's result_record to send 3 for every call: right for the first input, wrong after.
-    code = ("import gc\nfor o in gc.get_objects():\n"
-            "    if callable(o) and getattr(o, '__name__', '') == 'result_record':\n"
-            "        o.__code__ = (lambda value: ['value', 3]).__code__\n" + WRONG)
+    code = ("import sys\nframe = sys._getframe()\nwhile frame is not None:\n"
+            "    fn = frame.f_locals.get('result_record') or frame.f_globals.get('result_record')\n"
+            "    if fn is not None:\n        fn.__code__ = (lambda value: ['value', 3]).__code__\n"
+            "    frame = frame.f_back\n" + WRONG)
     verdict = verdict_of(sandbox, code)
     assert verdict.status == "failed" and verdict.failed_at == 1
 
