@@ -6,8 +6,8 @@ user, network and mount namespaces (``unshare --user --map-root-user --net --mou
 filesystem view candidates get: a read-only tree holding only the interpreter's library directories, the
 system's shared libraries, a few device nodes and empty mount points for ``/proc`` and ``/tmp``.
 
-Per job (a frame on stdin: 4-byte big-endian length + JSON) the worker reads the request into a buffer it
-wipes afterwards, and forks a *monitor*, which owns the job:
+Per job (a frame on stdin: 4-byte big-endian length, then a 4-byte length + JSON header and the payload in
+``codec``'s tagged JSON) the worker reads the request into a buffer it wipes afterwards, and forks a *monitor*, which owns the job:
 
 * namespaces mode: the monitor unshares a PID and mount namespace and forks an *init* (PID 1 there) that
   mounts a fresh ``/proc`` and an empty size-limited tmpfs on ``/tmp``, pivots into the candidate tree,
@@ -28,8 +28,8 @@ captures a bounded head of stdout/stderr (everything is drained, nothing blocks)
 into a memfd the worker then sends to the harness with ``sendfile``: the worker never holds a job's
 results, and the zygote every candidate is forked from holds no other job's data.
 
-Reply: 4-byte length + header JSON (how the candidate ended, timings, output heads), 4-byte frame count,
-then each frame as 4-byte length + bytes.
+Reply: 4-byte length + header JSON (how the candidate ended, timings, output heads), then an 8-byte length
+and the frames, each as 4-byte length + bytes (one read for the harness, however many frames).
 """
 
 from __future__ import annotations
@@ -350,7 +350,7 @@ def _become_candidate(job: dict, cfg: dict, fds: dict, workdir: str) -> None:
         sys.stdin = open(0, closefd=False)
         sys.stdout = open(1, "w", closefd=False, buffering=1)
         sys.stderr = open(2, "w", closefd=False, buffering=1)
-        payload = CODEC.from_json_value(job["payload"])
+        payload = CODEC.decode(job["payload"])
         program = COMPILED.get(job["program"]) or compile(job["program"], "<driver>", "exec")
         encode, dumps_tagged = CODEC.encode, CODEC.dumps_tagged
         pack, write, view_of, length = struct.Struct(">I").pack, os.write, memoryview, len
@@ -607,10 +607,11 @@ def _monitor(job: dict, cfg: dict, reply_fd: int) -> None:
                   stderr=err.data.decode("utf-8", "replace"), stderr_bytes=err.total)
     try:
         body = json.dumps(header).encode()
-        parts = [struct.pack(">I", len(body)), body, struct.pack(">I", len(frames.frames))]
-        for frame in frames.frames:
-            parts += [struct.pack(">I", len(frame)), frame]
-        _write_all(reply_fd, b"".join(parts))
+        parts = [b""] * (2 * len(frames.frames))
+        parts[0::2] = [_FRAME_LENGTH.pack(len(frame)) for frame in frames.frames]
+        parts[1::2] = frames.frames
+        blob = b"".join(parts)
+        _write_all(reply_fd, struct.pack(">I", len(body)) + body + struct.pack(">Q", len(blob)) + blob)
         os._exit(0)
     finally:
         os._exit(1)
@@ -625,7 +626,7 @@ def _send(fd: int, obj: dict) -> None:
 
 def _error_reply(message: str) -> bytes:
     body = json.dumps({"sandbox_error": message, "frame_times": []}).encode()
-    return struct.pack(">I", len(body)) + body + struct.pack(">I", 0)
+    return struct.pack(">I", len(body)) + body + struct.pack(">Q", 0)
 
 
 OWN_PID_NAMESPACE: list[int] = []  # namespaces mode: an fd of the worker's own PID namespace
@@ -659,7 +660,9 @@ def run_one(request: bytes | bytearray, cfg: dict, out_fd: int) -> None:
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
             os.close(devnull)
-            job = json.loads(bytes(request))
+            (n,) = struct.unpack_from(">I", request, 0)
+            job = json.loads(bytes(request[4:4 + n]))
+            job["payload"] = bytes(request[4 + n:])  # tagged JSON, decoded by the candidate itself
             _monitor(job, cfg, reply)
         finally:
             os._exit(1)
@@ -684,11 +687,12 @@ def _probe(cfg: dict) -> str | None:
     """Run a job end to end; the reason it fails, or None.  As root without namespaces, if the sandbox uid
     cannot read the interpreter's directories (e.g. a Python under /root), candidates run as root without
     capabilities instead (``cfg["uid_unusable"]`` says why)."""
-    job = {"program": PROBE, "payload": _interpreter_dirs(), "timeout_s": 10.0, "stdin": "", "deadlines": None,
+    job = {"program": PROBE, "timeout_s": 10.0, "stdin": "", "deadlines": None,
            "limits": {"cpu_s": 10, "memory_bytes": None, "file_size_bytes": 1 << 20, "max_processes": 8,
                       "output_bytes": 1024, "result_bytes": 1024, "tmp_bytes": 1 << 20}}
+    header = json.dumps(job).encode()
     r, w = os.pipe()
-    run_one(json.dumps(job).encode(), cfg, w)
+    run_one(struct.pack(">I", len(header)) + header + CODEC.encode(_interpreter_dirs()), cfg, w)
     os.close(w)
     data = b""
     while chunk := os.read(r, 65536):
@@ -698,10 +702,11 @@ def _probe(cfg: dict) -> str | None:
     header = json.loads(data[4:4 + n])
     if header.get("sandbox_error"):
         return header["sandbox_error"]
-    if header.get("exit_code") != 0 or int.from_bytes(data[4 + n:8 + n], "big") != 1:
+    body = data[12 + n:]
+    if header.get("exit_code") != 0 or len(body) < 4:
         return f"probe job exited with {header.get('exit_code')} / signal {header.get('signal')}: " \
                f"{header.get('stderr', '')[-300:]}"
-    unreadable = json.loads(data[12 + n:])
+    unreadable = json.loads(body[4:])
     if unreadable and cfg.get("uid") is not None:
         cfg["uid_unusable"] = f"uid {cfg['uid']} cannot read {unreadable[0]}"
         cfg["uid"] = None

@@ -174,7 +174,9 @@ class _Encoder:
                 self.count(_len(x) + _sum(_map(_len, x)))
                 return x if kinds == {_LIST} else [{"tuple": row} for row in x]
         d = depth + 1
-        return [self.encode(v, d) for v in x]
+        scalars, encode = _SCALARS, self.encode
+        return [v if _type(v) in scalars and (_type(v) is not _INT or v.bit_length() <= MAX_INT_BITS)
+                else encode(v, d) for v in x]
 
     def _container(self, x: Any, t: type, depth: int) -> Any:
         d = depth + 1

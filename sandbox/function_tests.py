@@ -46,6 +46,7 @@ class Program:
     lambdas: Sequence[tuple[int | str, str]] = ()
     not_none: bool = False                          # see drivers.RUN
     stdin: str = ""
+    calls_json: str | None = None                   # ``encode_calls(calls, call_kwargs)``, if already known
 
     def __post_init__(self) -> None:
         if (self.entry_point is None) == (self.expression is None):
@@ -56,18 +57,41 @@ class Program:
         return 1 if self.expression is not None else len(self.calls)
 
     def job(self) -> Job:
-        kwargs = self.call_kwargs or [{}] * len(self.calls)
-        payload = {"code": self.code, "entry_point": self.entry_point,
-                   "calls": [[list(args), dict(kw)] for args, kw in zip(self.calls, kwargs)],
+        payload = {"code": self.code, "entry_point": self.entry_point, "calls": None,
                    "expression": self.expression, "run_as_main": self.run_as_main, "swallow_io": self.swallow_io,
                    "guard": self.guard, "lambdas": [[slot, src] for slot, src in self.lambdas],
-                   "not_none": self.not_none,
-                   "lambda_builtins": list(LAMBDA_BUILTINS)}
+                   "not_none": self.not_none, "lambda_builtins": list(LAMBDA_BUILTINS)}
+        calls = self.calls_json if self.calls_json is not None else encode_calls(self.calls, self.call_kwargs)
+        # splice the (large, usually cached) calls text in: a JSON string cannot contain this unescaped
+        text = codec.encode(payload).decode("ascii").replace('["calls",null]', f'["calls",{calls}]', 1)
         deadlines = [self.timeout_s]
         for i in range(self.n_calls):
             deadlines.append(self.time_limits[i] if self.time_limits else self.timeout_s)
             deadlines.append(self.encode_limits[i] if self.encode_limits else DEFAULT_ENCODE_LIMIT_S)
-        return Job(RUN, payload, timeout_s=self.timeout_s, stdin=self.stdin, deadlines=deadlines)
+        return Job(RUN, timeout_s=self.timeout_s, stdin=self.stdin, deadlines=deadlines, payload_json=text)
+
+
+_calls_cache: dict[tuple[int, int], tuple[Any, Any, str]] = {}
+_calls_lock = threading.Lock()
+
+
+def encode_calls(calls: Sequence[Sequence[Any]], call_kwargs: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The tagged JSON text of ``[[args, kwargs], ...]`` (a ``Program``'s ``calls_json``), cached: every
+    candidate of a task runs on the same inputs, which need encoding once.  Callers that score the same
+    inputs across processes (EvalPlus's ground-truth cache) can store this text and pass it back."""
+    key = (id(calls), id(call_kwargs))
+    with _calls_lock:
+        hit = _calls_cache.get(key)
+        if hit is not None and hit[0] is calls and hit[1] is call_kwargs:
+            return hit[2]
+    kwargs = call_kwargs or [{}] * len(calls)
+    text = codec.encode([[args if type(args) is list else list(args), kw if type(kw) is dict else dict(kw)]
+                         for args, kw in zip(calls, kwargs)]).decode("ascii")
+    with _calls_lock:
+        if len(_calls_cache) > 4096:
+            _calls_cache.clear()
+        _calls_cache[key] = (calls, call_kwargs, text)  # holding the objects keeps their ids theirs
+    return text
 
 
 @dataclass(frozen=True)

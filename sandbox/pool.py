@@ -75,6 +75,7 @@ class Job:
     timeout_s: float = 10.0
     stdin: str = ""
     deadlines: Sequence[float] | None = None
+    payload_json: str | None = None  # the payload already encoded (``codec.encode``); ``payload`` is then ignored
 
 
 @dataclass
@@ -269,6 +270,16 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
     return b"".join(chunks)
 
 
+def _split_frames(blob: bytes) -> list[bytes]:
+    """The length-prefixed frames of a reply's body."""
+    frames, at, view, unpack = [], 0, memoryview(blob), struct.Struct(">I").unpack_from
+    while at + 4 <= len(blob):
+        (n,) = unpack(view, at)
+        frames.append(blob[at + 4:at + 4 + n])
+        at += 4 + n
+    return frames
+
+
 def parse_reply(header: dict, frames: list[bytes]) -> Outcome:
     """An ``Outcome`` from a worker's reply; frames that are not plain data end the values with an error."""
     timed_out = header.get("timed_out") or None
@@ -352,20 +363,18 @@ class _Worker:
         lim = dataclasses.asdict(limits)
         if lim["cpu_s"] is None:
             lim["cpu_s"] = int(job.timeout_s) + 2
-        request = json.dumps({
-            "program": job.program, "payload": codec.to_json_value(job.payload), "timeout_s": float(job.timeout_s),
+        payload = job.payload_json if job.payload_json is not None else codec.encode(job.payload).decode("ascii")
+        header = json.dumps({
+            "program": job.program, "timeout_s": float(job.timeout_s),
             "deadlines": None if job.deadlines is None else [float(d) for d in job.deadlines],
             "stdin": job.stdin, "limits": lim}, allow_nan=True).encode()
-        self.proc.stdin.write(struct.pack(">I", len(request)) + request)
+        body = payload.encode("ascii")
+        self.proc.stdin.write(struct.pack(">II", 4 + len(header) + len(body), len(header)) + header + body)
         deadline = time.monotonic() + job.timeout_s + 30.0
-        header = json.loads(self._frame(deadline))
+        reply = json.loads(self._frame(deadline))
         fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
-        (count,) = struct.unpack(">I", _read_exact(fd, 4, deadline))
-        frames = []
-        for _ in range(count):
-            (n,) = struct.unpack(">I", _read_exact(fd, 4, deadline))
-            frames.append(_read_exact(fd, n, deadline))
-        return parse_reply(header, frames)
+        (size,) = struct.unpack(">Q", _read_exact(fd, 8, deadline))
+        return parse_reply(reply, _split_frames(_read_exact(fd, size, deadline)))
 
     def close(self) -> None:
         if self.proc is None:

@@ -38,7 +38,7 @@ MIN_TIME_LIMIT_S = 1.0
 GT_TIME_LIMIT_FACTOR = 4.0
 ENCODE_SLACK_S = 0.5  # added to 4 x the ground truth's time to send a value like this one back
 TIMEOUT_PER_TASK_S = 60.0
-GROUND_TRUTH_FORMAT = 2  # bump when _ground_truth_one records something new
+GROUND_TRUTH_FORMAT = 3  # bump when _ground_truth_one records something new
 
 # MBPP tasks whose output is only checked to be (not) None, and those compared as sets (EvalPlus oracles).
 MBPP_OUTPUT_NOT_NONE = ("check_str", "text_match_three", "text_starta_endb")
@@ -131,6 +131,7 @@ def _ground_truth_one(code: str, entry_point: str, inputs_by_part: dict[str, lis
         result[part] = outputs
         result[part + "_time"] = times
         result[part + "_encode_time"] = encode_times
+        result[part + "_calls_json"] = function_tests.encode_calls(inputs)  # what every candidate's job sends
     return result
 
 
@@ -362,7 +363,8 @@ class EvalPlus(CodeBenchmark):
             limits = [max(MIN_TIME_LIMIT_S, GT_TIME_LIMIT_FACTOR * t) for t in gt[part + "_time"]]
             encode = [ENCODE_SLACK_S + GT_TIME_LIMIT_FACTOR * t for t in gt[part + "_encode_time"]]
             not_none = self.dataset == "mbpp" and record["entry_point"] in MBPP_OUTPUT_NOT_NONE
-            program = Program(code, record["entry_point"], [list(i) for i in inputs], time_limits=limits,
+            program = Program(code, record["entry_point"], inputs, calls_json=gt[part + "_calls_json"],
+                              time_limits=limits,
                               encode_limits=encode, guard="evalplus", not_none=not_none,
                               timeout_s=min(TIMEOUT_PER_TASK_S, math.fsum(limits) + math.fsum(encode)) + 2.0)
             compare = evalplus_compare(self.dataset, record["entry_point"], inputs, gt[part], float(record["atol"]))
