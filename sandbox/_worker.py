@@ -1,32 +1,34 @@
 """Sandbox worker: a long-lived zygote that runs candidate programs one at a time, each in a fresh process tree.
 
-Started by ``sandbox.pool.Sandbox`` as ``python -I _worker.py CONFIG_JSON`` (standard library, plus numpy
-when preloaded; run by path with a scrubbed environment).  In ``namespaces`` mode it already lives in new
-user, network and mount namespaces (``unshare --user --map-root-user --net --mount``) and builds, once, the
-filesystem view candidates get: a read-only tree holding only the interpreter's library directories, the
-system's shared libraries, a few device nodes and empty mount points for ``/proc`` and ``/tmp``.
+Started by ``sandbox.pool.Sandbox`` as ``python -I _worker.py CONFIG_JSON`` (standard library, plus whatever
+the caller preloads; run by path with a scrubbed environment).  In ``namespaces`` mode it lives in new user,
+network, mount and PID namespaces (``unshare --user --map-root-user --net --mount --pid --fork``) and
+builds, once, the filesystem view candidates get: a read-only tree holding only the interpreter's library
+directories, the system's shared libraries, a few device nodes and empty mount points for ``/proc`` and
+``/tmp``.
 
-Per job (a frame on stdin: 4-byte big-endian length, then a 4-byte length + JSON header and the payload in
-``codec``'s tagged JSON) the worker reads the request into a buffer it wipes afterwards, and forks a *monitor*, which owns the job:
+Per job (a frame on stdin: a 4-byte big-endian length, then a 4-byte length + JSON header, then the payload
+in ``codec``'s tagged JSON) the worker reads the request into a buffer it wipes afterwards, and forks a
+*monitor*, which owns the job:
 
-* namespaces mode: the monitor unshares a PID and mount namespace and forks an *init* (PID 1 there) that
-  mounts a fresh ``/proc`` and an empty size-limited tmpfs on ``/tmp``, pivots into the candidate tree,
-  forks the *candidate* (PID 2), reaps, and reports the candidate's end on a status pipe.  When init exits
-  the kernel kills whatever is left in the namespace.
+* namespaces mode: the monitor is PID 1 of a new PID namespace (the worker unshares one for its next child
+  and switches back with ``setns`` after the fork).  It takes a mount namespace of its own, mounts a fresh
+  ``/proc`` and empty size-limited tmpfs on ``/tmp`` and ``/dev/shm``, pivots into the candidate tree and
+  forks the *candidate* (PID 2).  At the end ``kill(-1)`` from PID 1 ends everything left in the namespace.
 * none mode (no user namespaces): the monitor is a child subreaper and forks the candidate directly, in a
-  fresh directory; as root the candidate runs under a uid of its own (one per worker), otherwise under the
-  harness's uid with a seccomp filter confining its signals to its own process group and its sockets to
-  ``AF_UNIX``.  Afterwards every process of the tree is found (orphans come back to the subreaper) and killed.
+  fresh directory; as root the candidate runs under a uid of its own (one per worker) when that uid can read
+  the interpreter, else as root without capabilities.  Afterwards every process of the tree is found
+  (orphans come back to the subreaper) and killed.
 
-The candidate process starts a session of its own, gets stdin from a memfd, stdout/stderr and the results
-channel (fd 3) as pipes to the monitor, rlimits, no capabilities, ``no_new_privs`` and the seccomp filter
+The candidate starts a session of its own, gets stdin from a memfd, stdout/stderr and the results channel
+(fd 3) as pipes to the monitor, rlimits, no capabilities, ``no_new_privs`` and the seccomp filter
 (``_seccomp.py``), a scrubbed environment, then runs the job's driver program with ``PAYLOAD`` (decoded
 from the request) and ``emit(value)``, which writes one frame of plain data (``codec.py``) to fd 3.
 
-The monitor timestamps every frame, enforces the wall-clock limit and the job's per-frame deadlines,
-captures a bounded head of stdout/stderr (everything is drained, nothing blocks), and writes one reply
-into a memfd the worker then sends to the harness with ``sendfile``: the worker never holds a job's
-results, and the zygote every candidate is forked from holds no other job's data.
+The monitor timestamps the frames (in batches of ``BATCH_S``), enforces the wall-clock limit and the job's
+per-frame deadlines, captures a bounded head of stdout/stderr (everything is drained, nothing blocks), and
+writes one reply into a memfd that the worker sends to the harness with ``sendfile``: the worker never
+holds a job's results, and the zygote every candidate is forked from holds no other job's data.
 
 Reply: 4-byte length + header JSON (how the candidate ended, timings, output heads), then an 8-byte length
 and the frames, each as 4-byte length + bytes (one read for the harness, however many frames).

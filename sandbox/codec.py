@@ -42,6 +42,7 @@ import marshal
 import math
 import struct
 import sys
+from array import array as _array
 from typing import Any
 
 MAX_DEPTH = 100
@@ -65,6 +66,8 @@ _ODICT, _DDICT, _COUNTER, _DEQUE = (collections.OrderedDict, collections.default
                                     collections.deque)
 _DECIMAL, _FRACTION = decimal.Decimal, fractions.Fraction
 _SCALARS = frozenset((_NONE, _BOOL, _INT, _FLOAT, _STR))
+_NUMBERS = frozenset((_BOOL, _INT, _FLOAT))
+_EXACT = 2**53  # every int within this is exactly a float64
 _loads = json.loads
 _b64encode, _b64decode = base64.b64encode, base64.b64decode
 _blake2b, _marshal_dumps, _pack = hashlib.blake2b, marshal.dumps, struct.pack
@@ -246,13 +249,22 @@ def digest(value: Any) -> str:
     no back-references) of a top-level list or tuple in chunks of ``DIGEST_CHUNK`` elements, or of the value.
 
     ``marshal`` accepts only exact builtin types (never a subclass or a custom object), so equal digests
-    mean equal types and values.  Unlike ``==`` it tells 1 from 1.0, and dicts and sets are taken in
-    iteration order; ``result_record`` uses it only for values too large to send whole.
+    mean equal types and values.  A list or tuple of numbers only (each exactly a float64) is hashed as
+    float64s instead, so ``[2, 3]`` and ``[2.0, 3.0]``, equal under ``==``, digest alike.  Elsewhere, unlike
+    ``==``, it tells 1 from 1.0, and dicts and sets are taken in iteration order; ``result_record`` uses it
+    only for values too large to send whole.
     """
     h = _blake2b(digest_size=32)
     t = _type(value)
     try:
-        if t is _LIST or t is _TUPLE:
+        if (t is _LIST or t is _TUPLE) and value and _set(_map(_type, value)) <= _NUMBERS \
+                and -_EXACT <= min(value) and max(value) <= _EXACT:
+            # numbers only, each exactly a float64: hashed as float64s, so 2 and 2.0 (and True and 1), equal
+            # under ==, digest alike (NaN, unequal to itself, is the one value this makes "equal")
+            h.update(b"l" if t is _LIST else b"t")
+            h.update(_pack(">Q", _len(value)))
+            h.update(_array("d", value).tobytes())
+        elif t is _LIST or t is _TUPLE:
             h.update(b"L" if t is _LIST else b"T")
             h.update(_pack(">Q", _len(value)))
             for start in _range(0, _len(value), DIGEST_CHUNK):

@@ -105,6 +105,8 @@ def test_large_values_travel_as_a_digest_that_tells_types_apart():
     kind, body = codec.result_record(big)
     assert kind == "digest" and dict(body["dict"])["blake2b"] == codec.digest(big)
     assert codec.digest(big) != codec.digest(tuple(big))
-    assert codec.digest([1] * 10) != codec.digest([1.0] * 10)
+    assert codec.digest([1, 2.0, True] * 10) == codec.digest([1.0, 2, 1] * 10)  # numbers: as == sees them
+    assert codec.digest([2**60 + 1]) != codec.digest([float(2**60)])            # (beyond float64, exact)
+    assert codec.digest([1, "a"]) != codec.digest([1.0, "a"])                   # elsewhere types count
     with pytest.raises(PlainDataError):
         codec.digest([AlwaysEqual()] * (codec.INLINE_MAX_NODES + 1))

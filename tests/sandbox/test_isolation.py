@@ -218,3 +218,40 @@ def test_isolation_can_be_required():
 
     with pytest.raises(SandboxUnavailable, match="isolation is required"):
         Sandbox(workers=1, mode="none", require_isolation=True)
+
+
+@pytest.mark.slow
+def test_800_samples_with_5_percent_hostile_leave_benign_results_unchanged(shared_data_dir):
+    import json
+
+    from sandbox.function_tests import Program, check
+
+    rows = [json.loads(line) for line in open(shared_data_dir / "cruxeval" / "cruxeval.jsonl")]
+    # gold answers, every fourth one made wrong, so benign verdicts are a mix of passed and failed
+    benign = [(Program(r["code"], expression=f"f({r['input']})" + (" and False" if i % 4 == 0 else ""),
+                       timeout_s=3), [eval(r["output"])]) for i, r in enumerate(rows)]
+    hostile_programs = [
+        "while True: pass",
+        "import posix\nwhile True:\n    try:\n        posix.fork()\n    except OSError:\n        pass",
+        "x = bytearray(10 * 1024 ** 3)",
+        "import ctypes, signal\nctypes.CDLL(None).kill(0, signal.SIGSTOP)",
+        "import ctypes\nctypes.CDLL(None).kill(-1, 9)",
+        "import os\nos._exit(0)",
+        "import ctypes\nctypes.string_at(0)",
+        "fd = open('/tmp/fill', 'wb')\nwhile True:\n    fd.write(b'x' * 65536)",
+    ]
+    mixed, order = [], []
+    for i, item in enumerate(benign):
+        if i % 20 == 0:  # 40 of 800 = 5 %
+            mixed.append((Program(hostile_programs[(i // 20) % len(hostile_programs)], expression="1",
+                                  timeout_s=2), [2]))
+            order.append(None)
+        mixed.append(item)
+        order.append(i)
+    with Sandbox(workers=2) as sb:
+        alone = [v.status for v in check(sb, benign)]
+        together = check(sb, mixed)
+        assert leftovers(sb) == []
+    assert [v.status for v, i in zip(together, order) if i is not None] == alone
+    assert alone.count("passed") == 600
+    assert all(v.status != "passed" for v, i in zip(together, order) if i is None)
