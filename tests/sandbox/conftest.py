@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,12 @@ def fallback():
         sb = Sandbox(workers=2, mode="none")
     with sb:
         yield sb
+
+
+@pytest.fixture
+def secret_in_home(secret):
+    """A file in the harness user's home directory holding the secret."""
+    path = Path.home() / f".semcoder-sandbox-secret-{os.getpid()}"
+    path.write_text(secret)
+    yield path
+    path.unlink()

@@ -86,14 +86,6 @@ def test_the_candidate_sees_only_the_runtime_an_empty_tmp_and_its_own_processes(
     assert not passwd
 
 
-@pytest.fixture
-def secret_in_home(secret):
-    path = Path.home() / f".semcoder-sandbox-secret-{os.getpid()}"
-    path.write_text(secret)
-    yield path
-    path.unlink()
-
-
 @pytest.mark.parametrize("path", [REPO / "README.md", REPO / "pyproject.toml", REPO.parent / "shared" / "data",
                                   Path("/etc/hostname"), "secret_in_home"])
 def test_files_of_the_host_are_not_there(request, sandbox, path):

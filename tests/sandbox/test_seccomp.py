@@ -2,54 +2,52 @@
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import json
-import os
-import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from sandbox import _seccomp
 
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not _seccomp.supported(), reason="seccomp filters are built for x86-64 and aarch64")
 
 
+CHILD = r"""
+import ctypes, errno, json, os, socket, sys
+sys.path.insert(0, sys.argv[1])
+from sandbox import _seccomp
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl(38, 1, 0, 0, 0)  # no_new_privs, as a candidate sets it
+os.setsid()
+_seccomp.install(restrict_signals=True, restrict_sockets=sys.argv[2] == "1", self_pid=os.getpid())
+seen = {}
+for name, target in (("all", -1), ("parent", os.getppid()), ("init", 1), ("group", 0), ("self", os.getpid())):
+    seen[name] = "ok" if libc.kill(target, 0) == 0 else errno.errorcode[ctypes.get_errno()]
+for name, family in (("inet", socket.AF_INET), ("unix", socket.AF_UNIX)):
+    try:
+        socket.socket(family).close()
+        seen[name] = "ok"
+    except OSError as e:
+        seen[name] = errno.errorcode[e.errno]
+seen["userns"] = "ok" if libc.unshare(0x10000000) == 0 else errno.errorcode[ctypes.get_errno()]
+seen["ptrace"] = "ok" if libc.ptrace(16, os.getppid(), 0, 0) == 0 else errno.errorcode[ctypes.get_errno()]
+child = os.fork()  # plain fork still works (clone without namespace flags)
+if child == 0:
+    os._exit(7)
+seen["fork"] = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+print(json.dumps(seen))
+"""
+
+
 def in_filtered_child(restrict_sockets: bool) -> dict:
-    """Fork, install the filter (as a candidate does) and report what each call returned."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(38, 1, 0, 0, 0)  # no_new_privs
-            os.setsid()
-            _seccomp.install(restrict_signals=True, restrict_sockets=restrict_sockets, self_pid=os.getpid())
-            seen = {}
-            for name, target in (("all", -1), ("parent", os.getppid()), ("init", 1), ("group", 0),
-                                 ("self", os.getpid())):
-                seen[name] = "ok" if libc.kill(target, 0) == 0 else errno.errorcode[ctypes.get_errno()]
-            for name, call in (("inet", lambda: socket.socket(socket.AF_INET)),
-                               ("unix", lambda: socket.socket(socket.AF_UNIX))):
-                try:
-                    call().close()
-                    seen[name] = "ok"
-                except OSError as e:
-                    seen[name] = errno.errorcode[e.errno]
-            seen["userns"] = "ok" if libc.unshare(0x10000000) == 0 else errno.errorcode[ctypes.get_errno()]
-            seen["ptrace"] = "ok" if libc.ptrace(16, os.getppid(), 0, 0) == 0 else errno.errorcode[ctypes.get_errno()]
-            child = os.fork()  # plain fork still works (clone without namespace flags)
-            if child == 0:
-                os._exit(7)
-            seen["fork"] = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
-            os.write(w, json.dumps(seen).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    data = os.read(r, 65536)
-    os.waitpid(pid, 0)
-    return json.loads(data)
+    """Install the filter in a fresh process (as a candidate does) and report what each call returned."""
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(REPO), "1" if restrict_sockets else "0"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
 
 
 def test_signals_reach_only_the_candidates_own_process_group():

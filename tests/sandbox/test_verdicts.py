@@ -185,26 +185,22 @@ def test_a_huge_wrong_answer_is_judged_by_digest_and_fails(sandbox):
     big = codec.INLINE_MAX_NODES + 10
     right = f"def solve():\n    return list(range({big}))\n"
     wrong = f"def solve():\n    return list(range(1, {big} + 1))\n"
-    as_floats = f"def solve():\n    return [float(i) for i in range({big})]\n"
-    verdicts = check(sandbox, [(Program(code, "solve", [()]), [list(range(big))]) for code in (right, wrong, as_floats)])
-    assert [v.status for v in verdicts] == ["passed", "failed", "failed"]
+    as_floats = f"def solve():\n    return [float(i) for i in range({big})]\n"  # == to the ints: passes
+    as_strings = f"def solve():\n    return [str(i) for i in range({big})]\n"
+    as_tuple = f"def solve():\n    return tuple(range({big}))\n"
+    codes = (right, wrong, as_floats, as_strings, as_tuple)
+    verdicts = check(sandbox, [(Program(code, "solve", [()]), [list(range(big))]) for code in codes])
+    assert [v.status for v in verdicts] == ["passed", "failed", "passed", "failed", "failed"]
+    assert "too large to show" in verdicts[1].message
 
 
 # ---- reads ------------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def secret_file(secret):
-    path = Path.home() / f".semcoder-verdict-secret-{os.getpid()}"
-    path.write_text(secret)
-    yield path
-    path.unlink()
-
-
-def test_an_answer_read_from_the_host_is_not_available(sandbox, secret, secret_file, shared_data_dir):
+def test_an_answer_read_from_the_host_is_not_available(sandbox, secret, secret_in_home, shared_data_dir):
     readme = (REPO / "README.md").read_text()
     crux = (shared_data_dir / "cruxeval" / "cruxeval.jsonl").read_text()[:200]
     reads = [
-        (f"def solve():\n    return open({str(secret_file)!r}).read()\n", secret),
+        (f"def solve():\n    return open({str(secret_in_home)!r}).read()\n", secret),
         (f"def solve():\n    return open({str(REPO / 'README.md')!r}).read()\n", readme),
         (f"def solve():\n    return open({str(shared_data_dir / 'cruxeval' / 'cruxeval.jsonl')!r}).read()[:200]\n",
          crux),
