@@ -220,7 +220,7 @@ def test_800_samples_with_5_percent_hostile_leave_benign_results_unchanged(share
 
     rows = [json.loads(line) for line in open(shared_data_dir / "cruxeval" / "cruxeval.jsonl")]
     # gold answers, every fourth one made wrong, so benign verdicts are a mix of passed and failed
-    benign = [(Program(r["code"], expression=f"f({r['input']})" + (" and False" if i % 4 == 0 else ""),
+    benign = [(Program(r["code"], expression=(f"('wrong', f({r['input']}))" if i % 4 == 0 else f"f({r['input']})"),
                        timeout_s=3), [eval(r["output"])]) for i, r in enumerate(rows)]
     hostile_programs = [
         "while True: pass",
