@@ -71,6 +71,7 @@ PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER =
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 ROOT = "/tmp/candidate-root"
+WORKDIR = "/tmp/work"  # the candidate's working directory, HOME and TMPDIR (namespaces mode)
 SYSTEM_LIB_DIRS = ("/lib", "/lib64", "/lib32", "/usr/lib", "/usr/lib64", "/usr/lib32", "/usr/local/lib")
 DEVICES = ("null", "zero", "full", "random", "urandom")
 RESULTS_FD = 3
@@ -224,6 +225,7 @@ def _enter_root(tmp_bytes: int) -> None:
     _mount("proc", ROOT + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, None, "mount /proc")
     size = max(1, tmp_bytes // 1024)
     _mount("tmpfs", ROOT + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}k,mode=1777", "mount /tmp")
+    os.mkdir(ROOT + WORKDIR)  # empty even when an interpreter directory lives under /tmp (bound back below)
     _mount("tmpfs", ROOT + "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=1777", "mount /dev/shm")
     for staging, path in STAGED:
         target = ROOT + path
@@ -233,7 +235,7 @@ def _enter_root(tmp_bytes: int) -> None:
     machine = os.uname().machine
     _check(_libc.syscall(SYS_PIVOT_ROOT[machine], b".", b"."), "pivot_root")
     _check(_libc.umount2(b".", MNT_DETACH), "detach the old root")
-    os.chdir("/tmp")
+    os.chdir(WORKDIR)
 
 
 # ---- the candidate process -------------------------------------------------------------------------------
@@ -514,7 +516,7 @@ def _monitor(job: dict, cfg: dict, reply_fd: int) -> None:
         if namespaces:
             _check(_libc.unshare(CLONE_NEWNS), "unshare(mount)")
             _enter_root(job["limits"]["tmp_bytes"])
-            workdir = "/tmp"
+            workdir = WORKDIR
         else:
             _check(_libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(CHILD_SUBREAPER)")
             workdir = tempfile.mkdtemp(prefix="job-", dir=cfg["scratch"])

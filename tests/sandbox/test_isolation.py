@@ -78,7 +78,7 @@ def test_the_candidate_sees_only_the_runtime_an_empty_tmp_and_its_own_processes(
                "emit(sorted(p for p in os.listdir('/proc') if p.isdigit())); emit(dict(os.environ))\n"
                "emit(os.path.exists('/etc/passwd'))\n")
     cwd, listing, root, pids, env, passwd = sandbox.run(Job(program)).values
-    assert (cwd, listing) == ("/tmp", [])
+    assert (cwd, listing) == ("/tmp/work", [])
     assert set(root) <= {"dev", "etc", "lib", "lib32", "lib64", "proc", "tmp", "usr", "root", "work", "opt", "home"}
     assert pids == ["1", "2"]  # the job's init and the candidate: nothing of the host
     assert set(env) == {"HOME", "TMPDIR", "PATH", "LANG", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -110,10 +110,12 @@ def test_everything_but_tmp_is_read_only_and_tmp_is_wiped_between_jobs(sandbox):
               "for path in ('/usr/lib/x', '/proc/x', os.__file__ + '.x', '/x'):\n"
               "    try:\n        open(path, 'w')\n        errors.append('written')\n"
               "    except OSError as e:\n        errors.append(type(e).__name__)\n"
-              "open('/tmp/mine', 'w').write('x')\nemit(errors)\nemit(os.listdir('/tmp'))")
+              "open('mine', 'w').write('x')\nopen('/tmp/also-mine', 'w').write('x')\nemit(errors)\n"
+              "emit(os.listdir('.'))")
     errors, listing = sandbox.run(Job(writes)).values
     assert "written" not in errors and listing == ["mine"]
-    assert sandbox.run(Job("import os\nemit(os.listdir('/tmp'))")).values == [[]]
+    again = sandbox.run(Job("import os\nemit(os.listdir('.'))\nemit(os.path.exists('/tmp/also-mine'))")).values
+    assert again == [[], False]
 
 
 def test_stdin_is_the_jobs_input_and_output_is_captured_bounded_and_never_a_failure(sandbox):
