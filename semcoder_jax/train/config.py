@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -203,49 +204,97 @@ class TrainRunConfig:
     run: RunSection = RunSection()
     distributed: DistributedSection = DistributedSection()
 
-    def validate(self) -> None:
-        """Cross-field checks that need no devices or files."""
+    def validate(self, sources: Mapping[str, str] | None = None) -> None:
+        """Cross-field and range checks that need no devices or files.  ``sources`` maps dotted keys to
+        where their values came from (``FILE:LINE: `` or ``override 'k=v': ``), for the message."""
+        sources = sources or {}
+
+        def fail(key: str, message: str) -> TrainConfigError:
+            return TrainConfigError(f"{sources.get(key, '')}{key}: {message}")
+
         t = self.train
         if (t.steps is None) == (t.epochs is None):
-            raise TrainConfigError("train.steps / train.epochs: set exactly one of them")
+            key = "train.steps" if "train.steps" in sources else "train.epochs"
+            raise TrainConfigError(f"{sources.get(key, '')}train.steps / train.epochs: set exactly one of them "
+                                   f"(got steps={t.steps}, epochs={t.epochs})")
         if t.steps is not None and t.steps <= 0:
-            raise TrainConfigError(f"train.steps: must be positive, got {t.steps}")
+            raise fail("train.steps", f"must be positive, got {t.steps}")
         if t.epochs is not None and t.epochs <= 0:
-            raise TrainConfigError(f"train.epochs: must be positive, got {t.epochs}")
+            raise fail("train.epochs", f"must be positive, got {t.epochs}")
         for key in ("global_batch", "micro_batches", "log_every", "eval_batches"):
             if getattr(t, key) <= 0:
-                raise TrainConfigError(f"train.{key}: must be positive, got {getattr(t, key)}")
+                raise fail(f"train.{key}", f"must be positive, got {getattr(t, key)}")
+        for key in ("eval_every", "loss_chunk"):
+            if getattr(t, key) < 0:
+                raise fail(f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+        if t.z_loss < 0:
+            raise fail("train.z_loss", f"must be >= 0, got {t.z_loss}")
         if t.global_batch % t.micro_batches:
-            raise TrainConfigError(f"train.global_batch={t.global_batch} is not divisible by "
-                                   f"train.micro_batches={t.micro_batches}")
+            raise fail("train.micro_batches", f"train.global_batch={t.global_batch} is not divisible by "
+                       f"train.micro_batches={t.micro_batches}")
         from semcoder_jax.train.loss import check_loss_chunk
 
         try:
             check_loss_chunk(t.loss_chunk, self.data.seq_len, "data.seq_len")
         except ValueError as e:
-            raise TrainConfigError(str(e)) from None
+            raise TrainConfigError(f"{sources.get('train.loss_chunk', '')}{e}") from None
         if not 0.0 <= self.data.eval_fraction < 1.0:
-            raise TrainConfigError(f"data.eval_fraction: must lie in [0, 1), got {self.data.eval_fraction}")
+            raise fail("data.eval_fraction", f"must lie in [0, 1), got {self.data.eval_fraction}")
         if self.data.seq_len <= 1:
-            raise TrainConfigError(f"data.seq_len: must be > 1, got {self.data.seq_len}")
+            raise fail("data.seq_len", f"must be > 1, got {self.data.seq_len}")
         o = self.optimizer
         if o.learning_rate <= 0:
-            raise TrainConfigError(f"optimizer.learning_rate: must be positive, got {o.learning_rate}")
+            raise fail("optimizer.learning_rate", f"must be positive, got {o.learning_rate}")
         if o.min_lr is not None and not 0 <= o.min_lr <= o.learning_rate:
-            raise TrainConfigError(f"optimizer.min_lr: must lie in [0, learning_rate], got {o.min_lr}")
+            raise fail("optimizer.min_lr", f"must lie in [0, optimizer.learning_rate={o.learning_rate}], "
+                       f"got {o.min_lr}")
         if o.warmup_steps < 0:
-            raise TrainConfigError(f"optimizer.warmup_steps: must be >= 0, got {o.warmup_steps}")
-        if self.run.profile_steps < 0 or self.run.profile_from < 1:
-            raise TrainConfigError(f"run.profile_steps / run.profile_from: need profile_steps >= 0 and "
-                                   f"profile_from >= 1, got {self.run.profile_steps} / {self.run.profile_from}")
-        if self.checkpoint.every <= 0 or self.checkpoint.keep <= 0:
-            raise TrainConfigError("checkpoint.every and checkpoint.keep must be positive")
-        if self.model.init_from is not None:
-            scheme = self.model.init_from.split(":", 1)[0]
-            if ":" not in self.model.init_from or scheme not in ("hf", "orbax"):
-                raise TrainConfigError(f"model.init_from: expected hf:DIR or orbax:DIR, got {self.model.init_from!r}")
-        if self.model.preset is not None or self.model.init_from is None:
-            self.model.preset_config()
+            raise fail("optimizer.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
+        if t.steps is not None and o.warmup_steps > t.steps:
+            raise fail("optimizer.warmup_steps", f"must not exceed train.steps={t.steps}, got {o.warmup_steps} "
+                       f"(for a short run, set optimizer.warmup_steps={min(t.steps, o.warmup_steps) // 2} or 0)")
+        for key in ("b1", "b2"):
+            if not 0 <= getattr(o, key) < 1:
+                raise fail(f"optimizer.{key}", f"must lie in [0, 1), got {getattr(o, key)}")
+        if o.eps <= 0:
+            raise fail("optimizer.eps", f"must be positive, got {o.eps}")
+        if o.weight_decay < 0:
+            raise fail("optimizer.weight_decay", f"must be >= 0, got {o.weight_decay}")
+        if o.grad_clip is not None and o.grad_clip <= 0:
+            raise fail("optimizer.grad_clip", f"must be positive or null (no clipping), got {o.grad_clip}")
+        m = self.model
+        if m.cudnn_packed_runs < 0:
+            raise fail("model.cudnn_packed_runs", f"must be >= 0, got {m.cudnn_packed_runs}")
+        for key in ("num_layers", "vocab_size", "max_position_embeddings"):
+            if getattr(m, key) is not None and getattr(m, key) <= 0:
+                raise fail(f"model.{key}", f"must be positive, got {getattr(m, key)}")
+        for key, value in self.mesh.as_dict().items():
+            if value != -1 and value <= 0:
+                raise fail(f"mesh.{key}", f"must be a positive size or -1 (what remains), got {value}")
+        if self.run.profile_steps < 0:
+            raise fail("run.profile_steps", f"must be >= 0, got {self.run.profile_steps}")
+        if self.run.profile_from < 1:
+            raise fail("run.profile_from", f"must be >= 1, got {self.run.profile_from}")
+        for key in ("every", "keep"):
+            if getattr(self.checkpoint, key) <= 0:
+                raise fail(f"checkpoint.{key}", f"must be positive, got {getattr(self.checkpoint, key)}")
+        d = self.distributed
+        if d.num_processes is not None and d.num_processes <= 0:
+            raise fail("distributed.num_processes", f"must be positive, got {d.num_processes}")
+        if d.process_id is not None and (d.process_id < 0 or (d.num_processes is not None
+                                                              and d.process_id >= d.num_processes)):
+            raise fail("distributed.process_id", f"must lie in [0, num_processes), got {d.process_id}")
+        if m.init_from is not None:
+            scheme = m.init_from.split(":", 1)[0]
+            if ":" not in m.init_from or scheme not in ("hf", "orbax"):
+                raise fail("model.init_from", f"expected hf:DIR or orbax:DIR, got {m.init_from!r}")
+        if m.preset is not None or m.init_from is None:
+            try:
+                m.preset_config()
+            except TrainConfigError as e:
+                raise TrainConfigError(f"{sources.get('model.preset', '')}{e}") from None
+            except ValueError as e:  # the model config's own checks (head sizes, dtypes, ...)
+                raise TrainConfigError(f"{sources.get('model.preset', '')}model: {e}") from None
 
 
 # ---- generic dataclass <-> dict with checking ------------------------------------------------
@@ -289,11 +338,13 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-3" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TrainConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise TrainConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -347,15 +398,22 @@ def to_dict(obj) -> dict[str, Any]:
 
 
 def _yaml_key_lines(text: str, path: str) -> dict[str, str]:
-    """dotted key -> 'FILE:LINE: ' for every mapping key in a YAML document."""
+    """dotted key -> 'FILE:LINE: ' for every mapping key in a YAML document; a key given twice in one
+    mapping is an error naming both lines (YAML loaders silently keep the last)."""
     out: dict[str, str] = {}
     root = yaml.compose(text)
 
     def walk(node, prefix: str) -> None:
         if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
             for key_node, value_node in node.value:
                 dotted = f"{prefix}{key_node.value}"
-                out[dotted] = f"{path}:{key_node.start_mark.line + 1}: "
+                line = key_node.start_mark.line + 1
+                if dotted in seen:
+                    raise TrainConfigError(f"{path}:{line}: duplicate key {dotted!r} (first given at line "
+                                           f"{seen[dotted]}); remove one of them")
+                seen[dotted] = line
+                out[dotted] = f"{path}:{line}: "
                 walk(value_node, dotted + ".")
 
     if root is not None:
@@ -378,11 +436,21 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Applies dotted overrides to a nested dict, checking every key against the dataclasses."""
+def apply_overrides(data: dict[str, Any], overrides: list[str],
+                    sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Applies dotted overrides to a nested dict, checking every key against the dataclasses.  With
+    ``sources``, each overridden key (and everything below it) is recorded as coming from its override."""
     data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
     for text in overrides:
         parts, value = parse_override(text)
+        if sources is not None:
+            dotted = ".".join(parts)
+            for key in [k for k in sources if k == dotted or k.startswith(dotted + ".")]:
+                del sources[key]
+            sources[dotted] = f"override {text!r}: "
+            if isinstance(value, Mapping):
+                for sub in _nested_keys(value, dotted + "."):
+                    sources[sub] = f"override {text!r}: "
         cls: Any = TrainRunConfig
         node = data
         for depth, part in enumerate(parts):
@@ -407,6 +475,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _nested_keys(value: Mapping, prefix: str) -> list[str]:
+    keys = []
+    for key, sub in value.items():
+        keys.append(f"{prefix}{key}")
+        if isinstance(sub, Mapping):
+            keys += _nested_keys(sub, f"{prefix}{key}.")
+    return keys
+
+
 def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainRunConfig:
     """Reads a YAML config (or the defaults when ``path`` is None), applies overrides, validates."""
     data: dict[str, Any] = {}
@@ -429,9 +506,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
         if not isinstance(loaded, dict):
             raise TrainConfigError(f"{path}: expected a mapping of sections at the top level")
         data = loaded
-    data = apply_overrides(data, list(overrides))
+    data = apply_overrides(data, list(overrides), lines)
     config = from_dict(TrainRunConfig, data, lines=lines)
-    config.validate()
+    config.validate(lines)
     return config
 
 

@@ -282,7 +282,11 @@ def _total_steps(config: TrainRunConfig, batches_per_epoch: int | None) -> int:
     if not batches_per_epoch:
         raise RunError("train.epochs: this data source has no epoch length; set train.steps instead")
     per_epoch = min(int(n) for n in _gather_json(int(batches_per_epoch)))
-    return max(1, math.ceil(config.train.epochs * per_epoch))
+    total = max(1, math.ceil(config.train.epochs * per_epoch))
+    if config.optimizer.warmup_steps > total:
+        raise RunError(f"optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds the run's {total} steps "
+                       f"(train.epochs={config.train.epochs} of {per_epoch} batches)")
+    return total
 
 
 def _host_params(params: Any) -> Any:

@@ -69,7 +69,8 @@ def test_semcoder_train_restarts_itself_with_the_settings_unless_told_not_to(tmp
     repo = os.path.join(os.path.dirname(__file__), "..", "..")
     config = os.path.join(repo, "launch", "configs", "tiny_cpu.yaml")
     base = [sys.executable, "-m", "semcoder_jax.cli", "train", "--config", config, "--run-dir", str(tmp_path / "r"),
-            "train.steps=1", "train.global_batch=2", "data.seq_len=32", "train.eval_every=0", "run.progress=false",
+            "train.steps=1", "optimizer.warmup_steps=0", "train.global_batch=2", "data.seq_len=32",
+            "train.eval_every=0", "run.progress=false",
             "run.tensorboard=false", "model.attention_impl=xla"]
     env = {k: v for k, v in os.environ.items() if k not in (host_memory.ENV, "XLA_FLAGS")} | {"JAX_PLATFORMS": "cpu"}
     kept = subprocess.run(base, capture_output=True, text=True, timeout=300, env=env)

@@ -15,7 +15,7 @@ CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "launch", "configs"
 def test_tiny_cpu_config_trains_on_the_sample_evaluates_checkpoints_and_exports(tmp_path):
     run_dir, export = tmp_path / "run", tmp_path / "hf"
     argv = ["train", "--config", CONFIG, "--run-dir", str(run_dir), "--export-hf", str(export),
-            "train.steps=4", "train.log_every=1", "train.eval_every=2", "train.eval_batches=1",
+            "train.steps=4", "optimizer.warmup_steps=2", "train.log_every=1", "train.eval_every=2", "train.eval_batches=1",
             "checkpoint.every=2", "data.seq_len=64", "train.global_batch=8", "run.progress=false"]
     rc = main(argv)
     assert rc == 0

@@ -47,7 +47,7 @@ def test_length_is_steps_or_epochs_not_both():
 
 
 def test_resolved_config_round_trips_through_yaml():
-    cfg = load_config(os.path.join(CONFIGS, "tiny_cpu.yaml"), ["train.steps=7"])
+    cfg = load_config(os.path.join(CONFIGS, "tiny_cpu.yaml"), ["train.steps=17"])
     assert config_from_yaml_text(dump_config(cfg)) == cfg
 
 
@@ -62,3 +62,47 @@ def test_release_recipe_presets_carry_the_papers_hyperparameters(name, lr, min_l
     assert (o.b1, o.b2, o.eps, o.weight_decay) == (0.9, 0.999, 1e-8, 0.0)
     assert cfg.train.global_batch == batch and cfg.train.epochs == 2 and cfg.data.seq_len == 2048
     assert cfg.model.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("override,says", [
+    ("optimizer.learning_rate=inf", "optimizer.learning_rate: must be a finite number, got inf"),
+    ("optimizer.learning_rate=nan", "optimizer.learning_rate: must be a finite number, got nan"),
+    ("optimizer.learning_rate=-1e-3", "optimizer.learning_rate: must be positive"),
+    ("optimizer.min_lr=.nan", "optimizer.min_lr: must be a finite number"),
+    ("optimizer.warmup_steps=500", "optimizer.warmup_steps: must not exceed train.steps=150"),
+    ("optimizer.b2=1.5", "optimizer.b2: must lie in [0, 1)"),
+    ("optimizer.eps=0", "optimizer.eps: must be positive"),
+    ("optimizer.grad_clip=0", "optimizer.grad_clip: must be positive or null"),
+    ("train.z_loss=-1", "train.z_loss: must be >= 0"),
+    ("train.steps=abc", "train.steps: expected an integer, got 'abc'"),
+    ("mesh.fsdp=0", "mesh.fsdp: must be a positive size or -1"),
+    ("data.eval_fraction=1.5", "data.eval_fraction: must lie in [0, 1)"),
+])
+def test_bad_values_are_refused_naming_the_override_they_came_from(override, says):
+    with pytest.raises(TrainConfigError) as e:
+        load_config(os.path.join(CONFIGS, "tiny_cpu.yaml"), [override])
+    assert str(e.value) == f"override {override!r}: {says}" or str(e.value).startswith(f"override {override!r}: {says}")
+
+
+def test_bad_values_in_a_file_are_refused_naming_its_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: tiny\ntrain:\n  steps: 10\noptimizer:\n  learning_rate: .inf\n")
+    with pytest.raises(TrainConfigError, match=r"run\.yaml:6: optimizer\.learning_rate: must be a finite number"):
+        load_config(path)
+    path.write_text("model:\n  preset: tiny\ntrain:\n  steps: 10\noptimizer:\n  warmup_steps: 20\n")
+    with pytest.raises(TrainConfigError, match=r"run\.yaml:6: optimizer\.warmup_steps: must not exceed"):
+        load_config(path)
+
+
+def test_a_value_the_override_replaced_is_not_blamed_on_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: tiny\ntrain:\n  steps: 10\n")
+    with pytest.raises(TrainConfigError, match=r"^override 'train.steps=-3': train\.steps: must be positive"):
+        load_config(path, ["train.steps=-3"])
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  preset: tiny\ntrain:\n  steps: 10\n  global_batch: 8\n  steps: 20\n")
+    with pytest.raises(TrainConfigError, match=r"run\.yaml:6: duplicate key 'train\.steps' \(first given at line 4\)"):
+        load_config(path)
