@@ -39,6 +39,7 @@ from data_pipeline.records import (
     BadRecord,
     BadRecordLog,
     Record,
+    check_compressed,
     default_sidecar,
     parse_example_proto,
     parse_json_line,
@@ -457,11 +458,15 @@ class BatchIterator:
 
     def _load_next_window(self) -> bool:
         """Make the next window current; False at the end of the last epoch."""
+        import tensorflow as tf  # already loaded: the dataset was built with it
+
         while True:
             if self._iter is None:
                 self._iter = self._epoch_dataset(self._epoch, self._next_window).as_numpy_iterator()
             try:
                 *fields, stats, bad = next(self._iter)
+            except tf.errors.DataLossError as e:  # a .gz file that ends early or is damaged
+                raise self._damaged_file(e) from None
             except StopIteration:
                 if self._epoch_rows == 0 and self._epoch_start_window == 0:
                     raise UserError(f"host {self.process_index}: epoch {self._epoch} produced no examples "
@@ -481,12 +486,28 @@ class BatchIterator:
             self._epoch_rows += len(fields[0])
             return True
 
+    def _damaged_file(self, error: Exception) -> UserError:
+        """One line for a compressed file tf.data could not read to its end: which file, and how much of it
+        was read (found by reading this host's .gz files again; tf.data's error does not say)."""
+        for path in self.files:
+            if path.endswith(".gz") and _file_kind(path)[0] == "jsonl":
+                bad = check_compressed(path)
+                if bad is not None:
+                    return bad
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return UserError(f"a data file could not be read to its end ({first}); files: {', '.join(self.files)}")
+
     def _handle_bad(self, bad: np.ndarray) -> None:
         if not len(bad):
             return
         records = [BadRecord(path, line, reason, detail, field)
                    for path, line, reason, detail, field in (json.loads(b) for b in bad)]
         if self.config.on_bad_record == "error":
+            first = records[0]
+            if first.path.endswith(".gz") and first.reason in ("invalid_json", "invalid_utf8"):
+                damaged = check_compressed(first.path)  # a cut-off stream ends in a cut-off line
+                if damaged is not None:
+                    raise damaged
             more = f" (and {len(records) - 1} more in the same window)" if len(records) > 1 else ""
             raise BadRecord(records[0].path, records[0].line, records[0].reason, records[0].detail + more,
                             records[0].field)

@@ -24,6 +24,7 @@ import json
 import os
 import pathlib
 import tempfile
+import zlib
 from collections.abc import Iterator
 
 from data_pipeline.errors import UserError
@@ -43,6 +44,9 @@ REASONS: dict[str, str] = {
     "empty_response": "empty response",
     "too_large": "over the size limit",
     "invalid_example": "not a tf.train.Example",
+    "duplicate_key": "duplicate key",
+    "too_deep": "nested too deeply",
+    "truncated_file": "truncated or corrupt compressed file",
 }
 
 
@@ -104,6 +108,24 @@ def record_from_fields(obj: dict, path: str, line: int) -> Record:
     return Record(task=TASK_FIELDS[field], instruction=obj[field], response=response, source=f"{path}:{line}")
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """json's object hook: a key given twice in one object is an error (``json.loads`` keeps the last)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
 def parse_json_line(payload: bytes, path: str, line: int, max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Record:
     """Validate one JSON Lines line (raw bytes) into a ``Record``; raises ``BadRecord``."""
     if len(payload) > max_bytes:
@@ -113,9 +135,13 @@ def parse_json_line(payload: bytes, path: str, line: int, max_bytes: int = DEFAU
     except UnicodeDecodeError as e:
         raise BadRecord(path, line, "invalid_utf8", f"byte {e.start}") from None
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except json.JSONDecodeError as e:
         raise BadRecord(path, line, "invalid_json", f"{e.msg} at column {e.colno}") from None
+    except _DuplicateKey as e:
+        raise BadRecord(path, line, "duplicate_key", "given twice in one object", e.key) from None
+    except RecursionError:
+        raise BadRecord(path, line, "too_deep", "JSON nesting beyond the parser's limit") from None
     if not isinstance(obj, dict):
         raise BadRecord(path, line, "not_object", f"got {_type_name(obj)}")
     return record_from_fields(obj, path, line)
@@ -159,15 +185,46 @@ def open_binary(path: str | os.PathLike):
 def iter_jsonl(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_RECORD_BYTES
                ) -> Iterator[Record | BadRecord]:
     """Every non-blank line of a JSON Lines file (plain or .gz) as a ``Record`` or a ``BadRecord``."""
+    line_no, records = 0, 0
     with open_binary(path) as f:
-        for line_no, raw in enumerate(f, start=1):
+        lines = iter(f)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, OSError, zlib.error) as e:  # gzip: a truncated or damaged stream
+                yield truncated_file(str(path), line_no, records, e)
+                return
+            line_no += 1
             payload = raw.rstrip(b"\r\n")
             if not payload.strip():
                 continue  # blank lines are not records
+            records += 1
             try:
                 yield parse_json_line(payload, str(path), line_no, max_bytes)
             except BadRecord as bad:
                 yield bad
+
+
+def truncated_file(path: str, lines_read: int, records_read: int, error: BaseException) -> BadRecord:
+    """The bad record that stands for the unreadable rest of a compressed file."""
+    reason = str(error).strip() or type(error).__name__
+    return BadRecord(path, lines_read + 1, "truncated_file",
+                     f"{reason}; {records_read} records in {lines_read} lines were read before it")
+
+
+def check_compressed(path: str) -> BadRecord | None:
+    """Read a .gz file to its end; the bad record describing where it breaks, or None if it is whole."""
+    lines = records = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            for raw in f:
+                lines += 1
+                records += bool(raw.strip())
+    except (EOFError, OSError, zlib.error) as e:
+        return truncated_file(path, lines, records, e)
+    return None
 
 
 class BadRecordLog:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,7 +96,8 @@ class DataSources:
 
 
 def build_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed: int,
-                  process_index: int, process_count: int, count_epoch: bool = False) -> DataSources:
+                  process_index: int, process_count: int, count_epoch: bool = False,
+                  run_dir: str | None = None) -> DataSources:
     """Builds this process's batch sources from the data section.
 
     ``count_epoch`` makes one pass over the training data to learn the number of batches per epoch
@@ -116,11 +118,12 @@ def build_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed
         return DataSources(train=SyntheticBatches(seed=seed, **kw), make_eval=make_eval, batches_per_epoch=None,
                            tokenizer=None, tokenizer_dir=None)
     return _pipeline_sources(data, global_batch=global_batch, vocab_size=vocab_size, seed=seed,
-                             process_index=process_index, process_count=process_count, count_epoch=count_epoch)
+                             process_index=process_index, process_count=process_count, count_epoch=count_epoch,
+                             run_dir=run_dir)
 
 
 def _pipeline_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed: int, process_index: int,
-                      process_count: int, count_epoch: bool) -> DataSources:
+                      process_count: int, count_epoch: bool, run_dir: str | None = None) -> DataSources:
     try:
         from data_pipeline import pipeline as dp
         from data_pipeline.tokenizer import load_tokenizer
@@ -146,7 +149,10 @@ def _pipeline_sources(data: DataSection, *, global_batch: int, vocab_size: int, 
             close = difflib.get_close_matches(key, sorted(fields - reserved), n=3)
             hint = f"; did you mean {', '.join('data.pipeline.' + c for c in close)}?" if close else ""
             raise DataConfigError(f"unknown config key 'data.pipeline.{key}'{hint}")
-    fields_in = dict(data.pipeline, files=(path,), seq_len=data.seq_len,
+    pipeline = dict(data.pipeline)
+    if run_dir is not None and "bad_records_file" not in pipeline:  # the run's skipped records stay with the run
+        pipeline["bad_records_file"] = os.path.join(run_dir, f"bad_records.p{process_index}.jsonl")
+    fields_in = dict(pipeline, files=(path,), seq_len=data.seq_len,
                      batch_size=global_batch // process_count, mode=data.mode, seed=seed,
                      eval_files=(data.eval_path,) if data.eval_path else (), eval_fraction=data.eval_fraction)
     train_cfg = dp.PipelineConfig(**fields_in, epochs=None)

@@ -324,7 +324,7 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
     sources = data_lib.build_sources(config.data, global_batch=config.train.global_batch,
                                      vocab_size=model.vocab_size, seed=config.train.seed,
                                      process_index=jax.process_index(), process_count=jax.process_count(),
-                                     count_epoch=config.train.epochs is not None)
+                                     count_epoch=config.train.epochs is not None, run_dir=run_dir)
     total = _total_steps(config, sources.batches_per_epoch)
     tok = sources.tokenizer
     if tok is not None and init_kind is None:

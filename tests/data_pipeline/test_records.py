@@ -26,6 +26,8 @@ BAD_LINES = [
     (json.dumps({"fault": "bug", "response": "   \n"}).encode(), "empty_response", "response"),
     (b'{"nl": "caf\xe9", "response": "x"}', "invalid_utf8", None),
     (json.dumps({"nl": "x" * 5000, "response": "x"}).encode(), "too_large", None),
+    (b'{"nl": "a", "response": "x", "nl": "b"}', "duplicate_key", "nl"),
+    (b'{"nl": "a", "response": "x", "meta": ' + b"[" * 1500 + b"]" * 1500 + b"}", "too_deep", None),
 ]
 
 
@@ -79,7 +81,7 @@ def test_skip_policy_counts_every_reason_and_writes_the_sidecar(tmp_path, tokeni
         for _, reason, _ in BAD_LINES:
             expected[reason] = expected.get(reason, 0) + 1
         assert dict(it.bad_records.counts) == expected
-        assert "skipped 11 bad records" in it.bad_records.summary()
+        assert f"skipped {len(BAD_LINES)} bad records" in it.bad_records.summary()
     logged = [json.loads(line) for line in sidecar.read_text().splitlines()]
     assert sorted(x["line"] for x in logged) == list(range(2, 2 * len(BAD_LINES) + 1, 2))
     assert all(x["message"].startswith(f"{path}:") for x in logged)
@@ -98,9 +100,60 @@ def test_data_check_lists_bad_records_and_exits_1(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{path}:2: not valid JSON" in out
     assert f"{path}:10: field 'nl': wrong type" in out
-    assert "11 valid records" in out and "11 bad records" in out
+    assert f"{len(BAD_LINES)} valid records" in out and f"{len(BAD_LINES)} bad records" in out
 
 
 def test_data_check_passes_clean_files(sample_paths, capsys):
     assert semcoder_main(["data", "check", *sample_paths]) == 0
     assert "0 bad records" in capsys.readouterr().out
+
+
+def _truncated_gz(tmp_path, n: int = 200):
+    import gzip
+
+    rows = [json.dumps({**GOOD, "nl": f"task {i} " + "pad" * 50}).encode() + b"\n" for i in range(n)]
+    whole = gzip.compress(b"".join(rows))
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(whole[: len(whole) * 2 // 3])  # the end of the stream is missing
+    return path
+
+
+def test_a_truncated_compressed_file_is_one_bad_record_naming_how_much_was_read(tmp_path):
+    path = _truncated_gz(tmp_path)
+    items = list(iter_jsonl(path))
+    bad = [x for x in items if isinstance(x, BadRecord)]
+    good = [x for x in items if not isinstance(x, BadRecord)]
+    assert len(bad) == 1 and bad[0].reason == "truncated_file"
+    assert f"{len(good)} records in {len(good)} lines were read before it" in str(bad[0])
+    assert str(bad[0]).startswith(f"{path}:{len(good) + 1}: truncated or corrupt compressed file")
+
+
+def test_data_check_on_a_truncated_file_prints_one_line_not_a_traceback(tmp_path, capsys):
+    path = _truncated_gz(tmp_path)
+    assert semcoder_main(["data", "check", str(path)]) == 1
+    captured = capsys.readouterr()
+    assert "truncated or corrupt compressed file" in captured.out and "Traceback" not in captured.out + captured.err
+
+
+def test_training_on_a_truncated_file_stops_with_one_line_naming_it(tmp_path, tokenizer):
+    from data_pipeline.errors import UserError
+
+    path = _truncated_gz(tmp_path)
+    config = PipelineConfig(files=(str(path),), seq_len=256, batch_size=4, shuffle=False, window_size=16)
+    with build_batches(config, tokenizer) as it, pytest.raises(UserError) as error:
+        list(it)
+    assert str(error.value).startswith(f"{path}:") and "records in" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_a_runs_skipped_records_are_listed_in_its_run_directory(tmp_path):
+    from semcoder_jax.train.config import DataSection
+    from semcoder_jax.train.data import build_sources
+
+    path = _mixed_file(tmp_path)
+    data = DataSection(path=str(path), seq_len=64, pipeline={"on_bad_record": "skip", "max_record_bytes": 4096})
+    sources = build_sources(data, global_batch=4, vocab_size=1024, seed=0, process_index=0, process_count=1,
+                            run_dir=str(tmp_path / "run"))
+    next(sources.train)
+    sidecar = tmp_path / "run" / "bad_records.p0.jsonl"
+    assert sources.train.bad_records.sidecar == sidecar and sidecar.is_file()
