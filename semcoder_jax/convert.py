@@ -315,6 +315,9 @@ def _check_hf_tensors(ckpt: HFCheckpoint, config: ModelConfig, maps: list[Mappin
             raise ConversionError(
                 f"{ckpt.source_of(name)}: tensor {name} has shape {list(ckpt.shape(name))} "
                 f"but config.json implies {list(shape)}")
+        if ckpt.dtype(name) not in WEIGHT_DTYPES:
+            raise ConversionError(f"{ckpt.source_of(name)}: tensor {name} has dtype {ckpt.dtype(name)}; a weight "
+                                  f"must be a floating type ({', '.join(sorted(map(str, WEIGHT_DTYPES)))})")
     extra = sorted(n for n in available - set(expected) if not n.endswith(_IGNORED_SUFFIXES))
     if config.tie_word_embeddings and "lm_head.weight" in extra:
         extra.remove("lm_head.weight")  # a tied head saved anyway: identical to the embedding
@@ -324,20 +327,45 @@ def _check_hf_tensors(ckpt: HFCheckpoint, config: ModelConfig, maps: list[Mappin
                               "not used by a LLaMA decoder with this config")
 
 
-def _hf_leaf(ckpt: HFCheckpoint, m: Mapping, config: ModelConfig, dtype: np.dtype | None) -> np.ndarray:
-    """Assembles one native leaf from HF tensors (each layer read into its slice), optionally casting."""
+def _hf_leaf(ckpt: HFCheckpoint, m: Mapping, config: ModelConfig, dtype: np.dtype | None,
+             allow_nonfinite: bool = False) -> np.ndarray:
+    """Assembles one native leaf from HF tensors (each layer read into its slice), optionally casting;
+    a tensor holding NaN or infinity is refused unless ``allow_nonfinite``."""
     names = m.hf_names(config.num_layers)
     out = np.empty(_native_shape(m, config), dtype or ckpt.dtype(names[0]))
-    if m.per_layer:
-        for i, name in enumerate(names):
-            ckpt.read_into(name, out[i])
-    else:
-        ckpt.read_into(names[0], out)
+    slots = [out[i] for i in range(len(names))] if m.per_layer else [out]
+    for name, slot in zip(names, slots):
+        ckpt.read_into(name, slot)
+        if not allow_nonfinite:
+            check_finite(slot, f"{ckpt.source_of(name)}: tensor {name}")
     return out
 
 
-def load_hf_params(hf_dir: str, *, param_dtype: str | None = "float32", **config_overrides: Any
-                   ) -> tuple[ModelConfig, dict]:
+WEIGHT_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float16, ml_dtypes.bfloat16, np.float64))
+
+
+def nonfinite_count(array: np.ndarray) -> int:
+    """How many NaN or infinite values a float array holds (bfloat16 by its exponent bits: numpy's
+    isfinite is slow on it)."""
+    array = np.asarray(array)
+    if array.dtype == np.dtype(ml_dtypes.bfloat16):
+        mask = np.uint16(0x7F80)
+        return int(np.count_nonzero((array.view(np.uint16) & mask) == mask))
+    if array.dtype.kind != "f":
+        return 0
+    return int(array.size - np.count_nonzero(np.isfinite(array)))
+
+
+def check_finite(array: np.ndarray, what: str) -> None:
+    """Refuses NaN/inf weights, naming them (``--allow-nonfinite`` converts them anyway, for forensics)."""
+    bad = nonfinite_count(array)
+    if bad:
+        raise ConversionError(f"{what} holds {bad} non-finite value(s) (NaN or infinity); refusing to convert "
+                              "it (pass --allow-nonfinite to convert anyway)")
+
+
+def load_hf_params(hf_dir: str, *, param_dtype: str | None = "float32", allow_nonfinite: bool = False,
+                   **config_overrides: Any) -> tuple[ModelConfig, dict]:
     """Reads an HF directory into (config, numpy parameter tree in the native layout)."""
     config = load_hf_config(hf_dir, **config_overrides)
     ckpt = HFCheckpoint(hf_dir)
@@ -346,7 +374,7 @@ def load_hf_params(hf_dir: str, *, param_dtype: str | None = "float32", **config
     dtype = _DTYPES[param_dtype] if param_dtype else None
     params: dict = {}
     for m in maps:
-        _set_leaf(params, m.leaf, _hf_leaf(ckpt, m, config, dtype))
+        _set_leaf(params, m.leaf, _hf_leaf(ckpt, m, config, dtype, allow_nonfinite))
     return config, params
 
 
@@ -361,8 +389,11 @@ def _prepare_output(out_dir: str, overwrite: bool) -> str:
         if os.listdir(out_dir) and not overwrite:
             raise ConversionError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
     parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    return tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    except OSError as e:
+        raise ConversionError(f"{out_dir}: cannot be written ({e.strerror or e}); nothing was written") from None
 
 
 def _commit_output(tmp_dir: str, out_dir: str) -> None:
@@ -384,8 +415,11 @@ class _Staging:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            _commit_output(self.tmp, self.out_dir)
-            return
+            try:
+                _commit_output(self.tmp, self.out_dir)
+                return
+            except OSError as e:
+                exc = e
         shutil.rmtree(self.tmp, ignore_errors=True)
         reason = _write_failure(exc)
         if reason:
@@ -643,7 +677,7 @@ def restore_params(params_dir: str, config: ModelConfig, *, dtype: str | None = 
 # ---- the two conversions ---------------------------------------------------------------------
 
 def convert_hf_to_native(hf_dir: str, out_dir: str, *, dtype: str | None = None, overwrite: bool = False,
-                         tokenizer_dir: str | None = None) -> ModelConfig:
+                         tokenizer_dir: str | None = None, allow_nonfinite: bool = False) -> ModelConfig:
     """HF directory -> native checkpoint; ``dtype`` None keeps the source dtype of each tensor."""
     config = load_hf_config(hf_dir)
     ckpt = HFCheckpoint(hf_dir)
@@ -656,7 +690,7 @@ def convert_hf_to_native(hf_dir: str, out_dir: str, *, dtype: str | None = None,
     # largest leaf: peak memory stays near two of the largest leaf (it, plus Orbax's write buffers).
     sizes = [int(np.prod(_native_shape(m, config))) * np.dtype(cast or ckpt.dtype(m.hf_names(1)[0])).itemsize
              for m in maps]
-    leaves = prefetch(((m.leaf, _hf_leaf(ckpt, m, config, cast)) for m in maps), sizes=sizes,
+    leaves = prefetch(((m.leaf, _hf_leaf(ckpt, m, config, cast, allow_nonfinite)) for m in maps), sizes=sizes,
                       max_bytes=max(sizes) * 3 // 2)
     with contextlib.closing(leaves):
         _write_native(out_dir, config, leaves, tokenizer_dir or hf_dir, overwrite)
@@ -687,7 +721,7 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 def write_hf(config: ModelConfig, leaf_values: Callable[[Mapping], Iterator[np.ndarray]], out_dir: str, *,
              dtype: np.dtype, tokenizer_dir: str | None = None, max_shard_size: str = "5GB",
-             overwrite: bool = False) -> None:
+             overwrite: bool = False, allow_nonfinite: bool = False, source: str = "") -> None:
     """Streams parameters into an HF directory.
 
     ``leaf_values(m)`` yields the native values behind mapping ``m``: its per-layer slices in
@@ -702,7 +736,10 @@ def write_hf(config: ModelConfig, leaf_values: Callable[[Mapping], Iterator[np.n
         for m in maps:
             names = iter(m.hf_names(config.num_layers))
             for value in leaf_values(m):
-                yield next(names), np.ascontiguousarray(value).reshape(m.hf_shape).astype(dtype, copy=False)
+                name = next(names)
+                if not allow_nonfinite:
+                    check_finite(value, f"{source}parameter {'/'.join(m.leaf)} (HF tensor {name})")
+                yield name, np.ascontiguousarray(value).reshape(m.hf_shape).astype(dtype, copy=False)
 
     tensors = prefetch(hf_tensors(), depth=4)
     with contextlib.closing(tensors), _Staging(out_dir, overwrite) as tmp:
@@ -737,10 +774,15 @@ def _write_hf_files(tmp: str, config: ModelConfig, specs: list[TensorSpec], shar
 
 
 def convert_native_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None, tokenizer_dir: str | None = None,
-                         max_shard_size: str = "5GB", overwrite: bool = False) -> ModelConfig:
+                         max_shard_size: str = "5GB", overwrite: bool = False,
+                         allow_nonfinite: bool = False) -> ModelConfig:
     """Native checkpoint (or a training run / step directory) -> HF directory, leaf by leaf."""
     ckpt_dir, config, params_dir = resolve_params_checkpoint(ckpt_dir)
     meta = _checked_metadata(params_dir, config)
+    for leaf, (_, leaf_dtype) in meta.items():
+        if leaf_dtype not in WEIGHT_DTYPES:
+            raise ConversionError(f"{params_dir}: parameter {'/'.join(leaf)} has dtype {leaf_dtype}; a weight must be "
+                                  f"a floating type ({', '.join(sorted(map(str, WEIGHT_DTYPES)))})")
     out_dtype = _DTYPES[dtype] if dtype else meta[("embedding",)][1]
     if tokenizer_dir is None:
         for candidate in (os.path.join(ckpt_dir, TOKENIZER_DIR), os.path.join(os.path.dirname(ckpt_dir), TOKENIZER_DIR)):
@@ -752,8 +794,9 @@ def convert_native_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = Non
             return iter_native_leaf(params_dir, m.leaf)
         return iter([open_native_leaf(params_dir, m.leaf).read().result()])
 
-    write_hf(config, leaf_values, out_dir, dtype=out_dtype,
-             tokenizer_dir=tokenizer_dir, max_shard_size=max_shard_size, overwrite=overwrite)
+    write_hf(config, leaf_values, out_dir, dtype=out_dtype, tokenizer_dir=tokenizer_dir,
+             max_shard_size=max_shard_size, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
+             source=f"{params_dir}: ")
     return config
 
 

@@ -18,6 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="storage dtype (default: keep the source dtype)")
     to_native.add_argument("--tokenizer", help="tokenizer directory to bundle (default: the HF directory's)")
     to_native.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    to_native.add_argument("--allow-nonfinite", action="store_true",
+                           help="convert weights holding NaN/inf instead of refusing them (forensics)")
     to_native.set_defaults(func=_hf_to_orbax)
 
     to_hf = sub.add_parser("orbax-to-hf", help="native checkpoint (or training run) -> HF directory")
@@ -28,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="tensor dtype (default: the checkpoint's)")
     to_hf.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard (default 5GB)")
     to_hf.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    to_hf.add_argument("--allow-nonfinite", action="store_true",
+                       help="convert weights holding NaN/inf instead of refusing them (forensics)")
     to_hf.set_defaults(func=_orbax_to_hf)
 
 
@@ -36,7 +40,7 @@ def _hf_to_orbax(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     config = convert_hf_to_native(args.hf, args.out, dtype=args.dtype, overwrite=args.overwrite,
-                                  tokenizer_dir=args.tokenizer)
+                                  tokenizer_dir=args.tokenizer, allow_nonfinite=args.allow_nonfinite)
     print(f"wrote {args.out} ({config.num_params() / 1e6:.1f}M parameters, {config.param_dtype}) "
           f"in {time.perf_counter() - start:.1f}s")
     return 0
@@ -47,6 +51,7 @@ def _orbax_to_hf(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     config = convert_native_to_hf(args.ckpt, args.out, dtype=args.dtype, tokenizer_dir=args.tokenizer,
-                                  max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+                                  max_shard_size=args.max_shard_size, overwrite=args.overwrite,
+                                  allow_nonfinite=args.allow_nonfinite)
     print(f"wrote {args.out} ({config.num_params() / 1e6:.1f}M parameters) in {time.perf_counter() - start:.1f}s")
     return 0

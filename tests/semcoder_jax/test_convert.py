@@ -269,3 +269,75 @@ def test_converted_checkpoint_restores_sharded_onto_a_mesh(hf_model, tmp_path):
     assert gate.addressable_shards[0].data.shape == (2, 100, 24)
     for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(host)):
         np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def _retype_in_header(path, tensor: str, new_dtype: str) -> None:
+    """Rewrite one tensor's dtype in a safetensors header, leaving its bytes and offsets alone."""
+    import struct
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    header[tensor]["dtype"] = new_dtype
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (n - len(text))  # same header length: the data offsets stay valid
+    assert len(text) == n
+    path.write_bytes(raw[:8] + text + raw[8 + n:])
+
+
+def test_a_weight_whose_header_says_int32_is_refused_naming_tensor_and_file(capsys, hf_model, tmp_path):
+    hf_model(torch_dtype=torch.float32).save_pretrained(tmp_path / "hf")
+    _retype_in_header(tmp_path / "hf" / "model.safetensors", "model.norm.weight", "I32")
+    out = str(tmp_path / "out")
+    err = _fails(capsys, ["convert", "hf-to-orbax", "--hf", str(tmp_path / "hf"), "--out", out],
+                 "tensor model.norm.weight has dtype int32; a weight must be a floating type", out)
+    assert "model.safetensors" in err and not os.path.exists(out)
+
+
+def test_a_header_whose_sizes_disagree_with_the_bytes_is_refused(capsys, hf_model, tmp_path):
+    hf_model(torch_dtype=torch.float32).save_pretrained(tmp_path / "hf")
+    _retype_in_header(tmp_path / "hf" / "model.safetensors", "model.norm.weight", "F16")
+    out = str(tmp_path / "out")
+    _fails(capsys, ["convert", "hf-to-orbax", "--hf", str(tmp_path / "hf"), "--out", out],
+           "tensor model.norm.weight has inconsistent offsets", out)
+
+
+def test_nonfinite_weights_are_refused_both_ways_unless_allowed(capsys, hf_model, tmp_path):
+    model = hf_model()
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+        model.model.layers[0].self_attn.q_proj.weight[0, 0] = float("inf")
+    model.save_pretrained(tmp_path / "hf")
+    out = str(tmp_path / "native")
+    err = _fails(capsys, ["convert", "hf-to-orbax", "--hf", str(tmp_path / "hf"), "--out", out],
+                 "holds 1 non-finite value(s) (NaN or infinity); refusing to convert", out)
+    assert "model.layers.0.self_attn.q_proj.weight" in err and "--allow-nonfinite" in err
+    assert main(["convert", "hf-to-orbax", "--hf", str(tmp_path / "hf"), "--out", out, "--allow-nonfinite"]) == 0
+    back = str(tmp_path / "back")
+    err = _fails(capsys, ["convert", "orbax-to-hf", "--ckpt", out, "--out", back], "non-finite value(s)", back)
+    assert "layers/attention/q_proj" in err or "q_proj" in err
+    assert main(["convert", "orbax-to-hf", "--ckpt", out, "--out", back, "--allow-nonfinite"]) == 0
+
+
+@pytest.mark.parametrize("direction", ["hf-to-orbax", "orbax-to-hf"])
+def test_a_read_only_output_location_is_one_line_and_leaves_nothing(hf_model, tmp_path, direction):
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root to mount a read-only filesystem for the output")
+    hf_model().save_pretrained(tmp_path / "hf")
+    src = ["--hf", str(tmp_path / "hf")]
+    if direction == "orbax-to-hf":
+        convert_hf_to_native(str(tmp_path / "hf"), str(tmp_path / "native"))
+        src = ["--ckpt", str(tmp_path / "native")]
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (f'mount -t tmpfs -o ro tmpfs {ro} && exec "$0" -m semcoder_jax.cli convert {direction} '
+              + " ".join(src) + f" --out {ro}/out")
+    proc = subprocess.run(["unshare", "--mount", "sh", "-c", script, sys.executable], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Read-only file system" in lines[0] and "out" in lines[0], proc.stderr[-2000:]
