@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "semcoder_jax.commands.generate",
     "data_pipeline.cli",
     "semcoder_jax.commands.train",
+    "semcoder_jax.commands.checkpoint",
     "eval.cli",
     "launch.plan_cli",
     "launch.cli",

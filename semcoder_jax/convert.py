@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import ml_dtypes
 import numpy as np
 
+from semcoder_jax import integrity
 from semcoder_jax.config import ModelConfig, load_hf_config, model_config_from_dict, model_config_to_dict
 from semcoder_jax.errors import UserError
 from semcoder_jax.safetensors_stream import (
@@ -344,21 +345,9 @@ def _hf_leaf(ckpt: HFCheckpoint, m: Mapping, config: ModelConfig, dtype: np.dtyp
 WEIGHT_DTYPES = frozenset(np.dtype(t) for t in (np.float32, np.float16, ml_dtypes.bfloat16, np.float64))
 
 
-def nonfinite_count(array: np.ndarray) -> int:
-    """How many NaN or infinite values a float array holds (bfloat16 by its exponent bits: numpy's
-    isfinite is slow on it)."""
-    array = np.asarray(array)
-    if array.dtype == np.dtype(ml_dtypes.bfloat16):
-        mask = np.uint16(0x7F80)
-        return int(np.count_nonzero((array.view(np.uint16) & mask) == mask))
-    if array.dtype.kind != "f":
-        return 0
-    return int(array.size - np.count_nonzero(np.isfinite(array)))
-
-
 def check_finite(array: np.ndarray, what: str) -> None:
     """Refuses NaN/inf weights, naming them (``--allow-nonfinite`` converts them anyway, for forensics)."""
-    bad = nonfinite_count(array)
+    bad = integrity.nonfinite_count(array)
     if bad:
         raise ConversionError(f"{what} holds {bad} non-finite value(s) (NaN or infinity); refusing to convert "
                               "it (pass --allow-nonfinite to convert anyway)")
@@ -669,9 +658,44 @@ def restore_params(params_dir: str, config: ModelConfig, *, dtype: str | None = 
         _set_leaf(abstract, m.leaf, jax.ShapeDtypeStruct(shape, cast or stored, sharding=sharding))
     pytree_dir = _pytree_dir(params_dir)
     if shardings is not None:
-        return ocp.StandardCheckpointer().restore(pytree_dir, abstract)
-    restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), abstract)
-    return ocp.PyTreeCheckpointer().restore(pytree_dir, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args))
+        params = ocp.StandardCheckpointer().restore(pytree_dir, abstract)
+    else:
+        restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), abstract)
+        params = ocp.PyTreeCheckpointer().restore(pytree_dir, args=ocp.args.PyTreeRestore(item=abstract,
+                                                                                          restore_args=restore_args))
+    manifest = read_step_manifest(params_dir)
+    if manifest is not None and (cast is None or all(cast == meta[m.leaf][1] for m in mappings(config))):
+        algorithm = manifest["algorithm"]
+        if algorithm in integrity.ALGORITHMS and not (algorithm == integrity.XXH3 and jax.process_count() > 1):
+            found, _, _ = integrity.tree_digests({"params": params}, algorithm)
+            _refuse_mismatch(params_dir, manifest, found)
+    return params
+
+
+def read_step_manifest(params_dir: str) -> dict | None:
+    """The manifest of the training step that holds ``params_dir`` (None for a converted checkpoint, or a
+    step written before manifests existed)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(params_dir)), "manifest", "metadata")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        manifest["algorithm"], manifest["arrays"]  # noqa: B018 - presence check
+        return manifest
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConversionError(f"{path}: unreadable checkpoint manifest ({e})") from None
+
+
+def _refuse_mismatch(params_dir: str, manifest: dict, found: dict) -> None:
+    """Raises naming the first parameter whose contents differ from the step's manifest."""
+    names = [name for name in found if name.startswith("params/")]
+    problems = integrity.compare(manifest["arrays"], found, names=names)
+    if problems:
+        step_dir = os.path.dirname(os.path.abspath(params_dir))
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ConversionError(f"{step_dir}: {problems[0]}{more}; the checkpoint is damaged "
+                              f"(`semcoder checkpoint verify` lists the steps that are intact)")
 
 
 # ---- the two conversions ---------------------------------------------------------------------
@@ -721,7 +745,8 @@ def _dtype_name(dtype: np.dtype) -> str:
 
 def write_hf(config: ModelConfig, leaf_values: Callable[[Mapping], Iterator[np.ndarray]], out_dir: str, *,
              dtype: np.dtype, tokenizer_dir: str | None = None, max_shard_size: str = "5GB",
-             overwrite: bool = False, allow_nonfinite: bool = False, source: str = "") -> None:
+             overwrite: bool = False, allow_nonfinite: bool = False, source: str = "",
+             before_commit: Callable[[], None] | None = None) -> None:
     """Streams parameters into an HF directory.
 
     ``leaf_values(m)`` yields the native values behind mapping ``m``: its per-layer slices in
@@ -744,6 +769,8 @@ def write_hf(config: ModelConfig, leaf_values: Callable[[Mapping], Iterator[np.n
     tensors = prefetch(hf_tensors(), depth=4)
     with contextlib.closing(tensors), _Staging(out_dir, overwrite) as tmp:
         _write_hf_files(tmp, config, specs, shards, tensors, dtype, tokenizer_dir)
+        if before_commit is not None:
+            before_commit()
 
 
 def _write_hf_files(tmp: str, config: ModelConfig, specs: list[TensorSpec], shards: list[list[TensorSpec]],
@@ -789,15 +816,38 @@ def convert_native_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = Non
             if os.path.isdir(candidate):
                 tokenizer_dir = candidate
                 break
-    def leaf_values(m: Mapping) -> Iterator[np.ndarray]:
-        if m.per_layer:
-            return iter_native_leaf(params_dir, m.leaf)
-        return iter([open_native_leaf(params_dir, m.leaf).read().result()])
+    manifest = read_step_manifest(params_dir)
+    algorithm = manifest["algorithm"] if manifest is not None else None
+    digests: dict[str, integrity.BlockDigest] = {}
 
+    def leaf_values(m: Mapping) -> Iterator[np.ndarray]:
+        values = iter_native_leaf(params_dir, m.leaf) if m.per_layer else iter(
+            [open_native_leaf(params_dir, m.leaf).read().result()])
+        if algorithm not in integrity.ALGORITHMS:
+            return values
+        block = digests.setdefault("params/" + "/".join(m.leaf), integrity.BlockDigest(algorithm))
+        return _digested(values, block)
+
+    def verify() -> None:  # every parameter was read: its contents must match the step's manifest
+        if algorithm in integrity.ALGORITHMS:
+            found = {name: {"shape": list(meta[tuple(name.split("/")[1:])][0]),
+                            "dtype": str(meta[tuple(name.split("/")[1:])][1]), "digest": block.hexdigest()}
+                     for name, block in digests.items()}
+            _refuse_mismatch(params_dir, manifest, found)
+
+    # A step with a manifest was finite when committed (non-finite states never are), so its digests alone
+    # decide, and a damaged one is reported as damaged rather than by the NaN a flipped bit made.
+    verified = algorithm in integrity.ALGORITHMS
     write_hf(config, leaf_values, out_dir, dtype=out_dtype, tokenizer_dir=tokenizer_dir,
-             max_shard_size=max_shard_size, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
-             source=f"{params_dir}: ")
+             max_shard_size=max_shard_size, overwrite=overwrite, allow_nonfinite=allow_nonfinite or verified,
+             source=f"{params_dir}: ", before_commit=verify)
     return config
+
+
+def _digested(values: Iterator[np.ndarray], block: integrity.BlockDigest) -> Iterator[np.ndarray]:
+    for value in values:
+        block.add(value if np.ndim(value) else np.asarray(value))
+        yield value
 
 
 def resolve_params_checkpoint(path: str) -> tuple[str, ModelConfig, str]:

@@ -103,7 +103,8 @@ class DataSection:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
-    """How long and in what pieces: ``steps`` or ``epochs`` (one of them), batches in sequences."""
+    """How long and in what pieces: ``steps`` or ``epochs`` (one of them), batches in sequences; what a
+    non-finite step does (``nonfinite``)."""
 
     steps: int | None = None
     epochs: float | None = None
@@ -115,6 +116,9 @@ class TrainSection:
     log_every: int = 1
     eval_every: int = 0
     eval_batches: int = 4
+    # A step whose loss or gradient norm is NaN/inf is never applied; "error" then stops the run naming the
+    # step, "skip" goes on and counts it (metrics: skipped_steps).
+    nonfinite: Literal["error", "skip"] = "error"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,8 +247,9 @@ class TrainRunConfig:
         if self.data.seq_len <= 1:
             raise fail("data.seq_len", f"must be > 1, got {self.data.seq_len}")
         o = self.optimizer
-        if o.learning_rate <= 0:
-            raise fail("optimizer.learning_rate", f"must be positive, got {o.learning_rate}")
+        if not 0 < o.learning_rate < 3.4e38:
+            raise fail("optimizer.learning_rate", f"must be positive and below float32's maximum 3.4e38, "
+                       f"got {o.learning_rate}")
         if o.min_lr is not None and not 0 <= o.min_lr <= o.learning_rate:
             raise fail("optimizer.min_lr", f"must lie in [0, optimizer.learning_rate={o.learning_rate}], "
                        f"got {o.min_lr}")

@@ -406,6 +406,7 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
         checkpointer.save(step, state.params, state.opt_state, meta)
 
     history: list[dict[str, Any]] = []
+    guard = _NonFiniteGuard(config.train.nonfinite, process0)
     bar = None
     if process0 and config.run.progress:
         from tqdm import tqdm
@@ -430,11 +431,15 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
             state, metrics = call(state, batch)
             step += 1
             window_steps += 1
+            guard.watch(step, metrics)  # checks the step before this one: one step stays in flight
             report = window.after_step(step, metrics) if window is not None else None
             if report is not None and process0:
                 _write_profile(run_dir, report)
             if step % config.train.log_every == 0 or step == stop_at:
-                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                guard.settle()
+                values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+                if guard.skipped:
+                    values["skipped_steps"] = guard.skipped
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, **values, "tokens_per_second": tokens_per_step * window_steps / elapsed,
                           "step_time": elapsed / window_steps}
@@ -452,11 +457,13 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
                 history.append(record)
                 log.write(record)
             if step % config.checkpoint.every == 0 and step != last_saved:
+                guard.settle()
                 save(step)
                 last_saved = step
             if _any_process(stop.requested):
                 preempted = True
                 break
+        guard.settle()
         if step != last_saved:
             save(step)
         checkpointer.wait()
@@ -482,6 +489,40 @@ def _write_profile(run_dir: str, report: profile_lib.StepProfile) -> None:
                               "parts": parts}, indent=1) + "\n")
     print(f"semcoder train: profile of {report.steps} steps (trace in {os.path.join(run_dir, 'profile')})\n{table}",
           file=sys.stderr, flush=True)
+
+
+class _NonFiniteGuard:
+    """Watches each step's ``finite`` flag without stalling the device: a step's flag is read once the next
+    step has been dispatched.  The step function itself never applies a non-finite update; here ``error``
+    stops the run naming the step and ``skip`` counts it."""
+
+    def __init__(self, policy: str, process0: bool):
+        self.policy, self.process0 = policy, process0
+        self.skipped = 0
+        self._pending: list[tuple[int, dict]] = []
+
+    def watch(self, step: int, metrics: dict) -> None:
+        self._pending.append((step, metrics))
+        if len(self._pending) > 1:
+            self._check(self._pending.pop(0))
+
+    def settle(self) -> None:
+        while self._pending:
+            self._check(self._pending.pop(0))
+
+    def _check(self, item: tuple[int, dict]) -> None:
+        step, metrics = item
+        if bool(jax.device_get(metrics["finite"])):
+            return
+        loss, grad_norm = (float(jax.device_get(metrics[k])) for k in ("loss", "grad_norm"))
+        if self.policy == "error":
+            raise RunError(f"step {step}: the loss ({loss}) or gradient norm ({grad_norm}) is not finite; the run "
+                           "stops without applying it (the last checkpoint is intact; a lower "
+                           "optimizer.learning_rate usually helps, train.nonfinite=skip skips such steps)")
+        self.skipped += 1
+        if self.process0:
+            print(f"semcoder train: warning: step {step}: loss {loss}, gradient norm {grad_norm}: not finite; "
+                  f"the update was skipped ({self.skipped} so far)", file=sys.stderr, flush=True)
 
 
 def _evaluate(eval_fn, params, sources, mesh, config: TrainRunConfig) -> dict[str, float]:

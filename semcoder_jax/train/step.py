@@ -105,12 +105,18 @@ def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, sched
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        # A non-finite loss or gradient never reaches the state: the step keeps the old parameters and
+        # optimizer state (a select XLA fuses into the update) and reports it; the loop stops or counts.
+        finite = jnp.isfinite(ce_sum) & jnp.isfinite(z_sum) & jnp.isfinite(grad_norm)
+        params = jax.tree.map(lambda new, old: jnp.where(finite, new, old), params, state.params)
+        opt_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), opt_state, state.opt_state)
         metrics = {
             "loss": ce_sum / denom,
             "z_loss": z_sum / denom,
             "grad_norm": grad_norm,
             "learning_rate": jnp.asarray(schedule(state.step), jnp.float32),
             "loss_tokens": num_tokens,
+            "finite": finite.astype(jnp.float32),
         }
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 

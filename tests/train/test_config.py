@@ -68,6 +68,7 @@ def test_release_recipe_presets_carry_the_papers_hyperparameters(name, lr, min_l
     ("optimizer.learning_rate=inf", "optimizer.learning_rate: must be a finite number, got inf"),
     ("optimizer.learning_rate=nan", "optimizer.learning_rate: must be a finite number, got nan"),
     ("optimizer.learning_rate=-1e-3", "optimizer.learning_rate: must be positive"),
+    ("optimizer.learning_rate=1e39", "optimizer.learning_rate: must be positive and below float32's maximum"),
     ("optimizer.min_lr=.nan", "optimizer.min_lr: must be a finite number"),
     ("optimizer.warmup_steps=500", "optimizer.warmup_steps: must not exceed train.steps=150"),
     ("optimizer.b2=1.5", "optimizer.b2: must lie in [0, 1)"),

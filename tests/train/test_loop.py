@@ -90,7 +90,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(th, tmp_path):
     assert th.train_losses(th.read_metrics(run_dir)) == th.train_losses(th.read_metrics(straight_dir))
 
 
-def test_unreadable_latest_checkpoint_is_reported_and_the_previous_used(th, tmp_path, capsys, straight_run):
+def test_unreadable_latest_checkpoint_is_set_aside_and_the_previous_used(th, tmp_path, capsys, straight_run):
     _, ref_losses = straight_run
     run_dir = str(tmp_path / "damaged")
     train(th.tiny_config("train.steps=20"), run_dir=run_dir, max_steps_this_run=10)
@@ -99,11 +99,13 @@ def test_unreadable_latest_checkpoint_is_reported_and_the_previous_used(th, tmp_
         for name in files:
             if "manifest" in name or root.endswith("/d"):
                 os.remove(os.path.join(root, name))
-    resumed = train(th.tiny_config("train.steps=20"), run_dir=run_dir, max_steps_this_run=2)
-    assert "checkpoints/10 is unreadable" in capsys.readouterr().err
-    assert resumed.start_step == 5
+    resumed = train(th.tiny_config("train.steps=20"), run_dir=run_dir, max_steps_this_run=7)
+    err = capsys.readouterr().err
+    assert "checkpoints/10 is damaged" in err and "moved to" in err and "corrupt-10-" in err
+    assert resumed.start_step == 5 and resumed.final_step == 12
+    assert ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(run_dir)).steps()[-2:] == [10, 12]  # 10 saved again
     losses = th.train_losses(th.read_metrics(run_dir))
-    assert [losses[6], losses[7]] == [ref_losses[6], ref_losses[7]]
+    assert [losses[6], losses[7], losses[11]] == [ref_losses[6], ref_losses[7], ref_losses[11]]
 
 
 def _no_compute_happened(run_dir):
