@@ -35,3 +35,11 @@ def test_no_import_points_up_or_sideways(package):
             if LAYERS[target] >= LAYERS[package]:
                 wrong.append(f"{path.relative_to(REPO)} imports {target}")
     assert wrong == []
+
+
+def test_no_script_shadows_a_package_of_the_project():
+    """``python benchmarks/x.py`` puts benchmarks/ first on sys.path: a script named like a package would be
+    imported in its place (and break every benchmark that imports the library)."""
+    scripts = {path.stem for folder in ("benchmarks", "launch", "scripts") if (REPO / folder).is_dir()
+               for path in (REPO / folder).glob("*.py")}
+    assert scripts & set(LAYERS) == set()

@@ -216,5 +216,5 @@ def test_profiling_a_window_of_steps_writes_the_trace_and_where_the_time_went(th
 def test_profile_settings_are_checked_up_front(th):
     from semcoder_jax.train.config import TrainConfigError
 
-    with pytest.raises(TrainConfigError, match="run.profile_steps / run.profile_from"):
+    with pytest.raises(TrainConfigError, match="run.profile_from: must be >= 1"):
         th.tiny_config("train.steps=5", "run.profile_steps=2", "run.profile_from=0").validate()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -31,3 +34,18 @@ def test_two_processes_match_one_eight_device_process(th, tmp_path):
 
     meta = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(run_dir)).restore_meta(5)
     assert len(meta["data_state"]) == 2
+    # the manifest was digested where the shards live (layout-independent sums) and the files verify
+    with open(os.path.join(ckpt_lib.checkpoints_dir(run_dir), "5", "manifest", "metadata")) as f:
+        manifest = json.load(f)
+    assert manifest["algorithm"] == "fmix32x2-sum"
+    assert [status for _, status, _ in ckpt_lib.verify_run(run_dir)] == ["ok"]
+    # and both processes verify what they restore when the run goes on
+    port = th.free_port()
+    procs = [th.start_train(run_dir, *MESH[:-1], "train.steps=6", devices=4,
+                            extra=["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)])
+             for i in range(2)]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+        assert "damaged" not in err and "no manifest" not in err, err[-3000:]
+    assert sorted(th.train_losses(th.read_metrics(run_dir))) == [1, 2, 3, 4, 5, 6]

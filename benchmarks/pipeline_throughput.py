@@ -7,7 +7,7 @@ examples and run one epoch, timed from construction to the last batch; tokens ar
 tokens delivered.  "Per core" divides by the CPU seconds the process used (all threads), so a
 multi-threaded side gains nothing by using more cores.
 
-  .venv/bin/python benchmarks/data_pipeline.py [--copies 20] [--seq-len 2048] [--batch-size 8]
+  .venv/bin/python benchmarks/pipeline_throughput.py [--copies 20] [--seq-len 2048] [--batch-size 8]
 
 Data: the embedded sample (PyX + PyX-R, generated from executed code) repeated ``--copies`` times
 into 8 shards; tokenizer: the sample byte-level BPE (vocab 1024) unless ``--tokenizer`` is given.
