@@ -556,14 +556,22 @@ def iter_native_leaf(params_dir: str, path: LeafPath, block_bytes: int = 512 << 
     layers (one TensorStore read per layer costs about twice the time of a few layers at once); a
     leaf stored as one chunk (e.g. a training checkpoint on one device) is read once, whole.
     """
-    store = open_native_leaf(params_dir, path)
+    for block in read_leaf_blocks(open_native_leaf(params_dir, path), block_bytes):
+        yield from block
+        del block
+
+
+def read_leaf_blocks(store: Any, block_bytes: int = 512 << 20) -> Iterator[np.ndarray]:
+    """Consecutive leading-axis blocks of a TensorStore array (a 0-d one whole), each whole storage
+    chunks of about ``block_bytes``: a block that cut a chunk would make the next read decode it again."""
+    if store.rank == 0:
+        yield np.asarray(store.read().result())
+        return
     chunk_rows = store.chunk_layout.read_chunk.shape[0] or store.shape[0]
     row_bytes = int(np.prod(store.shape[1:])) * store.dtype.numpy_dtype.itemsize
     rows = chunk_rows * max(1, block_bytes // max(1, row_bytes * chunk_rows))
     for start in range(0, store.shape[0], rows):
-        block = store[start:min(start + rows, store.shape[0])].read().result()
-        yield from block
-        del block
+        yield store[start:min(start + rows, store.shape[0])].read().result()
 
 
 def native_leaf_metadata(params_dir: str) -> dict[LeafPath, tuple[tuple[int, ...], np.dtype]]:

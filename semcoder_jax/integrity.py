@@ -74,6 +74,7 @@ def _lanes(x: jax.Array, start: jax.Array) -> jax.Array:
 
 
 _NUMPY_BLOCK = 1 << 16
+_CACHE_BLOCK_BYTES = 1 << 20  # what one thread hashes and checks for finiteness in one pass through the cache
 
 
 def _sum_lanes_numpy(words: np.ndarray, start: int) -> np.ndarray:
@@ -194,10 +195,14 @@ def tree_digests(tree: Any, algorithm: str | None = None) -> tuple[dict[str, dic
     def one(item: tuple[str, Any]) -> tuple[str, dict[str, Any], bool]:
         name, leaf = item
         array = np.asarray(leaf)
-        block = BlockDigest(XXH3)
-        block.add(array)
-        return name, {"shape": list(array.shape), "dtype": str(array.dtype), "digest": block.hexdigest()}, \
-            nonfinite_count(array) == 0
+        block, finite = BlockDigest(XXH3), True
+        flat = np.ascontiguousarray(array).reshape(-1)
+        step = max(1, _CACHE_BLOCK_BYTES // max(1, array.dtype.itemsize))
+        for start in range(0, flat.size, step) if flat.size else [0]:  # hash and check each block while cached
+            part = flat[start:start + step]
+            block.add(part)
+            finite = finite and nonfinite_count(part) == 0
+        return name, {"shape": list(array.shape), "dtype": str(array.dtype), "digest": block.hexdigest()}, finite
 
     finite = True
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # xxhash and numpy release the GIL

@@ -25,7 +25,9 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -225,6 +227,9 @@ class Checkpointer:
         step, size = self._pending or (None, 0)
         with contextlib.suppress(Exception):  # let Orbax's writer threads stop before cleaning up after them
             self.manager.wait_until_finished()
+        _join_orbax_threads(timeout_s=60.0)
+        # the failed save's abandoned coroutines would each warn at exit; the one line below says it all
+        warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
         for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
             if ".orbax-checkpoint-tmp" in name or (step is not None and name.startswith(f"{step}.")
                                                    and not name.isdigit()):
@@ -271,6 +276,17 @@ def _quiet_storage_failure_echoes() -> None:
     sys.unraisablehook = echo
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(echo)
+
+
+def _join_orbax_threads(timeout_s: float) -> None:
+    """Waits for Orbax's own background threads (e.g. the one writing array metadata after the data
+    commits), which a failed save can leave running after ``wait_until_finished`` has returned."""
+    import threading
+
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and type(thread).__module__.startswith("orbax."):
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _size(n: float) -> str:
@@ -349,7 +365,7 @@ def _array_keys(item_dir: str) -> list[tuple[str, ...]]:
 def verify_step(step_dir: str) -> tuple[str, list[str]]:
     """(``ok`` | ``corrupt`` | ``unverifiable``, the problems or why) for one step, from its files: every
     array is read back (block by block) and digested with the manifest's algorithm."""
-    from semcoder_jax.convert import open_native_leaf
+    from semcoder_jax.convert import open_native_leaf, read_leaf_blocks
 
     manifest_file = os.path.join(step_dir, "manifest", "metadata")
     if not os.path.isfile(manifest_file):
@@ -370,30 +386,33 @@ def verify_step(step_dir: str) -> tuple[str, list[str]]:
                 problems.append("meta: content differs from the manifest")
     except (OSError, ValueError) as e:
         problems.append(f"meta: unreadable ({e})")
-    found: dict[str, dict[str, Any]] = {}
+    leaves = []
     for item in ITEMS:
         item_dir = os.path.join(step_dir, item)
         try:
-            keys = _array_keys(item_dir)
+            leaves += [(item_dir, "/".join((item, *key)), key) for key in _array_keys(item_dir)]
         except (OSError, ValueError, KeyError, TypeError, UserError) as e:
             problems.append(f"{item}: unreadable metadata ({_first_line(e)})")
-            continue
-        for key in keys:
-            name = "/".join((item, *key))
-            try:
-                store = open_native_leaf(item_dir, key)
-                block = integrity.BlockDigest(algorithm)
-                if store.rank == 0:
-                    block.add(np.asarray(store.read().result()))
-                else:
-                    rows = max(1, (256 << 20) // max(1, int(np.prod(store.shape[1:])) * store.dtype.numpy_dtype.itemsize))
-                    for start in range(0, store.shape[0], rows):
-                        block.add(np.asarray(store[start:min(start + rows, store.shape[0])].read().result()))
-                found[name] = {"shape": list(store.shape), "dtype": str(store.dtype.numpy_dtype),
-                               "digest": block.hexdigest()}
-            except Exception as e:  # noqa: BLE001 - unreadable data is corruption, whatever raised it
-                problems.append(f"{name}: unreadable ({type(e).__name__}: {_first_line(e)})")
-                found[name] = None  # type: ignore[assignment]
+
+    def digest(leaf: tuple[str, str, tuple]) -> tuple[str, dict[str, Any] | None, str | None]:
+        item_dir, name, key = leaf
+        try:
+            store = open_native_leaf(item_dir, key)
+            block = integrity.BlockDigest(algorithm)
+            for data in read_leaf_blocks(store, 256 << 20):
+                block.add(data)
+            return name, {"shape": list(store.shape), "dtype": str(store.dtype.numpy_dtype),
+                          "digest": block.hexdigest()}, None
+        except Exception as e:  # noqa: BLE001 - unreadable data is corruption, whatever raised it
+            return name, None, f"{name}: unreadable ({type(e).__name__}: {_first_line(e)})"
+
+    found: dict[str, dict[str, Any] | None] = {}
+    # two leaves at a time: a leaf stored as one chunk decodes on one thread (TensorStore releases the GIL)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for name, entry, problem in pool.map(digest, leaves):
+            found[name] = entry
+            if problem:
+                problems.append(problem)
     readable = {k: v for k, v in found.items() if v is not None}
     problems += integrity.compare(recorded, readable, names=[k for k in set(recorded) | set(readable)
                                                             if found.get(k, "missing") is not None])
