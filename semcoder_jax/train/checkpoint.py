@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import json
 import os
 import shutil
@@ -230,6 +231,8 @@ class Checkpointer:
         _join_orbax_threads(timeout_s=60.0)
         # the failed save's abandoned coroutines would each warn at exit; the one line below says it all
         warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
+        if isinstance(sys.unraisablehook, _StorageFailureEcho):
+            sys.unraisablehook.after_failure = True
         for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
             if ".orbax-checkpoint-tmp" in name or (step is not None and name.startswith(f"{step}.")
                                                    and not name.isdigit()):
@@ -256,9 +259,14 @@ class _StorageFailureEcho:
         cause = record.exc_info[1] if record.exc_info else None
         return _storage_failure(cause) is None and _storage_failure(Exception(record.getMessage())) is None
 
+    after_failure = False  # set once a save failed: its abandoned coroutines are then closed at exit
+
     def __call__(self, unraisable) -> None:  # sys.unraisablehook
-        if not _is_orphaned_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
-            self.unraisablehook(unraisable)
+        if _is_orphaned_loop_callback(unraisable.exc_value, unraisable.exc_traceback):
+            return
+        if self.after_failure and inspect.iscoroutine(unraisable.object):
+            return
+        self.unraisablehook(unraisable)
 
 
 def _is_orphaned_loop_callback(value: BaseException | None, tb) -> bool:
@@ -286,7 +294,8 @@ def _join_orbax_threads(timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and type(thread).__module__.startswith("orbax."):
-            thread.join(max(0.0, deadline - time.monotonic()))
+            with contextlib.suppress(Exception):  # Orbax's join re-raises the thread's (already reported) error
+                thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def _size(n: float) -> str:
