@@ -2,6 +2,7 @@
 
   semcoder data check FILE...                               validate records (exit 1 if any is bad)
   semcoder data stats --tokenizer TOK --seq-len N FILE...   tasks, token lengths, truncation, pad vs pack
+  semcoder data stats --config CONFIG [KEY=VALUE...]        the task mix a training config trains on
   semcoder data preview --tokenizer TOK FILE                decoded examples with the loss span marked
   semcoder data make-sample                                 regenerate the embedded sample and tokenizer
   semcoder data prepare-tfds --manual-dir DIR --data-dir D  build the ``pyx`` TFDS dataset
@@ -107,6 +108,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace, config_stats) -> int:
+    from data_pipeline.errors import UserError
+
+    if getattr(args, "config", None):
+        return config_stats(args)
+    if not args.tokenizer or not args.files:
+        raise UserError("data stats: give --tokenizer TOK and data FILEs, or --config CONFIG")
+    return cmd_stats(args)
+
+
 def render_example(example, tokenizer) -> str:
     """Decoded example text with the loss-bearing span between LOSS markers."""
     prompt = tokenizer.decode(example.tokens[:example.prompt_len], skip_special_tokens=False)
@@ -151,8 +162,12 @@ def cmd_prepare_tfds(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``data`` and its subcommands to the ``semcoder`` parser."""
+def register(subparsers: argparse._SubParsersAction, config_stats=None) -> None:
+    """Add ``data`` and its subcommands to the ``semcoder`` parser.
+
+    ``config_stats(args) -> int``, when given, serves ``data stats --config CONFIG [KEY=VALUE ...]``: the
+    training side knows how a training config reads its data, this package does not.
+    """
     from data_pipeline.records import DEFAULT_MAX_RECORD_BYTES
 
     parser = subparsers.add_parser("data", help="check, inspect and prepare PyX training data",
@@ -168,13 +183,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     common(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("stats", help="records per task, token lengths, truncation, pad vs pack utilisation")
-    p.add_argument("--tokenizer", required=True)
+    p = sub.add_parser("stats", help="records per task, token lengths, truncation, pad vs pack utilisation; "
+                                      "with --config, the task mix a training config will train on")
+    p.add_argument("--tokenizer")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--window-size", type=int, default=1024, help="packing window (records), as in the pipeline")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    if config_stats is not None:
+        p.add_argument("--config", help="a training config: replay its first epoch (its seq_len, global_batch, mode, "
+                                        "seed) and report each task's share of loss tokens, overall and per batch")
+        p.add_argument("--hosts", type=int, default=1, help="with --config: the number of hosts to replay")
+    p.add_argument("files", nargs="*", metavar="FILE|KEY=VALUE",
+                   help="data files; with --config, overrides of the config (key.sub=value)")
     common(p)
-    p.set_defaults(func=cmd_stats)
+    p.set_defaults(func=lambda args: _stats(args, config_stats))
 
     p = sub.add_parser("preview", help="decoded examples with the loss-bearing span marked")
     p.add_argument("--tokenizer", required=True)

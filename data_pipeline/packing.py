@@ -12,6 +12,7 @@ Row fields (the training batch contract), all int32 [rows, seq_len]:
   loss_mask   1 where the target is a completion token (response or eos)
   segment_ids 1..k per example in the row, 0 on padding
   positions   0-based position inside the example
+  task_ids    the example's task (``prompts.TASK_IDS``), 0 on padding: per-task loss and token counts
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from data_pipeline.examples import Example
+from data_pipeline.prompts import TASK_IDS
 
-FIELDS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+FIELDS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "task_ids")
 
 
 def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -63,6 +65,7 @@ def _place(rows: dict[str, np.ndarray], r: int, start: int, segment: int, ex: Ex
     rows["loss_mask"][r, start:end - 1] = ex.label_mask[1:]
     rows["segment_ids"][r, start:end] = segment
     rows["positions"][r, start:end] = np.arange(n, dtype=np.int32)
+    rows["task_ids"][r, start:end] = TASK_IDS[ex.task]
     return end
 
 

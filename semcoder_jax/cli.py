@@ -18,7 +18,7 @@ from semcoder_jax.errors import UserError
 SUBCOMMAND_MODULES = (
     "semcoder_jax.commands.convert",
     "semcoder_jax.commands.generate",
-    "data_pipeline.cli",
+    "semcoder_jax.commands.data",
     "semcoder_jax.commands.train",
     "semcoder_jax.commands.checkpoint",
     "eval.cli",

@@ -89,6 +89,11 @@ class DataSection:
     for evaluation: ``eval_path`` files, or ``eval_fraction`` of ``path`` split off by record hash.
     ``pipeline`` passes further ``data_pipeline.PipelineConfig`` fields (checked against it).
     ``source: synthetic`` draws random packed rows addressed by step (benchmarks, smoke tests).
+
+    At start, training measures ``length_sample`` records (0 = all) and says what ``seq_len`` cuts
+    off; above ``max_truncated`` (a share of records) that is a warning, or an error with
+    ``on_truncation: error``.  ``reset_position: true`` resumes the model and optimizer but starts
+    the data from its beginning (needed on purpose after changing the data files or tokenizer).
     """
 
     source: Literal["pyx", "synthetic"] = "pyx"
@@ -99,6 +104,10 @@ class DataSection:
     eval_path: str | None = None
     eval_fraction: float = 0.0
     pipeline: dict = dataclasses.field(default_factory=dict)
+    max_truncated: float = 0.01
+    on_truncation: Literal["warn", "error"] = "warn"
+    length_sample: int = 4096
+    reset_position: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +124,8 @@ class TrainSection:
     loss_chunk: int = 0
     log_every: int = 1
     eval_every: int = 0
-    eval_batches: int = 4
+    # 0: every held-out record (comparable across batch sizes and hosts); n > 0: at most n global batches
+    eval_batches: int = 0
     # A step whose loss or gradient norm is NaN/inf is never applied; "error" then stops the run naming the
     # step, "skip" goes on and counts it (metrics: skipped_steps).
     nonfinite: Literal["error", "skip"] = "error"
@@ -225,10 +235,10 @@ class TrainRunConfig:
             raise fail("train.steps", f"must be positive, got {t.steps}")
         if t.epochs is not None and t.epochs <= 0:
             raise fail("train.epochs", f"must be positive, got {t.epochs}")
-        for key in ("global_batch", "micro_batches", "log_every", "eval_batches"):
+        for key in ("global_batch", "micro_batches", "log_every"):
             if getattr(t, key) <= 0:
                 raise fail(f"train.{key}", f"must be positive, got {getattr(t, key)}")
-        for key in ("eval_every", "loss_chunk"):
+        for key in ("eval_every", "loss_chunk", "eval_batches"):
             if getattr(t, key) < 0:
                 raise fail(f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
         if t.z_loss < 0:
@@ -246,6 +256,12 @@ class TrainRunConfig:
             raise fail("data.eval_fraction", f"must lie in [0, 1), got {self.data.eval_fraction}")
         if self.data.seq_len <= 1:
             raise fail("data.seq_len", f"must be > 1, got {self.data.seq_len}")
+        if not 0.0 <= self.data.max_truncated <= 1.0:
+            raise fail("data.max_truncated", f"must lie in [0, 1] (a share of records), got {self.data.max_truncated}")
+        if self.data.on_truncation not in ("warn", "error"):
+            raise fail("data.on_truncation", f"must be 'warn' or 'error', got {self.data.on_truncation!r}")
+        if self.data.length_sample < 0:
+            raise fail("data.length_sample", f"must be >= 0 (0 = every record), got {self.data.length_sample}")
         o = self.optimizer
         if not 0 < o.learning_rate < 3.4e38:
             raise fail("optimizer.learning_rate", f"must be positive and below float32's maximum 3.4e38, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -52,6 +53,13 @@ class SyntheticBatches:
             raise DataConfigError(f"data state {state} does not belong to a synthetic source with seed {self.seed}")
         self.index = int(state["index"])
 
+    def restore(self, states: list[dict[str, Any]]) -> str:
+        """Continue from the states every process saved: batches are addressed by step, so any number
+        of processes or batch size continues from the same step."""
+        for state in states:
+            self.set_state(state)
+        return ""
+
     def batch(self, index: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng([self.seed, index])
         b, t, v = self.global_batch, self.seq_len, self.vocab_size
@@ -86,13 +94,21 @@ class SyntheticBatches:
 
 @dataclasses.dataclass
 class DataSources:
-    """The training iterator, an eval-batch factory (or None) and facts about the data."""
+    """The training iterator, the held-out batches (or None) and facts about the data.
+
+    ``eval_batches(cap)`` returns this process's held-out batches: all of its share of the split,
+    or at most ``cap``; they are built once and kept (the split does not change during a run).
+    ``epoch_rows`` is this process's rows in epoch 0 (the loop sums them over processes).
+    ``lengths`` is the truncation report of the training split (None for synthetic data).
+    """
 
     train: Any
-    make_eval: Any | None
-    batches_per_epoch: int | None
+    eval_batches: Any | None
+    epoch_rows: int | None
     tokenizer: Any | None
     tokenizer_dir: str | None
+    lengths: Any | None = None
+    batch_keys: tuple[str, ...] = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
 
 
 def build_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed: int,
@@ -100,8 +116,8 @@ def build_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed
                   run_dir: str | None = None) -> DataSources:
     """Builds this process's batch sources from the data section.
 
-    ``count_epoch`` makes one pass over the training data to learn the number of batches per epoch
-    (needed when the run's length is given in epochs; the minimum over processes is used).
+    ``count_epoch`` packs this process's share of one epoch to count its rows (needed when the run's
+    length is given in epochs).
     """
     if global_batch % process_count:
         raise DataConfigError(f"train.global_batch={global_batch} is not divisible by the {process_count} processes")
@@ -111,19 +127,25 @@ def build_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed
         kw = dict(global_batch=global_batch, seq_len=data.seq_len, vocab_size=vocab_size,
                   process_index=process_index, process_count=process_count)
 
-        def make_eval():
-            # a disjoint stream (different seed) stands in for a held-out split
-            return SyntheticBatches(seed=seed + 1_000_003, **kw)
+        def eval_batches(cap: int | None) -> list[dict[str, np.ndarray]]:
+            # a disjoint stream (different seed) stands in for a held-out split of SYNTHETIC_EVAL_BATCHES
+            held_out = SyntheticBatches(seed=seed + 1_000_003, **kw)
+            return [held_out.batch(i) for i in range(min(cap or SYNTHETIC_EVAL_BATCHES, SYNTHETIC_EVAL_BATCHES))]
 
-        return DataSources(train=SyntheticBatches(seed=seed, **kw), make_eval=make_eval, batches_per_epoch=None,
+        return DataSources(train=SyntheticBatches(seed=seed, **kw), eval_batches=eval_batches, epoch_rows=None,
                            tokenizer=None, tokenizer_dir=None)
     return _pipeline_sources(data, global_batch=global_batch, vocab_size=vocab_size, seed=seed,
                              process_index=process_index, process_count=process_count, count_epoch=count_epoch,
                              run_dir=run_dir)
 
 
-def _pipeline_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed: int, process_index: int,
-                      process_count: int, count_epoch: bool, run_dir: str | None = None) -> DataSources:
+SYNTHETIC_EVAL_BATCHES = 4
+
+
+def pipeline_setup(data: DataSection, *, global_batch: int, vocab_size: int | None, seed: int, process_index: int,
+                   process_count: int, run_dir: str | None = None) -> tuple[dict[str, Any], Any, str]:
+    """(``PipelineConfig`` fields without ``epochs``, the tokenizer, its directory) for a pyx data section;
+    the tokenizer must fit ``vocab_size`` (None: no model to fit)."""
     try:
         from data_pipeline import pipeline as dp
         from data_pipeline.tokenizer import load_tokenizer
@@ -137,7 +159,7 @@ def _pipeline_sources(data: DataSection, *, global_batch: int, vocab_size: int, 
         path = path or str(dsample.sample_data_dir())
         tokenizer_dir = tokenizer_dir or str(dsample.sample_tokenizer_dir())
     tokenizer = load_tokenizer(tokenizer_dir)
-    if tokenizer.vocab_size > vocab_size:
+    if vocab_size is not None and tokenizer.vocab_size > vocab_size:
         raise DataConfigError(f"data.tokenizer: {tokenizer_dir} has {tokenizer.vocab_size} tokens but the model's "
                               f"vocabulary has {vocab_size} rows (set model.vocab_size or use a matching preset)")
     fields = {f.name for f in dataclasses.fields(dp.PipelineConfig)}
@@ -145,6 +167,8 @@ def _pipeline_sources(data: DataSection, *, global_batch: int, vocab_size: int, 
     for key in data.pipeline:
         if key in reserved:
             raise DataConfigError(f"data.pipeline.{key}: set through the data/train sections instead")
+        if key in dp.REMOVED_KEYS:
+            raise DataConfigError(f"data.pipeline.{key}: {dp.REMOVED_KEYS[key]}")
         if key not in fields:
             close = difflib.get_close_matches(key, sorted(fields - reserved), n=3)
             hint = f"; did you mean {', '.join('data.pipeline.' + c for c in close)}?" if close else ""
@@ -155,20 +179,33 @@ def _pipeline_sources(data: DataSection, *, global_batch: int, vocab_size: int, 
     fields_in = dict(pipeline, files=(path,), seq_len=data.seq_len,
                      batch_size=global_batch // process_count, mode=data.mode, seed=seed,
                      eval_files=(data.eval_path,) if data.eval_path else (), eval_fraction=data.eval_fraction)
+    return fields_in, tokenizer, tokenizer_dir
+
+
+def _pipeline_sources(data: DataSection, *, global_batch: int, vocab_size: int, seed: int, process_index: int,
+                      process_count: int, count_epoch: bool, run_dir: str | None = None) -> DataSources:
+    from data_pipeline import packing
+    from data_pipeline import pipeline as dp
+    from data_pipeline.lengths import measure_lengths
+
+    fields_in, tokenizer, tokenizer_dir = pipeline_setup(
+        data, global_batch=global_batch, vocab_size=vocab_size, seed=seed, process_index=process_index,
+        process_count=process_count, run_dir=run_dir)
     train_cfg = dp.PipelineConfig(**fields_in, epochs=None)
     train = dp.build_batches(train_cfg, tokenizer, process_index=process_index, process_count=process_count)
-    make_eval = None
+    lengths = measure_lengths(train, data.length_sample, seed)
+    eval_batches = None
     if data.eval_path or data.eval_fraction > 0:
         eval_cfg = dp.PipelineConfig(**fields_in, epochs=1)
+        cache: dict[int | None, list] = {}
 
-        def make_eval():
-            return dp.build_eval_batches(eval_cfg, tokenizer, process_index=process_index,
-                                         process_count=process_count)
+        def eval_batches(cap: int | None) -> list[dict[str, np.ndarray]]:
+            if cap not in cache:
+                with dp.build_eval_batches(eval_cfg, tokenizer, process_index=process_index,
+                                           process_count=process_count) as it:
+                    cache[cap] = [b for _, b in zip(range(cap) if cap else itertools.count(), it)]
+            return cache[cap]
 
-    per_epoch = None
-    if count_epoch:
-        one_pass = dp.build_batches(dp.PipelineConfig(**fields_in, epochs=1), tokenizer,
-                                    process_index=process_index, process_count=process_count)
-        per_epoch = sum(1 for _ in one_pass)
-    return DataSources(train=train, make_eval=make_eval, batches_per_epoch=per_epoch, tokenizer=tokenizer,
-                       tokenizer_dir=tokenizer_dir)
+    epoch_rows = train.epoch_rows(0) if count_epoch else None
+    return DataSources(train=train, eval_batches=eval_batches, epoch_rows=epoch_rows, tokenizer=tokenizer,
+                       tokenizer_dir=tokenizer_dir, lengths=lengths, batch_keys=packing.FIELDS)

@@ -22,6 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from data_pipeline.pipeline import DataPositionError
+from data_pipeline.prompts import TASK_NAMES
 from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig, model_config_from_dict
 from semcoder_jax.errors import UserError
@@ -34,6 +36,7 @@ from semcoder_jax.train.config import DistributedSection, TrainRunConfig, dump_c
 
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                        "num_kv_heads", "head_dim", "tie_word_embeddings")
+TASK_METRICS = ("task_loss_sum", "task_tokens")  # [K] vectors among the step's metrics, logged per task
 
 
 class RunError(UserError):
@@ -275,13 +278,32 @@ def _check_geometry(config: TrainRunConfig, mesh) -> None:
                             f"{jax.process_count()} processes")
 
 
-def _total_steps(config: TrainRunConfig, batches_per_epoch: int | None) -> int:
-    """``train.steps``, or epochs x batches per epoch (the fewest any process has, so all stop together)."""
+def _report_truncation(config: TrainRunConfig, lengths, process0: bool) -> None:
+    """One line at start on what ``data.seq_len`` cuts off; a warning above ``data.max_truncated``, or an
+    error with ``data.on_truncation=error`` (every process measures the same sample, so all agree)."""
+    if lengths is None:
+        return
+    line = lengths.describe()
+    limit = config.data.max_truncated
+    if lengths.truncated_share > limit:
+        if config.data.on_truncation == "error":
+            raise RunError(f"{line}; more than data.max_truncated={limit:g} of the records (raise data.seq_len, "
+                           "or set data.on_truncation=warn to train on cut-off examples)")
+        if process0:
+            print(f"semcoder train: warning: {line}; more than data.max_truncated={limit:g} of the records",
+                  file=sys.stderr, flush=True)
+    elif process0:
+        print(f"semcoder train: data: {line}", file=sys.stderr, flush=True)
+
+
+def _total_steps(config: TrainRunConfig, epoch_rows: int | None) -> int:
+    """``train.steps``, or epochs x the global batches of an epoch (every process's rows of epoch 0)."""
     if config.train.steps is not None:
         return config.train.steps
-    if not batches_per_epoch:
+    if epoch_rows is None:
         raise RunError("train.epochs: this data source has no epoch length; set train.steps instead")
-    per_epoch = min(int(n) for n in _gather_json(int(batches_per_epoch)))
+    rows = sum(int(n) for n in _gather_json(int(epoch_rows)))
+    per_epoch = max(1, math.ceil(rows / config.train.global_batch))
     total = max(1, math.ceil(config.train.epochs * per_epoch))
     if config.optimizer.warmup_steps > total:
         raise RunError(f"optimizer.warmup_steps={config.optimizer.warmup_steps} exceeds the run's {total} steps "
@@ -325,7 +347,8 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
                                      vocab_size=model.vocab_size, seed=config.train.seed,
                                      process_index=jax.process_index(), process_count=jax.process_count(),
                                      count_epoch=config.train.epochs is not None, run_dir=run_dir)
-    total = _total_steps(config, sources.batches_per_epoch)
+    _report_truncation(config, sources.lengths, process0)
+    total = _total_steps(config, sources.epoch_rows)
     tok = sources.tokenizer
     if tok is not None and init_kind is None:
         # a model trained from scratch takes its special ids from the tokenizer it is trained with
@@ -362,11 +385,18 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
                                     opt_state=opt_state,
                                     rng=jax.device_put(ckpt_lib.rng_from_json(meta["rng"]), shardings.rng))
         data_states = meta.get("data_state")
-        if data_states is not None:
-            if len(data_states) != jax.process_count():
-                raise RunError(f"{run_dir}: the checkpoint holds data positions of {len(data_states)} processes, "
-                               f"this run has {jax.process_count()}")
-            sources.train.set_state(data_states[jax.process_index()])
+        if data_states is not None and config.data.reset_position:
+            if process0:
+                print("semcoder train: data.reset_position=true: the data starts again from its beginning "
+                      f"(the model and optimizer resume from step {start})", file=sys.stderr, flush=True)
+        elif data_states is not None:
+            try:
+                change = sources.train.restore(data_states)
+            except (DataPositionError, data_lib.DataConfigError) as e:
+                raise RunError(f"{run_dir}: {e}. To start the data from its beginning on purpose (the model and "
+                               "optimizer still resume), add data.reset_position=true") from None
+            if change and process0:
+                print(f"semcoder train: {change}", file=sys.stderr, flush=True)
         if process0:
             print(f"semcoder train: resuming {run_dir} from step {start}", file=sys.stderr, flush=True)
     else:
@@ -389,7 +419,10 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
                                  param_sharding=shardings.params),
         shardings, mesh)
     eval_fn = None
-    if config.train.eval_every and sources.make_eval is not None:
+    if config.train.eval_every and sources.eval_batches is not None:
+        if config.train.eval_batches and process0:
+            print(f"semcoder train: eval covers at most {config.train.eval_batches} global batches of the held-out "
+                  "data (train.eval_batches; 0 = all of it)", file=sys.stderr, flush=True)
         eval_fn = step_lib.compile_eval_step(step_lib.make_eval_step(model, mesh, config.train.loss_chunk),
                                              shardings.params, mesh)
 
@@ -437,7 +470,10 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
                 _write_profile(run_dir, report)
             if step % config.train.log_every == 0 or step == stop_at:
                 guard.settle()
-                values = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
+                host = jax.device_get(metrics)
+                values = {k: float(v) for k, v in host.items() if k != "finite" and k not in TASK_METRICS}
+                if "task_tokens" in host:
+                    values.update(task_scalars(host["task_loss_sum"], host["task_tokens"], "loss", "tokens"))
                 if guard.skipped:
                     values["skipped_steps"] = guard.skipped
                 elapsed = time.perf_counter() - window_start
@@ -453,7 +489,8 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
             if bar is not None:
                 bar.update(1)
             if eval_fn is not None and step % config.train.eval_every == 0:
-                record = {"step": step, **_evaluate(eval_fn, state.params, sources, mesh, config)}
+                record = {"step": step, **evaluate(eval_fn, state.params, sources, mesh, global_batch=config.train.global_batch,
+                                                   seq_len=config.data.seq_len, cap=config.train.eval_batches)}
                 history.append(record)
                 log.write(record)
             if step % config.checkpoint.every == 0 and step != last_saved:
@@ -525,21 +562,49 @@ class _NonFiniteGuard:
                   f"the update was skipped ({self.skipped} so far)", file=sys.stderr, flush=True)
 
 
-def _evaluate(eval_fn, params, sources, mesh, config: TrainRunConfig) -> dict[str, float]:
-    """Loss over up to ``eval_batches`` held-out batches, token-weighted across them."""
-    it = sources.make_eval()
-    rows = config.train.global_batch // jax.process_count()
+def task_scalars(loss_sum: np.ndarray, tokens: np.ndarray, loss_key: str, tokens_key: str) -> dict[str, float]:
+    """Per-task vectors -> ``{tokens_key}/<task>`` for every task and ``{loss_key}/<task>`` (mean
+    cross-entropy) for each task with loss tokens, tasks named by ``TASK_NAMES``."""
+    values: dict[str, float] = {}
+    for name, ce, n in zip(TASK_NAMES, np.asarray(loss_sum, np.float64), np.asarray(tokens, np.float64), strict=True):
+        if n > 0:
+            values[f"{loss_key}/{name}"] = float(ce / n)
+        values[f"{tokens_key}/{name}"] = float(n)
+    return values
+
+
+def evaluate(eval_fn, params, sources, mesh, *, global_batch: int, seq_len: int, cap: int = 0) -> dict[str, float]:
+    """Held-out loss over every held-out record (or at most ``cap`` global batches), token-weighted, and
+    per task when the batches carry ``task_ids``.
+
+    Every process runs the same number of eval steps, the most any process has (agreed by an
+    all-gather): a process whose share is used up feeds empty rows, which carry no loss.  So the
+    result is the same for any batch size or number of hosts, up to float32 summation order.
+    """
+    local_batches = sources.eval_batches(cap or None)
+    steps = max(int(n) for n in _gather_json(len(local_batches)))
+    rows = global_batch // jax.process_count()
+    keys = sources.batch_keys
+    empty = {k: np.zeros((rows, seq_len), np.int32) for k in keys}
     loss_sum, tokens = 0.0, 0.0
-    for _ in range(config.train.eval_batches):
-        try:
-            local = next(it)
-        except StopIteration:
-            break
-        local = {k: _pad_rows(np.asarray(v), rows) for k, v in local.items() if k in step_lib.BATCH_KEYS}
+    task_loss, task_tokens = None, None
+    for i in range(steps):
+        local = local_batches[i] if i < len(local_batches) else empty
+        local = {k: _pad_rows(np.asarray(local[k]), rows) for k in keys}
         out = jax.device_get(eval_fn(params, step_lib.shard_batch(local, mesh)))
         loss_sum += float(out["loss_sum"])
         tokens += float(out["loss_tokens"])
-    return {"eval_loss": loss_sum / max(tokens, 1.0), "eval_tokens": tokens}
+        if "task_tokens" in out:
+            if task_tokens is None:
+                task_loss, task_tokens = np.zeros(len(TASK_NAMES)), np.zeros(len(TASK_NAMES))
+            task_loss += np.asarray(out["task_loss_sum"], np.float64)
+            task_tokens += np.asarray(out["task_tokens"], np.float64)
+    result = {"eval_loss": loss_sum / max(tokens, 1.0), "eval_tokens": tokens, "eval_steps": float(steps)}
+    if cap:
+        result["eval_cap"] = float(cap)
+    if task_tokens is not None:
+        result.update(task_scalars(task_loss, task_tokens, "eval_loss", "eval_tokens"))
+    return result
 
 
 def _pad_rows(x: np.ndarray, rows: int) -> np.ndarray:

@@ -11,6 +11,9 @@
 - Compute runs in ``ModelConfig.dtype`` (bf16 by default) against ``param_dtype`` parameters; the
   loss and softmax are float32.
 - ``compile_train_step`` jits with explicit in/out shardings and donates the state.
+- A batch may carry ``task_ids`` (``OPTIONAL_BATCH_KEYS``): then the step's metrics add the per-task
+  cross-entropy sums and loss-token counts (``task_loss_sum``, ``task_tokens``, [K] in
+  ``TASK_NAMES`` order, global sums), from the logits the loss already forms.
 """
 
 from __future__ import annotations
@@ -29,11 +32,17 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig
 from semcoder_jax.model import abstract_params, init_params, logical_axes
-from semcoder_jax.train.loss import loss_sums, objective_sums
+from semcoder_jax.train.loss import TASK_KEY, TaskSums, loss_sums, objective_sums
 
 Array = jax.Array
 Batch = Mapping[str, Array]
 BATCH_KEYS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+OPTIONAL_BATCH_KEYS = (TASK_KEY,)  # carried (split, sharded) when present; they only add metrics
+
+
+def batch_keys(batch: Mapping[str, Any]) -> tuple[str, ...]:
+    """The fields of ``batch`` the step reads: ``BATCH_KEYS`` and whichever optional ones it has."""
+    return BATCH_KEYS + tuple(key for key in OPTIONAL_BATCH_KEYS if key in batch)
 
 
 @flax.struct.dataclass
@@ -57,7 +66,7 @@ def _split_micro_batches(batch: Batch, k: int, mesh: Mesh | None) -> Batch:
             y = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
         return y
 
-    return {key: split(batch[key]) for key in BATCH_KEYS}
+    return {key: split(batch[key]) for key in batch_keys(batch)}
 
 
 def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
@@ -78,12 +87,12 @@ def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, sched
         denom = jnp.maximum(num_tokens, 1.0)
 
         def objective(params, micro):
-            total, ce, z = objective_sums(params, config, micro, loss_chunk, z_loss)
-            return total / denom, (ce, z)
+            total, ce, z, *tasks = objective_sums(params, config, micro, loss_chunk, z_loss)
+            return total / denom, (ce, z, *tasks)
 
         grad_fn = jax.grad(objective, has_aux=True)
         if micro_batches == 1:
-            grads, (ce_sum, z_sum) = grad_fn(state.params, batch)
+            grads, (ce_sum, z_sum, *tasks) = grad_fn(state.params, batch)
             grads = jax.tree.map(lambda g: g.astype(jnp.float32), grads)
         else:
             micro = _split_micro_batches(batch, micro_batches, mesh)
@@ -94,13 +103,16 @@ def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, sched
                 return jax.lax.with_sharding_constraint(tree, param_sharding)
 
             def body(carry, mb):
-                acc, ce_acc, z_acc = carry
-                g, (ce, z) = grad_fn(state.params, mb)
+                acc, ce_acc, z_acc, *task_acc = carry
+                g, (ce, z, *tasks) = grad_fn(state.params, mb)
                 acc = constrain(jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g))
-                return (acc, ce_acc + ce, z_acc + z), None
+                return (acc, ce_acc + ce, z_acc + z, *jax.tree.map(jnp.add, task_acc, tasks)), None
 
             zeros = constrain(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), state.params))
-            (grads, ce_sum, z_sum), _ = jax.lax.scan(body, (zeros, jnp.float32(0), jnp.float32(0)), micro)
+            init = (zeros, jnp.float32(0), jnp.float32(0))
+            if TASK_KEY in batch:
+                init += (TaskSums.zeros(),)
+            (grads, ce_sum, z_sum, *tasks), _ = jax.lax.scan(body, init, micro)
         grad_norm = global_norm(grads)
         grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -118,6 +130,8 @@ def make_train_step(config: ModelConfig, tx: optax.GradientTransformation, sched
             "loss_tokens": num_tokens,
             "finite": finite.astype(jnp.float32),
         }
+        if tasks:
+            metrics["task_loss_sum"], metrics["task_tokens"] = tasks[0]
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=state.rng), metrics
 
     return train_step
@@ -130,12 +144,16 @@ def global_norm(tree) -> Array:
 
 def make_eval_step(config: ModelConfig, mesh: Mesh | None = None,
                    loss_chunk: int = 0) -> Callable[[Any, Batch], dict]:
-    """``(params, batch) -> {loss_sum, loss_tokens}``; the caller sums over batches and divides."""
+    """``(params, batch) -> {loss_sum, loss_tokens}`` (+ ``task_loss_sum``, ``task_tokens`` for a batch
+    with ``task_ids``); the caller sums over batches and divides."""
 
     def eval_step(params, batch: Batch) -> dict:
         with shd.activation_sharding(mesh):
-            ce, _, n = loss_sums(params, config, batch, loss_chunk)
-        return {"loss_sum": ce, "loss_tokens": n}
+            ce, _, n, *tasks = loss_sums(params, config, batch, loss_chunk)
+        out = {"loss_sum": ce, "loss_tokens": n}
+        if tasks:
+            out["task_loss_sum"], out["task_tokens"] = tasks[0]
+        return out
 
     return eval_step
 
@@ -206,10 +224,12 @@ def compile_eval_step(eval_fn, param_shardings, mesh: Mesh):
 
 
 def shard_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, Array]:
-    """This process's rows -> global arrays split over (data, fsdp) (rows of process i follow those of i-1)."""
+    """This process's rows -> global arrays split over (data, fsdp) (rows of process i follow those of i-1).
+
+    Takes ``BATCH_KEYS`` and any ``OPTIONAL_BATCH_KEYS`` present (every process must have the same)."""
     sharding = shd.batch_sharding(mesh)
     return {key: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[key]))
-            for key in BATCH_KEYS}
+            for key in batch_keys(local_batch)}
 
 
 def flops_per_token(config: ModelConfig, seq_len: int) -> float:

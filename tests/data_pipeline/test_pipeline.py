@@ -13,11 +13,11 @@ from semcoder_jax.errors import UserError
 
 from .conftest import segments
 
-FIELDS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions")
+FIELDS = ("input_ids", "targets", "loss_mask", "segment_ids", "positions", "task_ids")
 
 
 def small(paths, **overrides) -> PipelineConfig:
-    base = dict(files=tuple(paths), seq_len=1024, batch_size=4, window_size=64, shuffle_buffer=256, seed=3)
+    base = dict(files=tuple(paths), seq_len=1024, batch_size=4, window_size=64, seed=3)
     return PipelineConfig(**{**base, **overrides})
 
 
@@ -100,9 +100,8 @@ def test_endless_stream_runs_past_the_end_of_the_data(tokenizer, sample_paths, r
     assert all(b["segment_ids"].any() for b in endless)
 
 
-@pytest.mark.parametrize("shard_by", ["file", "record"])
-def test_two_hosts_read_disjoint_halves_that_cover_every_record(shard_by, tokenizer, sample_paths, all_examples):
-    config = small(sample_paths, shard_by=shard_by)
+def test_two_hosts_read_disjoint_halves_that_cover_every_record(tokenizer, sample_paths, all_examples):
+    config = small(sample_paths)
     hosts = [epoch_examples(take(config, tokenizer, process_index=i, process_count=2)) for i in range(2)]
     assert not set(hosts[0]) & set(hosts[1])
     assert hosts[0] + hosts[1] == all_examples
@@ -128,11 +127,11 @@ def test_task_filter_keeps_only_the_named_tasks_and_counts_the_rest(tokenizer, s
         assert it.stats.filtered == 750
 
 
-def test_a_state_from_another_config_is_refused(tokenizer, sample_paths):
+def test_a_state_from_another_seed_is_refused_naming_it(tokenizer, sample_paths):
     with build_batches(small(sample_paths), tokenizer) as it:
         next(it)
         state = it.get_state()
-    with pytest.raises(UserError, match="different config"):
+    with pytest.raises(UserError, match=r"the data seed \(3 -> 9\)"):
         build_batches(small(sample_paths, seed=9), tokenizer, state=state)
 
 
@@ -143,6 +142,8 @@ def test_config_errors_name_the_field(sample_paths):
         PipelineConfig()
     with pytest.raises(UserError, match="unknown key"):
         PipelineConfig.from_dict({"files": sample_paths, "seqlen": 3})
+    with pytest.raises(UserError, match="shuffle_buffer: removed: every epoch is a seeded permutation"):
+        PipelineConfig.from_dict({"files": sample_paths, "shuffle_buffer": 3})
     with pytest.raises(UserError, match="no data files"):
         build_batches(PipelineConfig(files=("/nonexistent/*.jsonl",)), None)
 

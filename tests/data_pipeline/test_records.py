@@ -140,8 +140,8 @@ def test_training_on_a_truncated_file_stops_with_one_line_naming_it(tmp_path, to
 
     path = _truncated_gz(tmp_path)
     config = PipelineConfig(files=(str(path),), seq_len=256, batch_size=4, shuffle=False, window_size=16)
-    with build_batches(config, tokenizer) as it, pytest.raises(UserError) as error:
-        list(it)
+    with pytest.raises(UserError) as error:  # found by the index scan, before the first batch
+        build_batches(config, tokenizer)
     assert str(error.value).startswith(f"{path}:") and "records in" in str(error.value)
     assert "\n" not in str(error.value)
 

@@ -65,6 +65,19 @@ def test_length_in_epochs_counts_one_pass_of_the_data(th):
                             "data.source=pyx", "data.mode=pad", "data.seq_len=64", "model.vocab_size=1024")
     sources = build_sources(config.data, global_batch=8, vocab_size=1024, seed=0, process_index=0,
                             process_count=1, count_epoch=True)
-    assert sources.batches_per_epoch == 19  # pad mode: 150 records, one per row, 8 rows a batch
-    assert _total_steps(config, sources.batches_per_epoch) == 38
-    assert _total_steps(th.tiny_config("train.epochs=0.5"), 19) == 10
+    assert sources.epoch_rows == 150  # pad mode: 150 records, one per row
+    assert _total_steps(config, sources.epoch_rows) == 38  # 19 batches of 8 rows per epoch
+    assert _total_steps(th.tiny_config("train.epochs=0.5"), 150) == 10
+
+
+def test_a_seq_len_that_truncates_most_records_warns_and_errors_when_asked(tmp_path, capsys):
+    args = ["train", "--config", CONFIG, "--run-dir", str(tmp_path / "run"), "data.seq_len=256", "train.steps=1",
+            "optimizer.warmup_steps=0", "run.progress=false", "train.eval_every=0", "checkpoint.every=1"]
+    assert main(args + ["data.on_truncation=error"]) == 1
+    err = capsys.readouterr().err
+    assert "data.seq_len=256 truncates 720 of 1,009 records (71.4 %: nl2code 0/289, exec_i 287/287" in err
+    assert "data.seq_len=820 would keep 99 %" in err and "data.max_truncated=0.01" in err
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+    assert main(args) == 0
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "truncates" in x]
+    assert line.startswith("semcoder train: warning: data.seq_len=256 truncates 720 of 1,009 records")

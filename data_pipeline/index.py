@@ -1,0 +1,285 @@
+"""Random access to the records of a split: where each one is, so a window can read any of them.
+
+A global shuffle needs to read record ``i`` of the epoch without streaming to it.  The index is one
+sequential scan of every file at start (each host scans all files: the epoch's permutation, hence
+every host's share, needs every record's existence, not its content): for each record its file, line
+(or TFRecord ordinal) and byte span.  Compressed files are decompressed once, during the scan, into
+an unnamed temporary file that the reads then address (a ``.gz`` cannot be read from the middle).
+Blank JSON Lines lines are not records; with ``eval_fraction`` a record is in the held-out split when
+the Fingerprint64 bucket of its bytes falls below the fraction (the same records on every host).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import threading
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from data_pipeline.errors import UserError
+from data_pipeline.records import BadRecord, truncated_file
+
+HASH_BUCKETS = 1_000_000
+_BLOCK = 16 << 20
+_WHITESPACE = np.array([9, 10, 11, 12, 13, 32], np.uint8)
+
+
+class RecordIndex:
+    """Where every record of a split is (``len()`` records, in file then line order).
+
+    ``read(ids)`` returns their raw bytes (a JSON line without its newline, or a TFRecord payload);
+    ``where(id)`` gives ``(path, line)`` for messages.  ``damaged`` lists the compressed files that
+    ended early or failed their check (one ``BadRecord`` each; the records before it are kept)."""
+
+    def __init__(self, files: Sequence[str], kinds: Sequence[str], compressions: Sequence[str], *,
+                 heldout: str = "", eval_fraction: float = 0.0):
+        self.files = list(files)
+        self.kinds = list(kinds)
+        self.damaged: list[BadRecord] = []
+        self.blank = 0
+        self._sources: list[str | int] = []  # a path, or the fd of a decompressed temporary copy
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        parts = []
+        for f, (path, kind, comp) in enumerate(zip(self.files, self.kinds, compressions)):
+            parts.append(self._scan(f, path, kind, comp))
+        file_idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
+        offsets = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
+        lengths = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
+        lines = np.concatenate([p[3] for p in parts]) if parts else np.zeros(0, np.int64)
+        if heldout:
+            in_eval = self._heldout_mask(file_idx, offsets, lengths, eval_fraction)
+            keep = in_eval if heldout == "eval" else ~in_eval
+            file_idx, offsets, lengths, lines = file_idx[keep], offsets[keep], lengths[keep], lines[keep]
+        self.file_idx, self.offsets, self.lengths, self.lines = file_idx, offsets, lengths, lines
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def records_per_file(self) -> np.ndarray:
+        return np.bincount(self.file_idx, minlength=len(self.files))
+
+    # -- scanning -----------------------------------------------------------------------------------
+
+    def _scan(self, f: int, path: str, kind: str, compression: str):
+        damage = None
+        if compression:
+            fd, damage = self._decompress(path)
+            self._sources.append(fd)
+        else:
+            self._sources.append(path)
+        source = self._sources[-1]
+        try:
+            if kind == "jsonl":
+                offsets, lengths, lines = self._scan_lines(source, cut_off=damage is not None)
+            else:
+                offsets, lengths, lines = self._scan_tfrecords(source, path, cut_off=damage is not None)
+        except OSError as e:
+            raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+        if damage is not None:
+            read = int(lines[-1]) if len(lines) else 0
+            self.damaged.append(truncated_file(path, read, len(offsets), damage))
+        return np.full(len(offsets), f, np.int32), offsets, lengths, lines
+
+    def _decompress(self, path: str) -> tuple[int, BaseException | None]:
+        """A decompressed copy of ``path`` in an unnamed temporary file (its fd), and the error that
+        stopped a damaged stream (what decompressed before it is kept)."""
+        fd, tmp = tempfile.mkstemp(prefix="semcoder-data-")
+        os.unlink(tmp)  # unnamed: gone when closed, or when the process ends
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            with open(path, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    while chunk:
+                        os.write(fd, decompressor.decompress(chunk))
+                        chunk = b""
+                        if decompressor.eof:  # a member ended; another may follow (concatenated .gz)
+                            chunk = decompressor.unused_data
+                            if chunk:
+                                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        except zlib.error as e:
+            return fd, e
+        except OSError as e:
+            os.close(fd)
+            raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+        if not decompressor.eof:
+            return fd, EOFError("Compressed file ended before the end-of-stream marker was reached")
+        return fd, None
+
+    def _read_source(self, source: str | int):
+        """Blocks of a source from its start (a path, or an fd read with pread)."""
+        if isinstance(source, int):
+            pos = 0
+            while True:
+                block = os.pread(source, _BLOCK, pos)
+                if not block:
+                    return
+                yield block
+                pos += len(block)
+        else:
+            with open(source, "rb") as fh:
+                while block := fh.read(_BLOCK):
+                    yield block
+
+    def _scan_lines(self, source: str | int, cut_off: bool = False):
+        """(offsets, lengths, line numbers) of the non-blank lines, vectorised per block.  In a stream
+        that was ``cut_off``, a last line without its newline is a fragment, not a record."""
+        starts, ends, solid = [], [], []
+        pos, carry_start, carry_solid = 0, 0, False
+        for block in self._read_source(source):
+            data = np.frombuffer(block, np.uint8)
+            newlines = np.flatnonzero(data == 10)
+            solid_before = np.concatenate([[0], np.cumsum(~np.isin(data, _WHITESPACE), dtype=np.int64)])
+            if len(newlines):
+                local_starts = np.concatenate([[0], newlines[:-1] + 1])
+                has = solid_before[newlines] - solid_before[local_starts] > 0
+                has[0] |= carry_solid
+                line_starts = pos + local_starts
+                line_starts[0] = carry_start
+                starts.append(line_starts)
+                ends.append(pos + newlines)
+                solid.append(has)
+                tail = int(newlines[-1]) + 1
+                carry_start, carry_solid = pos + tail, bool(solid_before[len(data)] - solid_before[tail] > 0)
+            else:
+                carry_solid = carry_solid or bool(solid_before[len(data)] > 0)
+            pos += len(data)
+        if pos > carry_start and not cut_off:  # a last line without a newline
+            starts.append(np.array([carry_start]))
+            ends.append(np.array([pos]))
+            solid.append(np.array([carry_solid]))
+        if not starts:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
+        starts_a = np.concatenate(starts).astype(np.int64)
+        ends_a = np.concatenate(ends).astype(np.int64)
+        keep = np.concatenate(solid).astype(bool)
+        self.blank += int((~keep).sum())
+        lines = np.arange(1, len(starts_a) + 1, dtype=np.int64)
+        return starts_a[keep], (ends_a - starts_a)[keep], lines[keep]
+
+    def _scan_tfrecords(self, source: str | int, path: str, cut_off: bool = False):
+        """TFRecord framing: length (u64) | crc of length | payload | crc of payload.  In a stream that
+        was ``cut_off``, a last record without its end is dropped (the damage is reported once)."""
+        offsets, lengths = [], []
+        reader = _SequentialReader(self._read_source(source))
+        pos = 0
+        while True:
+            header = reader.take(12)
+            if not header:
+                break
+            if len(header) < 12:
+                if cut_off:
+                    break
+                raise UserError(f"{path}: TFRecord {len(offsets) + 1} is cut off (a partial header)")
+            (length,) = struct.unpack("<Q", header[:8])
+            if not reader.skip(length + 4):
+                if cut_off:
+                    break
+                raise UserError(f"{path}: TFRecord {len(offsets) + 1} is cut off ({length} bytes announced)")
+            offsets.append(pos + 12)
+            lengths.append(length)
+            pos += 12 + length + 4
+        return (np.asarray(offsets, np.int64), np.asarray(lengths, np.int64),
+                np.arange(1, len(offsets) + 1, dtype=np.int64))
+
+    def _heldout_mask(self, file_idx, offsets, lengths, eval_fraction: float) -> np.ndarray:
+        import tensorflow as tf
+
+        cut = int(round(eval_fraction * HASH_BUCKETS))
+        out = np.zeros(len(offsets), bool)
+        step = 65536
+        for start in range(0, len(offsets), step):
+            ids = np.arange(start, min(start + step, len(offsets)))
+            payloads = self._read_ids(file_idx[ids], offsets[ids], lengths[ids])
+            buckets = tf.strings.to_hash_bucket_fast(tf.constant(payloads, tf.string), HASH_BUCKETS).numpy()
+            out[ids] = buckets < cut
+        return out
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def _fd(self, f: int) -> int:
+        source = self._sources[f]
+        if isinstance(source, int):
+            return source
+        with self._lock:
+            if f not in self._fds:
+                try:
+                    self._fds[f] = os.open(source, os.O_RDONLY)
+                except OSError as e:
+                    raise UserError(f"{source}: cannot be read ({e.strerror or e})") from None
+            return self._fds[f]
+
+    def _read_ids(self, file_idx, offsets, lengths) -> list[bytes]:
+        out = []
+        for f, off, n in zip(file_idx.tolist(), offsets.tolist(), lengths.tolist()):
+            data = os.pread(self._fd(f), n, off)
+            if len(data) != n:
+                raise UserError(f"{self.files[f]}: changed while reading (a record at byte {off} is cut off)")
+            out.append(data.rstrip(b"\r") if self.kinds[f] == "jsonl" else data)
+        return out
+
+    def read(self, ids: np.ndarray) -> list[bytes]:
+        """The raw bytes of records ``ids`` (in that order; read in file order)."""
+        ids = np.asarray(ids, np.int64)
+        order = np.lexsort((self.offsets[ids], self.file_idx[ids]))
+        data = self._read_ids(self.file_idx[ids[order]], self.offsets[ids[order]], self.lengths[ids[order]])
+        out: list[bytes] = [b""] * len(ids)
+        for slot, payload in zip(order.tolist(), data):
+            out[slot] = payload
+        return out
+
+    def where(self, record: int) -> tuple[str, int]:
+        return self.files[int(self.file_idx[record])], int(self.lines[record])
+
+    def close(self) -> None:
+        for fd in list(self._fds.values()) + [s for s in self._sources if isinstance(s, int)]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+        self._sources = [s if isinstance(s, str) else "" for s in self._sources]
+
+
+class _SequentialReader:
+    """take/skip over a stream of blocks without copying what is skipped."""
+
+    def __init__(self, blocks):
+        self._blocks = iter(blocks)
+        self._buf = b""
+        self._at = 0
+
+    def _fill(self, n: int) -> bool:
+        """At least ``n`` bytes buffered after the read position (False at the end of the stream)."""
+        while len(self._buf) - self._at < n:
+            block = next(self._blocks, None)
+            if block is None:
+                return False
+            self._buf = self._buf[self._at:] + block
+            self._at = 0
+        return True
+
+    def take(self, n: int) -> bytes:
+        self._fill(n)
+        out = self._buf[self._at:self._at + n]
+        self._at += len(out)
+        return out
+
+    def skip(self, n: int) -> bool:
+        while n > 0:
+            available = len(self._buf) - self._at
+            if available >= n:
+                self._at += n
+                return True
+            n -= available
+            self._buf, self._at = b"", 0
+            block = next(self._blocks, None)
+            if block is None:
+                return False
+            self._buf = block
+        return True
