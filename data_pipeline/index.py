@@ -11,6 +11,7 @@ the Fingerprint64 bucket of its bytes falls below the fraction (the same records
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import tempfile
@@ -126,41 +127,28 @@ class RecordIndex:
                     yield block
 
     def _scan_lines(self, source: str | int, cut_off: bool = False):
-        """(offsets, lengths, line numbers) of the non-blank lines, vectorised per block.  In a stream
-        that was ``cut_off``, a last line without its newline is a fragment, not a record."""
-        starts, ends, solid = [], [], []
-        pos, carry_start, carry_solid = 0, 0, False
-        for block in self._read_source(source):
-            data = np.frombuffer(block, np.uint8)
-            newlines = np.flatnonzero(data == 10)
-            solid_before = np.concatenate([[0], np.cumsum(~np.isin(data, _WHITESPACE), dtype=np.int64)])
-            if len(newlines):
-                local_starts = np.concatenate([[0], newlines[:-1] + 1])
-                has = solid_before[newlines] - solid_before[local_starts] > 0
-                has[0] |= carry_solid
-                line_starts = pos + local_starts
-                line_starts[0] = carry_start
-                starts.append(line_starts)
-                ends.append(pos + newlines)
-                solid.append(has)
-                tail = int(newlines[-1]) + 1
-                carry_start, carry_solid = pos + tail, bool(solid_before[len(data)] - solid_before[tail] > 0)
-            else:
-                carry_solid = carry_solid or bool(solid_before[len(data)] > 0)
-            pos += len(data)
-        if pos > carry_start and not cut_off:  # a last line without a newline
-            starts.append(np.array([carry_start]))
-            ends.append(np.array([pos]))
-            solid.append(np.array([carry_solid]))
-        if not starts:
-            empty = np.zeros(0, np.int64)
-            return empty, empty, empty
-        starts_a = np.concatenate(starts).astype(np.int64)
-        ends_a = np.concatenate(ends).astype(np.int64)
-        keep = np.concatenate(solid).astype(bool)
-        self.blank += int((~keep).sum())
-        lines = np.arange(1, len(starts_a) + 1, dtype=np.int64)
-        return starts_a[keep], (ends_a - starts_a)[keep], lines[keep]
+        """(offsets, lengths, line numbers) of the non-blank lines.  In a stream that was ``cut_off``, a
+        last line without its newline is a fragment, not a record.
+
+        Newlines are found a block at a time; blankness is decided from each line's first byte (a JSON
+        record starts with ``{``), and only lines that start with whitespace are read whole."""
+        with _mapped(source) as data:
+            ends = np.concatenate([np.flatnonzero(data[i:i + _BLOCK] == 10) + i for i in range(0, len(data), _BLOCK)]
+                                  or [np.zeros(0, np.int64)]).astype(np.int64)
+            starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64) if len(ends) else np.zeros(0, np.int64)
+            tail = int(ends[-1]) + 1 if len(ends) else 0
+            if len(data) > tail and not cut_off:  # a last line without a newline
+                starts = np.append(starts, tail)
+                ends = np.append(ends, len(data))
+            lengths = ends - starts
+            solid = lengths > 0
+            first = data[np.minimum(starts, max(len(data) - 1, 0))] if len(data) else np.zeros(0, np.uint8)
+            maybe_blank = np.flatnonzero(solid & np.isin(first, _WHITESPACE))
+            for i in maybe_blank.tolist():
+                solid[i] = not np.isin(data[starts[i]:ends[i]], _WHITESPACE).all()
+        self.blank += int((~solid).sum())
+        lines = np.arange(1, len(starts) + 1, dtype=np.int64)
+        return starts[solid], lengths[solid], lines[solid]
 
     def _scan_tfrecords(self, source: str | int, path: str, cut_off: bool = False):
         """TFRecord framing: length (u64) | crc of length | payload | crc of payload.  In a stream that
@@ -244,6 +232,31 @@ class RecordIndex:
                 pass
         self._fds.clear()
         self._sources = [s if isinstance(s, str) else "" for s in self._sources]
+
+
+class _mapped:
+    """A source (path or fd) as a read-only uint8 array backed by ``mmap`` (empty files give an empty array)."""
+
+    def __init__(self, source: str | int):
+        self._fd = source if isinstance(source, int) else os.open(source, os.O_RDONLY)
+        self._own = not isinstance(source, int)
+        self._map = None
+
+    def __enter__(self) -> np.ndarray:
+        size = os.fstat(self._fd).st_size
+        if not size:
+            return np.zeros(0, np.uint8)
+        self._map = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ)
+        return np.frombuffer(self._map, np.uint8)
+
+    def __exit__(self, *exc) -> None:
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view is still referenced: the map closes when it is collected
+                pass
+        if self._own:
+            os.close(self._fd)
 
 
 class _SequentialReader:

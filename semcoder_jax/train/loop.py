@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from data_pipeline.pipeline import DataPositionError
@@ -449,6 +450,7 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
     step = start
     last_saved = start if restored is not None else -1
     window_start, window_steps = time.perf_counter(), 0
+    sums = None  # loss sums of the steps since the last logged record (on device, no sync per step)
     stop_at = total if max_steps_this_run is None else min(total, start + max_steps_this_run)
     call, window = step_fn, None
     with StopSignal() as stop, contextlib.ExitStack() as cleanup:
@@ -462,6 +464,7 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
             if window is not None:
                 window.before_step(step + 1)
             state, metrics = call(state, batch)
+            sums = _add_to_window(sums, metrics)
             step += 1
             window_steps += 1
             guard.watch(step, metrics)  # checks the step before this one: one step stays in flight
@@ -472,8 +475,8 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
                 guard.settle()
                 host = jax.device_get(metrics)
                 values = {k: float(v) for k, v in host.items() if k != "finite" and k not in TASK_METRICS}
-                if "task_tokens" in host:
-                    values.update(task_scalars(host["task_loss_sum"], host["task_tokens"], "loss", "tokens"))
+                values.update(_window_values(jax.device_get(sums)))
+                sums = None
                 if guard.skipped:
                     values["skipped_steps"] = guard.skipped
                 elapsed = time.perf_counter() - window_start
@@ -560,6 +563,39 @@ class _NonFiniteGuard:
         if self.process0:
             print(f"semcoder train: warning: step {step}: loss {loss}, gradient norm {grad_norm}: not finite; "
                   f"the update was skipped ({self.skipped} so far)", file=sys.stderr, flush=True)
+
+
+@jax.jit
+def _window_sums(metrics: dict) -> dict:
+    """A step's loss as sums (cross-entropy, z-loss, loss tokens, per task); zero for a step not applied."""
+    keep = metrics["finite"] > 0
+    tokens = jnp.where(keep, metrics["loss_tokens"], 0.0)
+    out = {"ce": jnp.where(keep, metrics["loss"] * metrics["loss_tokens"], 0.0),
+           "z": jnp.where(keep, metrics["z_loss"] * metrics["loss_tokens"], 0.0), "tokens": tokens,
+           "applied": keep.astype(jnp.float32)}
+    for key in TASK_METRICS:
+        if key in metrics:
+            out[key] = jnp.where(keep, metrics[key], 0.0)
+    return out
+
+
+def _add_to_window(sums: dict | None, metrics: dict) -> dict:
+    step_sums = _window_sums(metrics)
+    return step_sums if sums is None else jax.tree.map(jnp.add, sums, step_sums)
+
+
+def _window_values(sums: dict) -> dict[str, float]:
+    """``loss``, ``z_loss`` (token-weighted means), ``loss_tokens`` and the per-task keys over the steps of a
+    logged record's window: one step's batch is too few tokens of a rare task to read a trend from.  A
+    window whose steps were all skipped (non-finite) keeps the last step's own values."""
+    if not float(sums["applied"]):
+        return {}
+    tokens = float(sums["tokens"])
+    values = {"loss": float(sums["ce"]) / max(tokens, 1.0), "z_loss": float(sums["z"]) / max(tokens, 1.0),
+              "loss_tokens": tokens}
+    if "task_tokens" in sums:
+        values.update(task_scalars(sums["task_loss_sum"], sums["task_tokens"], "loss", "tokens"))
+    return values
 
 
 def task_scalars(loss_sum: np.ndarray, tokens: np.ndarray, loss_key: str, tokens_key: str) -> dict[str, float]:

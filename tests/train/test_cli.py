@@ -81,3 +81,25 @@ def test_a_seq_len_that_truncates_most_records_warns_and_errors_when_asked(tmp_p
     assert main(args) == 0
     (line,) = [x for x in capsys.readouterr().err.splitlines() if "truncates" in x]
     assert line.startswith("semcoder train: warning: data.seq_len=256 truncates 720 of 1,009 records")
+
+
+def test_the_main_job_trains_on_whole_examples_and_lets_a_monologue_finish():
+    """tiny_cpu.yaml truncates at most 1 % of the bundled sample, and the README's eval gives a generation
+    at least as many new tokens as the sample's longest monologue response."""
+    import re
+
+    from data_pipeline.examples import build_examples
+    from data_pipeline.records import iter_jsonl
+    from data_pipeline.sample import sample_files, sample_tokenizer_dir
+    from data_pipeline.tokenizer import load_tokenizer
+    from semcoder_jax.train.config import load_config
+
+    config = load_config(CONFIG, [])
+    tokenizer = load_tokenizer(sample_tokenizer_dir())
+    records = [r for p in sample_files() for r in iter_jsonl(p)]
+    examples = build_examples(records, tokenizer, 1 << 30)
+    assert sum(len(e.tokens) > config.data.seq_len for e in examples) <= 0.01 * len(examples)
+    readme = open(os.path.join(os.path.dirname(CONFIG), "..", "..", "README.md")).read()
+    budget = int(re.search(r"--mode monologue --limit 20 --max-new-tokens (\d+)", readme).group(1))
+    longest = max(e.num_loss_tokens for e in examples if e.task in ("exec_i", "exec_o"))
+    assert budget >= longest, (budget, longest)
