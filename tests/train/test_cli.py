@@ -103,3 +103,18 @@ def test_the_main_job_trains_on_whole_examples_and_lets_a_monologue_finish():
     budget = int(re.search(r"--mode monologue --limit 20 --max-new-tokens (\d+)", readme).group(1))
     longest = max(e.num_loss_tokens for e in examples if e.task in ("exec_i", "exec_o"))
     assert budget >= longest, (budget, longest)
+
+
+def test_data_stats_for_a_config_shows_each_tasks_share_of_loss_tokens_overall_and_per_batch(capsys):
+    assert main(["data", "stats", "--config", CONFIG, "--hosts", "2", "data.seq_len=512"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("first epoch as trained: data.seq_len=512, data.mode=pack, train.global_batch=8 on 2")
+    assert out[1].startswith("data.seq_len=512 truncates")
+    rows = {line.split()[0]: line.split() for line in out[3:]}
+    assert set(rows) == {"nl2code", "exec_i", "exec_o", "refine"}
+    shares = {t: [float(v.rstrip("%")) for v in r[3:6]] for t, r in rows.items()}
+    assert abs(sum(s[0] for s in shares.values()) - 100) < 0.5
+    assert all(low <= overall <= high for overall, low, high in shares.values())
+    assert sum(int(r[1].replace(",", "")) for r in rows.values()) == 1009  # every training record, once
+    assert main(["data", "stats"]) == 1
+    assert "give --tokenizer TOK and data FILEs, or --config CONFIG" in capsys.readouterr().err
