@@ -113,10 +113,15 @@ class ModelConfig:
     # ---- Hugging Face config.json -------------------------------------------------------------
 
     def to_hf_dict(self) -> dict[str, Any]:
-        """The ``config.json`` of an equivalent ``LlamaForCausalLM`` (released-checkpoint layout)."""
+        """The ``config.json`` of an equivalent ``LlamaForCausalLM`` (released-checkpoint layout).
+
+        ``rope_scaling`` is exactly the release's ``{"type": "linear", "factor": F}`` (or None): every
+        transformers version reads that form (4.43+ and 5 add ``rope_type`` themselves), while
+        transformers <= 4.42 refuses a dict with any third key.
+        """
         rope_scaling = None
         if self.rope_scaling_factor != 1.0:
-            rope_scaling = {"type": "linear", "rope_type": "linear", "factor": float(self.rope_scaling_factor)}
+            rope_scaling = {"type": "linear", "factor": float(self.rope_scaling_factor)}
         out: dict[str, Any] = {
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -144,6 +149,12 @@ class ModelConfig:
             "use_cache": True,
         }
         return out
+
+    def to_hf_rope_parameters(self) -> dict[str, Any]:
+        """The same RoPE in transformers 5's ``rope_parameters`` form."""
+        if self.rope_scaling_factor == 1.0:
+            return {"rope_type": "default", "rope_theta": float(self.rope_theta)}
+        return {"rope_type": "linear", "factor": float(self.rope_scaling_factor), "rope_theta": float(self.rope_theta)}
 
     @classmethod
     def from_hf_dict(cls, hf: Mapping[str, Any], source: str = "config.json", **overrides: Any) -> ModelConfig:

@@ -729,12 +729,31 @@ def convert_hf_to_native(hf_dir: str, out_dir: str, *, dtype: str | None = None,
     return config
 
 
-def _hf_config_json(config: ModelConfig, dtype: np.dtype) -> str:
+def hf_config_dict(config: ModelConfig, dtype: np.dtype) -> dict[str, Any]:
+    """The ``config.json`` of an HF export, read as the same model by transformers 4.x and 5.
+
+    transformers 5 writes RoPE as ``rope_parameters`` and the weights' dtype as ``dtype``; transformers
+    4.x (and the serving and eval stacks built on it) read only the released checkpoints' top-level
+    ``rope_theta``, ``rope_scaling`` and ``torch_dtype``, and without them fall back to theta 10000, no
+    scaling and float32 -- silently another model.  So both sets are written with the same values:
+    transformers 5's serialization of the config, plus the release's keys (``rope_scaling`` exactly
+    ``{"type": "linear", "factor": F}`` or null).  transformers 5 reads either set (``rope_scaling``
+    first, then ``rope_parameters``); so does ``ModelConfig.from_hf_dict``.
+    """
     from transformers import LlamaConfig
 
-    fields = config.to_hf_dict()
-    fields.pop("model_type")
-    return LlamaConfig(**fields, dtype=_dtype_name(dtype)).to_json_string()
+    release = config.to_hf_dict()
+    rope = config.to_hf_rope_parameters()
+    name = _dtype_name(dtype)
+    fields = {k: v for k, v in release.items() if k not in ("model_type", "rope_theta", "rope_scaling")}
+    data = json.loads(LlamaConfig(**fields, rope_parameters=dict(rope), dtype=name).to_json_string())
+    data.update(rope_parameters=rope, dtype=name,  # as transformers 5 writes them
+                rope_theta=release["rope_theta"], rope_scaling=release["rope_scaling"], torch_dtype=name)
+    return dict(sorted(data.items()))
+
+
+def _hf_config_json(config: ModelConfig, dtype: np.dtype) -> str:
+    return json.dumps(hf_config_dict(config, dtype), indent=2, sort_keys=True) + "\n"
 
 
 def _generation_config_json(config: ModelConfig) -> str:
@@ -806,6 +825,31 @@ def _write_hf_files(tmp: str, config: ModelConfig, specs: list[TensorSpec], shar
         if not copy_tokenizer_files(tokenizer_dir, tmp):
             raise ConversionError(f"{tokenizer_dir}: no tokenizer files found "
                                   f"(expected one of {', '.join(TOKENIZER_FILES[:4])}, ...)")
+        _portable_tokenizer_config(tmp)
+
+
+# tokenizer_class names that only transformers 5 knows, and the class transformers 4.x loads the same
+# tokenizer.json with (transformers 5 reads that name too, as an alias).
+_V5_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+
+
+def _portable_tokenizer_config(directory: str) -> None:
+    """Renames a transformers-5-only ``tokenizer_class`` in a copied ``tokenizer_config.json`` (a tokenizer
+    saved by transformers 5's ``save_pretrained`` names ``TokenizersBackend``, which transformers 4.x
+    cannot load) when ``tokenizer.json`` is there to load it from; the file is otherwise unchanged."""
+    path = os.path.join(directory, "tokenizer_config.json")
+    if not os.path.isfile(path) or not os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return  # copied as it was; the tokenizer's own loader reports it
+    if isinstance(data, dict) and data.get("tokenizer_class") in _V5_TOKENIZER_CLASSES:
+        data["tokenizer_class"] = _V5_TOKENIZER_CLASSES[data["tokenizer_class"]]
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, ensure_ascii=False)
+            f.write("\n")
 
 
 def convert_native_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None, tokenizer_dir: str | None = None,
