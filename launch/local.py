@@ -4,7 +4,10 @@ This is the multi-host program a TPU pod or a GPU cluster runs, in miniature: on
 (process 0's address), ``jax.distributed`` in every process, CPU collectives between them.  The
 launcher streams every process's output line by line with a ``[pI]`` prefix and, when one process
 fails, stops all the others (SIGTERM, then SIGKILL after a grace period) so that nothing is left
-waiting in a collective.  Launching again on the same run directory resumes from its checkpoint.
+waiting in a collective.  SIGTERM, SIGINT or SIGHUP to the launcher (a scheduler's ``timeout``, a
+Ctrl-C, a closed terminal) is passed on the same way: every process gets SIGTERM, saves and exits, and
+the launcher reaps them before it exits, so nothing is orphaned.  Launching again on the same run
+directory resumes from its checkpoint.
 """
 
 from __future__ import annotations
@@ -99,12 +102,29 @@ def _stop(procs: list[subprocess.Popen], grace: float) -> None:
             p.wait()
 
 
+class _Stopped(Exception):
+    """The launcher itself was asked to stop (by ``signum``)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise _Stopped(signum)
+
+
 def run_local(specs: list[LocalProcess], *, out: TextIO = sys.stdout, log: TextIO = sys.stderr,
               grace: float = 20.0, poll: float = 0.1) -> int:
-    """Starts every process, streams their output, stops all when one fails; returns the first failure's status."""
+    """Starts every process, streams their output, stops all when one fails or when the launcher is signalled;
+    returns the first failure's status (128 + the signal for a signalled launcher)."""
     lock = threading.Lock()
     procs: list[subprocess.Popen] = []
     pumps: list[threading.Thread] = []
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            previous[sig] = signal.signal(sig, _raise_stopped)
     try:
         for spec in specs:
             p = subprocess.Popen(spec.argv, env={**os.environ, **spec.env}, stdout=subprocess.PIPE,
@@ -129,10 +149,18 @@ def run_local(specs: list[LocalProcess], *, out: TextIO = sys.stdout, log: TextI
             if all(c == 0 for c in codes):
                 break
             time.sleep(poll)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped) as e:
+        signum = e.signum if isinstance(e, _Stopped) else signal.SIGINT
+        for sig in previous:  # a second signal while the processes save must not cut the wait short
+            signal.signal(sig, signal.SIG_IGN)
+        with lock:
+            print(f"semcoder launch local: {signal.Signals(signum).name} received; stopping every process "
+                  f"(SIGTERM, then SIGKILL after {grace:g} s)", file=log, flush=True)
         _stop(procs, grace)
-        status = 130
+        status = 128 + signum
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         for p in procs:
             if p.poll() is None:
                 p.kill()

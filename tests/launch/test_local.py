@@ -33,11 +33,11 @@ TRAIN = [
 ]
 
 
-def start_launcher(run_dir: Path, *overrides: str) -> subprocess.Popen:
+def start_launcher(run_dir: Path, *overrides: str, grace: float = 5) -> subprocess.Popen:
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     argv = [sys.executable, "-m", "semcoder_jax.cli", "launch", "local", "--processes", "2",
-            "--devices-per-process", "2", "--grace", "5", "--", "--run-dir", str(run_dir), *TRAIN, *overrides]
+            "--devices-per-process", "2", "--grace", str(grace), "--", "--run-dir", str(run_dir), *TRAIN, *overrides]
     return subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -128,3 +128,35 @@ def test_killing_one_process_stops_the_other_and_the_next_launch_resumes_from_th
     assert sorted(final) == list(range(1, 41))
     reference = reference_losses(tmp_path, 40)
     np.testing.assert_allclose([final[s] for s in range(1, 41)], [reference[s] for s in range(1, 41)], rtol=1e-5)
+
+
+def test_a_signalled_launcher_stops_every_process_after_it_saves_and_leaves_none_behind(tmp_path):
+    """``timeout 150 semcoder launch local ...`` (SIGTERM to the launcher only) must not orphan the trainers."""
+    run_dir = tmp_path / "run"
+    proc = start_launcher(run_dir, "train.steps=100000", "checkpoint.every=100000", grace=90)
+    pids: dict[int, int] = {}
+    lines: list[str] = []
+
+    def read_stderr():
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("semcoder launch local: process") and " pid " in line:
+                words = line.split()
+                pids[int(words[4])] = int(words[6])
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    deadline = time.time() + 240
+    while not ((run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= 3):
+        assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines)[-3000:]
+    assert any("SIGTERM received; stopping every process" in line for line in lines)
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    saved = [int(n) for n in os.listdir(run_dir / "checkpoints") if n.isdigit()]
+    assert saved and max(saved) >= 3  # the trainers saved the step they were on before exiting
