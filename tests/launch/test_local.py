@@ -160,3 +160,21 @@ def test_a_signalled_launcher_stops_every_process_after_it_saves_and_leaves_none
             os.kill(pid, 0)
     saved = [int(n) for n in os.listdir(run_dir / "checkpoints") if n.isdigit()]
     assert saved and max(saved) >= 3  # the trainers saved the step they were on before exiting
+
+
+@pytest.mark.slow  # the bundled main job on two processes: a few minutes on 2 cores
+def test_two_processes_run_the_bundled_config_with_its_eval_schedule_to_the_end(tmp_path):
+    """Every eval takes the same number of collective steps on both processes, even though the held-out
+    split (one window) belongs to process 0 alone: the run must not hang at its first eval."""
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    run_dir = tmp_path / "mh"
+    argv = [sys.executable, "-m", "semcoder_jax.cli", "launch", "local", "--processes", "2",
+            "--devices-per-process", "2", "--", "--config", str(REPO / "launch" / "configs" / "tiny_cpu.yaml"),
+            "--run-dir", str(run_dir), "run.progress=false", "run.tensorboard=false"]
+    proc = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    with open(run_dir / "metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    assert [r["step"] for r in records if "eval_loss" in r] == [50, 100, 150]
+    assert max(r["step"] for r in records) == 150
