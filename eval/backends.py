@@ -4,19 +4,28 @@ sampler) — and, for scoring existing generations, none at all.
 Both follow the same conventions so greedy text is identical on the same model: the prompt is encoded
 without special tokens and the bos token is prepended; prompts are left-padded in a batch; greedy when
 ``temperature == 0``; ``text`` excludes EOS and is cut just before the first stop string (vLLM semantics).
+``max_new_tokens`` is one limit or one per prompt; ``seeds`` gives each prompt its own sampling stream, so
+a sampled continuation depends on its prompt and seed only, not on the batch it shares or the order.
 Heavy imports (torch, transformers, jax) happen inside the functions.
+
+``model_fingerprint`` identifies a model by content (every file the loaders read, hashed in full), so an
+evaluation can tell a re-exported model in the same directory from the one it started with.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from semcoder_jax.errors import UserError
 
 DTYPES = ("bfloat16", "float16", "float32")
+FINGERPRINT_ALGORITHM = "xxh3-128"
+# Orbax writes a creation time into these: two exports of the same weights differ only there.
+_VOLATILE_FILES = ("_CHECKPOINT_METADATA", "commit_success.txt")
 
 
 @dataclass(frozen=True)
@@ -29,9 +38,25 @@ class Generation:
 
 
 class Backend(Protocol):
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
+    def encode(self, prompt: str) -> list[int]: ...
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int | Sequence[int], temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, seeds: Sequence[int] | None = None, stop: Sequence[str] = (),
                  batch_size: int = 8) -> list[Generation]: ...
+
+
+def sample_seed(seed: int, *key: Any) -> int:
+    """A 31-bit sampling seed that is a function of ``seed`` and ``key`` only (e.g. task id, sample index,
+    refine round): the same sample gets the same stream whatever its batch, position or resume."""
+    text = "\x1f".join(map(str, (seed, *key)))
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little") & 0x7FFFFFFF
+
+
+def _per_row(value: int | Sequence[int], n: int, what: str) -> list[int]:
+    rows = [int(value)] * n if isinstance(value, int) else [int(v) for v in value]
+    if len(rows) != n:
+        raise UserError(f"{len(rows)} {what} for {n} prompts")
+    return rows
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
@@ -57,6 +82,7 @@ class HFBackend:
         dtype = dtype or ("float32" if self.device == "cpu" else "bfloat16")
         if dtype not in DTYPES:
             raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        self.dtype = dtype
         self.torch = torch
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device)
         self.model.eval()
@@ -69,14 +95,20 @@ class HFBackend:
         ids = list(self.tokenizer.encode(prompt))
         return ([self.bos_id] if self.bos_id is not None else []) + ids
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (),
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int | Sequence[int], temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, seeds: Sequence[int] | None = None, stop: Sequence[str] = (),
                  batch_size: int = 8) -> list[Generation]:
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        """Without ``seeds`` prompt ``i`` samples with ``sample_seed(seed, i)``."""
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         torch = self.torch
         stop = [s for s in stop if s]
         encoded = [self.encode(p) for p in prompts]
+        limits = _per_row(max_new_tokens, len(prompts), "max_new_tokens")
+        if any(n < 1 for n in limits):
+            raise UserError(f"max_new_tokens must be positive, got {min(limits)}")
+        seeds = _per_row(seeds, len(prompts), "seeds") if seeds is not None else [
+            sample_seed(seed, i) for i in range(len(prompts))]
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
         results: list[Generation | None] = [None] * len(prompts)
         tokenizer, eos_id = self.tokenizer, self.eos_id
@@ -85,17 +117,21 @@ class HFBackend:
         # at every step finds each occurrence when it completes; _finish then cuts the full text exactly.
         window = 4 * max((len(s) for s in stop), default=0) + 2
 
-        class StopStrings(StoppingCriteria):
-            def __init__(self, width: int):
-                self.width = width
+        class RowStops(StoppingCriteria):
+            """Per row: a stop string in the tail, or the row's own token limit reached."""
+
+            def __init__(self, width: int, row_limits: list[int]):
+                self.width, self.row_limits = width, torch.tensor(row_limits)
 
             def __call__(self, input_ids, scores, **kwargs):
-                done = []
-                for row in input_ids[:, self.width:].tolist():
-                    if eos_id in row:
-                        row = row[: row.index(eos_id)]
-                    done.append(cut_at_stop(tokenizer.decode(row[-window:]), stop)[1])
-                return torch.tensor(done, device=input_ids.device)
+                done = (input_ids.shape[1] - self.width) >= self.row_limits
+                if stop:
+                    for r, row in enumerate(input_ids[:, self.width:].tolist()):
+                        if eos_id in row:
+                            row = row[: row.index(eos_id)]
+                        if cut_at_stop(tokenizer.decode(row[-window:]), stop)[1]:
+                            done[r] = True
+                return done.to(input_ids.device)
 
         for start in range(0, len(order), batch_size):
             rows = order[start: start + batch_size]
@@ -105,17 +141,19 @@ class HFBackend:
             for r, i in enumerate(rows):
                 ids[r, width - len(encoded[i]):] = torch.tensor(encoded[i])
                 mask[r, width - len(encoded[i]):] = 1
-            torch.manual_seed(seed + start)
-            kwargs = {"do_sample": False} if temperature == 0 else {
-                "do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+            row_limits = [limits[i] for i in rows]
+            processors = LogitsProcessorList()
+            if temperature > 0:
+                processors.append(row_sampler(torch, [seeds[i] for i in rows], temperature, top_p))
             with torch.no_grad():
+                # Sampling is done by the processor (noise added to the scores), so generate picks the argmax.
                 out = self.model.generate(
                     input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                    max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=self.pad_id,
-                    stopping_criteria=StoppingCriteriaList([StopStrings(width)]) if stop else None,
-                    **kwargs)
+                    max_new_tokens=max(row_limits), eos_token_id=eos_id, pad_token_id=self.pad_id,
+                    do_sample=False, logits_processor=processors,
+                    stopping_criteria=StoppingCriteriaList([RowStops(width, row_limits)]))
             for r, i in enumerate(rows):
-                results[i] = self._finish(out[r, width:].tolist(), stop)
+                results[i] = self._finish(out[r, width: width + limits[i]].tolist(), stop)
         return results  # type: ignore[return-value]
 
     def _finish(self, new_ids: list[int], stop: Sequence[str]) -> Generation:
@@ -128,6 +166,119 @@ class HFBackend:
         if hit:
             reason = "stop"
         return Generation(text, new_ids, reason)
+
+
+def row_sampler(torch: Any, seeds: Sequence[int], temperature: float, top_p: float) -> Any:
+    """A logits processor that turns greedy decoding into sampling with one random stream per row.
+
+    Scores are divided by ``temperature`` and cut to the nucleus of mass ``top_p`` (the rule of the jax
+    sampler: keep the tokens whose higher-ranked mass is below ``top_p``, ties at the threshold kept);
+    then each row adds ``-log(E)``, ``E`` i.i.d. Exp(1) drawn from its own generator.  The argmax of
+    ``s + Gumbel`` is distributed as ``softmax(s)`` (the Gumbel-max trick), so argmax decoding of these
+    scores is exact categorical sampling.  A row draws one vocabulary-sized vector per step from its own
+    generator, so its tokens depend on its seed only.  The generators live on the scores' device (a CUDA
+    generator per row on a GPU: one small kernel per row and step, no host transfer), so a seed gives
+    another stream on a GPU than on the CPU, as the logits differ there anyway.
+    """
+    from transformers import LogitsProcessor
+
+    class RowSampler(LogitsProcessor):
+        def __init__(self) -> None:
+            self.generators: list[Any] = []
+
+        def __call__(self, input_ids, scores):
+            if not self.generators:
+                self.generators = [torch.Generator(device=scores.device).manual_seed(int(s)) for s in seeds]
+            scores = scores.float() / temperature
+            if top_p < 1.0:
+                ranked = torch.sort(scores, dim=-1, descending=True).values
+                probs = torch.softmax(ranked, dim=-1)
+                keep = (torch.cumsum(probs, dim=-1) - probs) < top_p
+                threshold = torch.where(keep, ranked, torch.inf).min(dim=-1, keepdim=True).values
+                scores = scores.masked_fill(scores < threshold, -torch.inf)
+            noise = torch.stack([torch.empty(scores.shape[-1], device=scores.device).exponential_(generator=g)
+                                 for g in self.generators])
+            return scores - noise.log()
+
+    return RowSampler()
+
+
+def resolve_dtype(kind: str, dtype: str | None) -> str:
+    """The compute dtype a backend will use: ``dtype``, else its default on this machine (float32 on CPU,
+    bfloat16 on an accelerator), without loading a model."""
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+        return dtype
+    if kind == "hf":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() else "float32"
+    from semcoder_jax.generate import default_compute_dtype
+
+    return default_compute_dtype()
+
+
+def backend_dtype(backend: Any) -> str | None:
+    """The compute dtype a loaded backend runs in (``None`` for one that does not say)."""
+    dtype = getattr(backend, "dtype", None) or getattr(getattr(backend, "config", None), "dtype", None)
+    return str(dtype) if dtype is not None else None
+
+
+def model_files(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(name, file) pairs of everything the loaders read for ``path``: every top-level file of an HF
+    directory; for a native checkpoint or a training run, the resolved parameter directory (without
+    Orbax's timestamp files), ``model_config.json`` and the tokenizer."""
+    from semcoder_jax import convert
+
+    path = os.path.abspath(path)
+    if os.path.isfile(os.path.join(path, "config.json")) and not os.path.exists(
+            os.path.join(path, convert.MODEL_CONFIG_FILE)):
+        return [(name, os.path.join(path, name)) for name in sorted(os.listdir(path))
+                if not name.startswith(".") and os.path.isfile(os.path.join(path, name))]
+    try:
+        ckpt_dir, _, params_dir = convert.resolve_params_checkpoint(path)
+    except UserError as e:
+        raise UserError(f"--model {path}: not an HF model directory (no config.json), and not a native "
+                        f"checkpoint: {e}") from None
+    found = []
+    for label, root in (("params", params_dir), ("tokenizer", os.path.join(ckpt_dir, convert.TOKENIZER_DIR))):
+        for folder, dirs, names in os.walk(root):
+            dirs.sort()
+            for name in sorted(names):
+                if name not in _VOLATILE_FILES:
+                    file = os.path.join(folder, name)
+                    found.append((f"{label}/{os.path.relpath(file, root)}", file))
+    config_file = os.path.join(ckpt_dir, convert.MODEL_CONFIG_FILE)
+    if os.path.isfile(config_file):
+        found.append((convert.MODEL_CONFIG_FILE, config_file))
+    return found
+
+
+def file_fingerprint(files: Sequence[tuple[str, str]]) -> str:
+    """``xxh3-128:<hex>`` of the names, sizes and full contents of ``files`` (about 5 GB/s from the page cache)."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    for name, file in files:
+        digest.update(f"{name}\0{os.path.getsize(file)}\0".encode())
+        with open(file, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                digest.update(view[:n])
+    return f"{FINGERPRINT_ALGORITHM}:{digest.hexdigest()}"
+
+
+def model_fingerprint(path: str | os.PathLike) -> str:
+    """A content fingerprint of the model at ``path`` (weights, config and tokenizer): it changes whenever
+    any byte the loaders read changes, and not when the same weights are exported again."""
+    if not os.path.exists(path):
+        raise UserError(f"--model {path}: no such file or directory")
+    files = model_files(path)
+    if not files:
+        raise UserError(f"--model {path}: no model files found")
+    return file_fingerprint(files)
 
 
 def load_backend(kind: str, model: str | os.PathLike, dtype: str | None = None) -> Backend:

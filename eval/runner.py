@@ -2,8 +2,11 @@
 
 Outputs in ``--out DIR``: ``<benchmark>.jsonl`` (one JSON line per sample and refine round, appended as
 samples finish), ``summary.json`` (written to a temp file, then renamed) and ``config.json``.  A rerun
-with the same directory skips finished samples; a different configuration in the same directory is
-an error rather than a silent mix.
+with the same directory skips finished samples.  ``config.json`` ties the samples to what produced them:
+the model's content fingerprint, backend and resolved dtype (or the predictions file's fingerprint), the
+seed and every benchmark's generation settings; a rerun that changes any of them is refused with what
+changed, rather than mixing samples of two models or settings.  Each sample is drawn with its own seed,
+a function of (seed, task, sample, round), so samples do not depend on batch size, order or resumes.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import os
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from eval.backends import Backend
+from eval import protocol
+from eval.backends import Backend, Generation, sample_seed
 from eval.benchmarks import Benchmark, Extracted, Problem, get_benchmark
 from eval.extract import refined_code, sanitize
 from eval.prompts import refine_prompt
@@ -29,6 +33,7 @@ from semcoder_jax.errors import UserError
 
 PASS_AT_K = (1, 5, 10, 100)
 PROJECT_PACKAGES = ("eval", "sandbox", "semcoder_jax", "data_pipeline", "launch")
+CONFIG_VERSION = 2
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -40,25 +45,43 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 @dataclass
 class EvalConfig:
-    """Everything that decides the numbers; saved as ``config.json`` and checked on resume."""
+    """Everything that decides the numbers; recorded in ``config.json`` and checked on resume.
+
+    Generation settings left ``None`` take the protocol's value (``protocol="semcoder"``: the release's,
+    per benchmark) or the defaults (``eval.protocol.DEFAULTS``); ``settings(name)`` resolves them.
+    ``max_length`` limits prompt + output tokens (the release's CRUXEval limit); with ``max_new_tokens``
+    too, the tighter one applies per prompt.  ``model_fingerprint`` and ``dtype`` are filled in by ``run``
+    when left ``None`` (from ``model`` and the backend).
+    """
 
     benchmarks: list[str]
-    mode: str = "monologue"
-    n_samples: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = 1024
+    mode: str | None = None
+    n_samples: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    max_length: int | None = None
     seed: int = 0
     limit: int | None = None
     release_quotes: bool = False
     self_refine: int = 0
     refine_temperature: float | None = None
-    refine_max_new_tokens: int = 512
+    refine_top_p: float | None = None
+    refine_max_new_tokens: int | None = None
     refine_trace: bool = False
+    protocol: str | None = None
+    missing_as_failed: bool = False
     model: str | None = None
     backend: str | None = None
+    dtype: str | None = None
+    model_fingerprint: str | None = None
     predictions: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self, name: str) -> dict[str, Any]:
+        """The generation settings benchmark ``name`` runs with (see ``eval.protocol.resolve``)."""
+        explicit = {key: getattr(self, key) for key in protocol.GENERATION_KEYS + protocol.REFINE_KEYS}
+        return protocol.resolve(name, explicit, self.protocol, self.self_refine)
 
 
 # ---- reading predictions -----------------------------------------------------------------------------------
@@ -151,16 +174,27 @@ def score(bench: Benchmark, sandbox: Sandbox, items: Sequence[tuple[Problem, Ext
 
 # ---- summary -----------------------------------------------------------------------------------------------
 
-def summarise(bench: Benchmark, records: list[dict], n_problems: int, refine_rounds: int = 0) -> dict:
-    """pass@k over tasks, per part for multi-part sets; self-refine pass@1 after each round."""
-    latest: dict[tuple[str, int], dict] = {}
-    for rec in sorted(records, key=lambda r: r["round"]):
-        latest[(rec["task_id"], rec["sample"])] = rec
+def summarise(bench: Benchmark, records: list[dict], n_problems: int, refine_rounds: int = 0, *,
+              n_samples: int | None = None, expected: Sequence[str] = (), missing_as_failed: bool = False) -> dict:
+    """pass@k over tasks from round 0 (per part for multi-part sets): the headline is never a refined
+    figure.  Self-refine rounds 1..``refine_rounds`` each get their own key, ``pass@1 refine-<k>`` (a
+    sample counts as passed after round k when it passed in round k or before), and ``self_refine`` lists
+    them with round 0.  Only rounds up to ``refine_rounds`` and samples below ``n_samples`` count, so a
+    rerun with fewer reports fewer.  With ``missing_as_failed`` every task of ``expected`` without a record
+    counts as failed (as many samples as the fewest any task has)."""
+    records = [r for r in records if r["round"] <= refine_rounds and (n_samples is None or r["sample"] < n_samples)]
+    first = {(r["task_id"], r["sample"]): r for r in records if r["round"] == 0}
+    covered = {task_id for task_id, _ in first}
+    missing = [task_id for task_id in expected if task_id not in covered]
 
     def stats(passed_of: Any) -> dict:
         per_task: dict[str, list[bool]] = defaultdict(list)
-        for (task_id, _), rec in latest.items():
+        for (task_id, _), rec in first.items():
             per_task[task_id].append(passed_of(rec))
+        if missing_as_failed and missing:
+            fill = min((len(v) for v in per_task.values()), default=1)
+            for task_id in missing:
+                per_task[task_id] = [False] * fill
         if not per_task:
             return {"pass@1": 0.0, "passed": 0, "total": 0}
         n_min = min(len(v) for v in per_task.values())
@@ -172,18 +206,18 @@ def summarise(bench: Benchmark, records: list[dict], n_problems: int, refine_rou
         out["total"] = int(sum(len(v) for v in per_task.values()))
         return out
 
-    summary: dict[str, Any] = {"tasks": len({t for t, _ in latest}), "problems": n_problems,
-                               "truncated": sum(r.get("finish_reason") == "length" for r in latest.values())}
+    summary: dict[str, Any] = {"tasks": len(covered), "problems": n_problems,
+                               "truncated": sum(r.get("finish_reason") == "length" for r in first.values())}
+    if missing:
+        summary.update(missing=len(missing), missing_as_failed=missing_as_failed)
     if len(bench.parts) > 1:
         # EvalPlus: "plus" passes only when the base tests pass too.
         summary["base"] = stats(lambda r: r["parts"]["base"]["status"] == "passed")
         summary["plus"] = stats(lambda r: r["status"] == "passed")
-    headline = stats(lambda r: r["status"] == "passed")
-    summary.update(headline)
-    if refine_rounds or any(r["round"] > 0 for r in records):
-        rounds = max([refine_rounds] + [r["round"] for r in records])
+    summary.update(stats(lambda r: r["status"] == "passed"))
+    if refine_rounds:
         curve = []
-        for k in range(rounds + 1):
+        for k in range(refine_rounds + 1):
             best: dict[tuple[str, int], dict] = {}
             for rec in sorted(records, key=lambda r: r["round"]):
                 if rec["round"] <= k:
@@ -191,13 +225,18 @@ def summarise(bench: Benchmark, records: list[dict], n_problems: int, refine_rou
             passed = [r["status"] == "passed" for r in best.values()]
             curve.append({"round": k, "pass@1": float(np.mean(passed)) if passed else 0.0,
                           "passed": int(sum(passed)), "total": len(passed)})
+            if k:
+                summary[f"pass@1 refine-{k}"] = curve[-1]["pass@1"]
         summary["self_refine"] = curve
     return summary
 
 
 def format_table(summary: dict[str, dict]) -> str:
-    """A plain-text table of the summary, one row per benchmark."""
-    rows = [("benchmark", "pass@1", "passed", "total", "notes")]
+    """A plain-text table of the summary, one row per benchmark: round 0's pass@1, one column per
+    self-refine round, and notes (base pass@1, pass@k, missing predictions, the protocol)."""
+    rounds = max((len(s.get("self_refine", [])) - 1 for s in summary.values()), default=0)
+    refine_columns = [f"pass@1 refine-{k}" for k in range(1, rounds + 1)]
+    rows = [("benchmark", "pass@1", "passed", "total", *refine_columns, "notes")]
     for name, s in summary.items():
         notes = []
         if "base" in s:
@@ -205,9 +244,19 @@ def format_table(summary: dict[str, dict]) -> str:
         for k in PASS_AT_K[1:]:
             if f"pass@{k}" in s:
                 notes.append(f"pass@{k} {100 * s[f'pass@{k}']:.1f}")
-        if "self_refine" in s:
-            notes.append("refine " + " > ".join(f"{100 * r['pass@1']:.1f}" for r in s["self_refine"]))
-        rows.append((name, f"{100 * s.get('pass@1', 0):.1f}", str(s["passed"]), str(s["total"]), ", ".join(notes)))
+        if s.get("missing"):
+            notes.append(f"{s['missing']} of {s['problems']} tasks without a prediction"
+                         + (", scored as failed" if s.get("missing_as_failed") else ", not scored"))
+        proto = s.get("protocol") or {}
+        if proto.get("release"):
+            notes.append(f"release protocol ({protocol.RELEASE})")
+        elif proto.get("release") is False:
+            more = len(proto["differences"]) - 1
+            notes.append("not the release's protocol: " + proto["differences"][0]
+                         + (f" (+{more} more in summary.json)" if more else ""))
+        refined = [f"{100 * s[c]:.1f}" if c in s else "" for c in refine_columns]
+        rows.append((name, f"{100 * s.get('pass@1', 0):.1f}", str(s["passed"]), str(s["total"]), *refined,
+                     ", ".join(notes)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -252,21 +301,107 @@ class _Records:
             self.done[(rec["task_id"], rec["sample"], rec["round"])] = rec
 
 
-def _check_config(out_dir: Path, config: EvalConfig) -> None:
+# ---- what produced the samples: config.json ----------------------------------------------------------------
+
+def _source(config: EvalConfig) -> dict[str, Any]:
+    """What the samples come from: the model (content fingerprint, backend, resolved dtype) or the
+    predictions file (its fingerprint)."""
+    if config.predictions:
+        from eval.backends import file_fingerprint
+
+        path = Path(config.predictions)
+        digest = file_fingerprint([("predictions", str(path))]) if path.is_file() else None
+        return {"kind": "predictions", "path": str(path), "fingerprint": digest}
+    return {"kind": "model", "path": config.model, "backend": config.backend, "dtype": config.dtype,
+            "fingerprint": config.model_fingerprint}
+
+
+def _benchmark_entry(config: EvalConfig, name: str) -> dict[str, Any]:
+    """The settings of benchmark ``name`` that decide its records (refine settings under ``refine``)."""
+    entry: dict[str, Any] = {"release_quotes": config.release_quotes}
+    if config.predictions:
+        if protocol.family(name) == "cruxeval":
+            entry["mode"] = config.mode or protocol.DEFAULTS["mode"]
+        return entry
+    settings = config.settings(name)
+    entry.update({k: v for k, v in settings.items() if k not in protocol.REFINE_KEYS})
+    refine = {k: settings[k] for k in protocol.REFINE_KEYS if k in settings}
+    if refine:
+        entry["refine"] = refine
+    return entry
+
+
+def describe(config: EvalConfig) -> dict[str, Any]:
+    """The ``config.json`` of a run of ``config``."""
+    return {"version": CONFIG_VERSION, "source": _source(config), "seed": config.seed,
+            "benchmarks": {name: _benchmark_entry(config, name) for name in config.benchmarks},
+            "last_run": {"protocol": config.protocol, "limit": config.limit, "self_refine": config.self_refine,
+                         "missing_as_failed": config.missing_as_failed}}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str) and value.startswith("xxh3-128:"):
+        return value[:9 + 12] + "…"
+    return "none" if value is None else str(value)
+
+
+def _changes(previous: dict, current: dict) -> list[str]:
+    """What differs between two ``config.json`` that would mix samples: one phrase each."""
+    out = []
+    old, new = previous["source"], current["source"]
+    if old["kind"] != new["kind"]:
+        out.append(f"samples from {old['kind']} {old.get('path')}, not {new['kind']}")
+    else:
+        what = "model weights" if new["kind"] == "model" else "predictions file"
+        for key, label in (("fingerprint", f"{what} (fingerprint)"), ("backend", "backend"), ("dtype", "dtype")):
+            if key in old and old.get(key) != new.get(key):
+                out.append(f"{label} {_show(old.get(key))} → {_show(new.get(key))}")
+    if previous["seed"] != current["seed"] and new["kind"] == "model":
+        out.append(f"seed {previous['seed']} → {current['seed']}")
+    for name, entry in current["benchmarks"].items():
+        before = previous["benchmarks"].get(name)
+        if before is None:
+            continue
+        pairs = [(k, before.get(k), entry.get(k)) for k in sorted(set(before) | set(entry))
+                 if k not in ("n_samples", "refine")]
+        if "refine" in before and "refine" in entry:
+            pairs += [(k, before["refine"].get(k), entry["refine"].get(k)) for k in protocol.REFINE_KEYS]
+        out += [f"{name} {k} {_show(a)} → {_show(b)}" for k, a, b in pairs if a != b]
+    return out
+
+
+def _check_config(out_dir: Path, current: dict[str, Any], write: bool = True) -> None:
+    """Refuses an output directory whose samples came from another model, dtype, backend, predictions file,
+    seed or generation settings, naming every change in one line; otherwise records ``current`` (merged
+    with the benchmarks and refine settings already there)."""
     path = out_dir / "config.json"
-    current = asdict(config)
+    merged = current
     if path.is_file():
         previous = json.loads(path.read_text())
-        keys = ("mode", "n_samples", "temperature", "top_p", "max_new_tokens", "seed", "release_quotes",
-                "model", "backend", "predictions", "refine_temperature", "refine_max_new_tokens", "refine_trace")
-        changed = [k for k in keys if previous.get(k) != current.get(k)]
+        if previous.get("version") != CONFIG_VERSION:
+            raise UserError(f"{path}: written by an earlier semcoder eval that did not record the model's "
+                            "fingerprint and dtype, so its samples cannot be tied to a model; use a new --out "
+                            "directory")
+        changed = _changes(previous, current)
         if changed:
-            raise UserError(f"{path}: this output directory was made with different settings ({', '.join(changed)}); "
-                            "use a new --out directory")
-        current["benchmarks"] = sorted(set(previous.get("benchmarks", [])) | set(config.benchmarks))
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(current, indent=2))
-    os.replace(tmp, path)
+            raise UserError(f"{path}: this output directory holds samples made with different settings: "
+                            f"{'; '.join(changed)}; use a new --out directory (or rerun with its settings)")
+        merged = {**current, "benchmarks": {**previous["benchmarks"]}}
+        for name, entry in current["benchmarks"].items():
+            kept = previous["benchmarks"].get(name, {})
+            merged["benchmarks"][name] = {**entry, **({"refine": kept["refine"]} if "refine" in kept else {})}
+    if write:
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(merged, indent=2))
+        os.replace(tmp, path)
+
+
+def check_resume(config: EvalConfig, out_dir: str | os.PathLike) -> None:
+    """Raises ``UserError`` now when ``run(config, out_dir)`` would refuse the directory (so the CLI can
+    say so before loading a model)."""
+    _validate(config)
+    if Path(out_dir).is_dir():
+        _check_config(Path(out_dir), describe(config), write=False)
 
 
 def _progress(total: float, desc: str, enabled: bool) -> Any:
@@ -287,11 +422,12 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
     writes ``summary.json``.  ``sandbox_mode`` / ``require_isolation``: see ``sandbox.Sandbox``."""
     if backend is None and config.predictions is None:
         raise UserError("nothing to evaluate: pass --model or --predictions")
-    if config.predictions and len(config.benchmarks) != 1:
-        raise UserError("--predictions scores exactly one --benchmark")
+    _validate(config)
+    config = _identify(config, backend)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, config)
+    source = describe(config)
+    _check_config(out, source)
     summary_path = out / "summary.json"
     summary: dict[str, dict] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     chunk = chunk or max(batch_size * 4, 32)
@@ -300,11 +436,9 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
     with Sandbox(workers=workers, limits=limits or Limits(), mode=sandbox_mode, require_isolation=require_isolation,
                  hide=hidden_paths(data_dir, gt_cache_dir), preload=("numpy",)) as sandbox:
         for name in config.benchmarks:
-            bench = get_benchmark(name, mode=config.mode, release_quotes=config.release_quotes,
-                                  gt_cache_dir=gt_cache_dir)
-            if config.self_refine and name.startswith("cruxeval"):
-                raise UserError("--self-refine applies to code generation benchmarks (humaneval, mbpp), not "
-                                f"{name}")
+            settings = {} if config.predictions else config.settings(name)
+            mode = settings.get("mode") or config.mode or protocol.DEFAULTS["mode"]
+            bench = get_benchmark(name, mode=mode, release_quotes=config.release_quotes, gt_cache_dir=gt_cache_dir)
             problems = bench.load(data_dir, config.limit)
             bench.prepare(problems)
             records = _Records(out / f"{name.replace('+', 'plus')}.jsonl")
@@ -314,18 +448,66 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
             if config.predictions:
                 _score_predictions(config, bench, problems, sandbox, records, progress)
             else:
-                _generate_and_score(config, bench, problems, backend, sandbox, records, batch_size, chunk, progress)
+                _generate_and_score(config, settings, bench, problems, backend, sandbox, records, batch_size,
+                                    chunk, progress)
                 for round_ in range(1, config.self_refine + 1):
-                    _refine_round(config, bench, problems, backend, sandbox, records, batch_size, chunk,
+                    _refine_round(config, settings, bench, problems, backend, sandbox, records, batch_size, chunk,
                                   round_, progress)
             wanted = {p.task_id for p in problems}
             summary[name] = summarise(bench, [r for r in records.records if r["task_id"] in wanted],
-                                      len(problems), 0 if config.predictions else config.self_refine)
+                                      len(problems), 0 if config.predictions else config.self_refine,
+                                      n_samples=settings.get("n_samples"), expected=[p.task_id for p in problems],
+                                      missing_as_failed=config.missing_as_failed)
+            summary[name].update(_provenance(config, name, settings, source))
             summary[name].update(sandbox.describe())
             tmp = summary_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(summary, indent=2))
             os.replace(tmp, summary_path)
     return summary
+
+
+def _validate(config: EvalConfig) -> None:
+    """Errors in ``config`` that need no data or model: conflicts with the protocol, misplaced options."""
+    if config.predictions and len(config.benchmarks) != 1:
+        raise UserError("--predictions scores exactly one --benchmark")
+    if config.predictions and config.protocol:
+        raise UserError("--protocol sets how generations are made; it does not apply to --predictions")
+    for name in config.benchmarks:
+        if config.self_refine and protocol.family(name) == "cruxeval":
+            raise UserError(f"--self-refine applies to code generation benchmarks (humaneval, mbpp), not {name}")
+        if not config.predictions:
+            config.settings(name)
+
+
+def _identify(config: EvalConfig, backend: Backend | None) -> EvalConfig:
+    """``config`` with the backend's resolved dtype and the model's content fingerprint filled in."""
+    from eval.backends import backend_dtype, model_fingerprint
+
+    updates: dict[str, Any] = {}
+    found = backend_dtype(backend) if backend is not None else None
+    if config.dtype is None:
+        updates["dtype"] = found
+    elif found is not None and found != config.dtype:
+        raise UserError(f"the backend computes in {found}, not the configured dtype {config.dtype}")
+    if config.model and config.model_fingerprint is None:
+        updates["model_fingerprint"] = model_fingerprint(config.model)
+    return replace(config, **updates) if updates else config
+
+
+def _provenance(config: EvalConfig, name: str, settings: dict[str, Any], source: dict[str, Any]) -> dict:
+    """Summary keys that say what produced the numbers and how that compares with the release's protocol."""
+    if config.predictions:
+        return {"source": source["source"],
+                "settings": {"limit": config.limit, "release_quotes": config.release_quotes,
+                             "missing_as_failed": config.missing_as_failed},
+                "protocol": {"requested": None, "release": None, "source": protocol.RELEASE,
+                             "differences": ["generations read from --predictions: how they were made is unknown"]}}
+    differences = protocol.differences(name, settings, self_refine=config.self_refine, limit=config.limit)
+    return {"source": source["source"],
+            "settings": {**settings, "seed": config.seed, "limit": config.limit, "self_refine": config.self_refine,
+                         "release_quotes": config.release_quotes},
+            "protocol": {"requested": config.protocol, "release": not differences, "source": protocol.RELEASE,
+                         "differences": differences}}
 
 
 def hidden_paths(data_dir: str | os.PathLike | None, gt_cache_dir: str | os.PathLike | None) -> list[str]:
@@ -345,9 +527,11 @@ def _score_predictions(config: EvalConfig, bench: Benchmark, problems: list[Prob
                        records: _Records, progress: bool) -> None:
     predictions = read_predictions(config.predictions, bench, problems)  # type: ignore[arg-type]
     missing = [p.task_id for p in problems if p.task_id not in predictions]
-    if missing:
-        print(f"warning: {len(missing)} of {len(problems)} {bench.name} tasks have no prediction and are not "
-              f"scored, e.g. {missing[0]}", file=sys.stderr)
+    if missing and not config.missing_as_failed:
+        shown = ", ".join(missing[:5]) + (f", … ({len(missing) - 5} more)" if len(missing) > 5 else "")
+        raise UserError(f"{config.predictions}: {len(missing)} of {len(problems)} {bench.name} tasks have no "
+                        f"prediction ({shown}); pass --limit N to score only the first N problems, or "
+                        "--missing-as-failed to count the missing tasks as failed")
     items, meta = [], []
     for problem in problems:
         for i, pred in enumerate(predictions.get(problem.task_id, [])):
@@ -366,25 +550,57 @@ def _score_predictions(config: EvalConfig, bench: Benchmark, problems: list[Prob
 
 
 def _record(bench: Benchmark, problem: Problem, sample: int, round_: int, prompt: str, raw: str | None,
-            extracted: Extracted, result: dict, finish_reason: str | None) -> dict:
-    return {"benchmark": bench.name, "task_id": problem.task_id, "sample": sample, "round": round_,
-            "prompt": prompt, "raw": raw, "extracted": extracted.text, "finish_reason": finish_reason, **result}
+            extracted: Extracted, result: dict, finish_reason: str | None, seed: int | None = None) -> dict:
+    rec = {"benchmark": bench.name, "task_id": problem.task_id, "sample": sample, "round": round_,
+           "prompt": prompt, "raw": raw, "extracted": extracted.text, "finish_reason": finish_reason, **result}
+    if seed is not None:
+        rec["seed"] = seed
+    return rec
 
 
-def _generate_and_score(config: EvalConfig, bench: Benchmark, problems: list[Problem], backend: Backend | None,
-                        sandbox: Sandbox, records: _Records, batch_size: int, chunk: int, progress: bool) -> None:
+def token_limits(backend: Backend, prompts: Sequence[str], max_new_tokens: int | None,
+                 max_length: int | None) -> list[int]:
+    """New-token limit per prompt: ``max_new_tokens``, and with ``max_length`` (prompt + output, as the
+    release counts for CRUXEval) at most ``max_length`` minus the prompt's tokens (bos included)."""
+    if max_length is None:
+        return [int(max_new_tokens)] * len(prompts)  # type: ignore[arg-type]
+    limits = [max_length - len(backend.encode(p)) for p in prompts]
+    return limits if max_new_tokens is None else [min(n, max_new_tokens) for n in limits]
+
+
+def _generate(backend: Backend, prompts: Sequence[str], seeds: Sequence[int], settings: dict[str, Any], *,
+              temperature: float, top_p: float, max_new_tokens: int | None, stop: Sequence[str],
+              batch_size: int) -> list[Generation]:
+    """One generation per prompt with its own seed and token limit; a prompt with no room left gets an
+    empty generation (finish reason ``length``), as in the release."""
+    limits = token_limits(backend, prompts, max_new_tokens, settings.get("max_length"))
+    out = [Generation("", [], "length")] * len(prompts)
+    live = [i for i, n in enumerate(limits) if n > 0]
+    if live:
+        generations = backend.generate([prompts[i] for i in live], max_new_tokens=[limits[i] for i in live],
+                                       temperature=temperature, top_p=top_p, seeds=[seeds[i] for i in live],
+                                       stop=stop, batch_size=batch_size)
+        for i, g in zip(live, generations):
+            out[i] = g
+    return out
+
+
+def _generate_and_score(config: EvalConfig, settings: dict[str, Any], bench: Benchmark, problems: list[Problem],
+                        backend: Backend | None, sandbox: Sandbox, records: _Records, batch_size: int, chunk: int,
+                        progress: bool) -> None:
     assert backend is not None
-    todo = [(p, s) for p in problems for s in range(config.n_samples) if (p.task_id, s, 0) not in records.done]
+    todo = [(p, s) for p in problems for s in range(settings["n_samples"]) if (p.task_id, s, 0) not in records.done]
     bar = _progress(len(todo), bench.name, progress)
     for start in range(0, len(todo), chunk):
         part = todo[start: start + chunk]
-        generations = backend.generate([p.prompt for p, _ in part], max_new_tokens=config.max_new_tokens,
-                                       temperature=config.temperature, top_p=config.top_p,
-                                       seed=config.seed + start, stop=bench.stop, batch_size=batch_size)
+        seeds = [sample_seed(config.seed, p.task_id, s, 0) for p, s in part]
+        generations = _generate(backend, [p.prompt for p, _ in part], seeds, settings,
+                                temperature=settings["temperature"], top_p=settings["top_p"],
+                                max_new_tokens=settings["max_new_tokens"], stop=bench.stop, batch_size=batch_size)
         items = [(p, bench.extract(p, g.text)) for (p, _), g in zip(part, generations)]
         results = score(bench, sandbox, items, bar)
-        records.add([_record(bench, p, s, 0, p.prompt, g.text, extracted, result, g.finish_reason)
-                     for (p, s), g, (_, extracted), result in zip(part, generations, items, results)])
+        records.add([_record(bench, p, s, 0, p.prompt, g.text, extracted, result, g.finish_reason, seed)
+                     for (p, s), g, (_, extracted), result, seed in zip(part, generations, items, results, seeds)])
     if bar is not None:
         bar.close()
 
@@ -408,35 +624,35 @@ def _traces(bench: Benchmark, sandbox: Sandbox, part: list[tuple[Problem, int, d
     return traces
 
 
-def _refine_round(config: EvalConfig, bench: Benchmark, problems: list[Problem], backend: Backend | None,
-                  sandbox: Sandbox, records: _Records, batch_size: int, chunk: int, round_: int,
-                  progress: bool) -> None:
+def _refine_round(config: EvalConfig, settings: dict[str, Any], bench: Benchmark, problems: list[Problem],
+                  backend: Backend | None, sandbox: Sandbox, records: _Records, batch_size: int, chunk: int,
+                  round_: int, progress: bool) -> None:
     """One self-refine round over every sample whose latest attempt failed."""
     assert backend is not None
     by_id = {p.task_id: p for p in problems}
     latest: dict[tuple[str, int], dict] = {}
     for rec in sorted(records.records, key=lambda r: r["round"]):
-        if rec["round"] < round_ and rec["task_id"] in by_id:
+        if rec["round"] < round_ and rec["task_id"] in by_id and rec["sample"] < settings["n_samples"]:
             latest[(rec["task_id"], rec["sample"])] = rec
     todo = [(by_id[t], s, rec) for (t, s), rec in latest.items()
             if rec["status"] != "passed" and (t, s, round_) not in records.done]
-    temperature = config.refine_temperature if config.refine_temperature is not None else config.temperature
     bar = _progress(len(todo), f"{bench.name} refine {round_}", progress)
     for start in range(0, len(todo), chunk):
         part = todo[start: start + chunk]
-        traces = _traces(bench, sandbox, part) if config.refine_trace else [None] * len(part)
+        traces = _traces(bench, sandbox, part) if settings["refine_trace"] else [None] * len(part)
         prompts = [refine_prompt(bench.description(p), rec["extracted"],
                                  rec.get("failed_test") or f"# {rec['message']}", trace)
                    for (p, _, rec), trace in zip(part, traces)]
-        generations = backend.generate(prompts, max_new_tokens=config.refine_max_new_tokens,
-                                       temperature=temperature, top_p=config.top_p,
-                                       seed=config.seed + 1000003 * round_ + start, stop=("[/Refined]",),
-                                       batch_size=batch_size)
+        seeds = [sample_seed(config.seed, p.task_id, s, round_) for p, s, _ in part]
+        generations = _generate(backend, prompts, seeds, {}, temperature=settings["refine_temperature"],
+                                top_p=settings["refine_top_p"], max_new_tokens=settings["refine_max_new_tokens"],
+                                stop=("[/Refined]",), batch_size=batch_size)
         items = [(p, Extracted(sanitize(refined_code(g.text), p.record.get("entry_point"))))
                  for (p, _, _), g in zip(part, generations)]
         results = score(bench, sandbox, items, bar)
-        records.add([_record(bench, p, s, round_, prompt, g.text, extracted, result, g.finish_reason)
-                     for (p, s, _), prompt, g, (_, extracted), result in zip(part, prompts, generations, items, results)])
+        records.add([_record(bench, p, s, round_, prompt, g.text, extracted, result, g.finish_reason, seed)
+                     for (p, s, _), prompt, g, (_, extracted), result, seed
+                     in zip(part, prompts, generations, items, results, seeds)])
     if bar is not None:
         bar.close()
 

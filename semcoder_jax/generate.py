@@ -47,7 +47,11 @@ def _bucket(n: int, multiple: int) -> int:
 # ---- sampling (pure) -------------------------------------------------------------------------
 
 def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top_p: jax.Array, greedy: bool) -> jax.Array:
-    """Next tokens [B] from logits [B, V]: argmax, or nucleus sampling at ``temperature``."""
+    """Next tokens [B] from logits [B, V]: argmax, or nucleus sampling at ``temperature``.
+
+    ``rng`` is one key for the whole batch, or a [B] array of keys, one per row (a row's draw then
+    depends on its own key only, not on the other rows of the batch).
+    """
     logits = logits.astype(jnp.float32)
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -59,6 +63,8 @@ def sample_tokens(logits: jax.Array, rng: jax.Array, temperature: jax.Array, top
     # The smallest kept logit is the threshold; ties at the threshold are kept.
     threshold = jnp.min(jnp.where(keep_sorted, sorted_logits, jnp.inf), axis=-1, keepdims=True)
     logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+    if rng.shape:
+        return jax.vmap(lambda key, row: jax.random.categorical(key, row))(rng, logits).astype(jnp.int32)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
 
 
@@ -84,7 +90,8 @@ def decode_chunk(settings: _Settings, params, state: dict, temperature, top_p, e
     """Up to ``settings.chunk`` steps: sample, record, feed back; stops early when all rows are done.
 
     ``state``: logits [B, V], cache, positions [B], out [B, max_new] tokens, done [B] bool,
-    step (scalar), rng.  ``stop_at`` caps the step count (max_new_tokens).
+    step (scalar), rng (one key, or [B] keys: one per row), limit [B] (each row's max_new_tokens).
+    ``stop_at`` caps the step count (the largest limit).
     """
     model = Decoder(settings.config)
     end = jnp.minimum(state["step"] + settings.chunk, stop_at)
@@ -93,32 +100,44 @@ def decode_chunk(settings: _Settings, params, state: dict, temperature, top_p, e
         return (s["step"] < end) & ~jnp.all(s["done"])
 
     def body(s):
-        rng, step_rng = jax.random.split(s["rng"])
+        if s["rng"].shape:  # one key per row: each row's stream is its own
+            keys = jax.vmap(jax.random.split)(s["rng"])
+            rng, step_rng = keys[:, 0], keys[:, 1]
+        else:
+            rng, step_rng = jax.random.split(s["rng"])
         token = sample_tokens(s["logits"], step_rng, temperature, top_p, settings.greedy)
         token = jnp.where(s["done"], eos_id, token)
         out = jax.lax.dynamic_update_slice(s["out"], token[:, None], (0, s["step"]))
-        done = s["done"] | (token == eos_id)
+        done = s["done"] | (token == eos_id) | (s["step"] + 1 >= s["limit"])
         live = (~s["done"]).astype(jnp.int32)[:, None]
         logits, cache = model.apply({"params": params}, token[:, None], s["positions"][:, None], live,
                                     cache=s["cache"])
         return dict(logits=logits[:, -1].astype(jnp.float32), cache=cache, positions=s["positions"] + 1,
-                    out=out, done=done, step=s["step"] + 1, rng=rng)
+                    out=out, done=done, step=s["step"] + 1, rng=rng, limit=s["limit"])
 
     return jax.lax.while_loop(cond, body, state)
 
 
-def generate_ids(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
-                 eos_id: int, pad_id: int = 0, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                 chunk: int = 64, should_stop=None) -> list[tuple[list[int], FinishReason]]:
+def generate_ids(params, config: ModelConfig, prompts: Sequence[Sequence[int]], *,
+                 max_new_tokens: int | Sequence[int], eos_id: int, pad_id: int = 0, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, seeds: Sequence[int] | None = None, chunk: int = 64,
+                 should_stop=None) -> list[tuple[list[int], FinishReason]]:
     """Generates for one batch of token-id prompts; returns (new ids, finish reason) per prompt.
 
-    ``should_stop(row, ids) -> bool`` is called between chunks for unfinished rows (stop strings).
+    ``max_new_tokens``: one limit, or one per prompt.  ``seeds``: one sampling seed per prompt, so that a
+    row's tokens do not depend on which rows share its batch; without them the batch draws from one key
+    made from ``seed``.  ``should_stop(row, ids) -> bool`` is called between chunks for unfinished rows
+    (stop strings).
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt must have at least one token")
-    if max_new_tokens <= 0:
-        raise UserError(f"max_new_tokens must be positive, got {max_new_tokens}")
     batch = len(prompts)
+    limits = np.broadcast_to(np.asarray(max_new_tokens, np.int64), (batch,))
+    if (limits <= 0).any():
+        raise UserError(f"max_new_tokens must be positive, got {int(limits.min())}")
+    if seeds is not None and len(seeds) != batch:
+        raise UserError(f"{len(seeds)} seeds for {batch} prompts")
+    max_new_tokens = int(limits.max())
     prompt_len = _bucket(max(len(p) for p in prompts), 16)
     max_new = _bucket(max_new_tokens, 16)
     if prompt_len + max_new > config.max_position_embeddings:
@@ -133,8 +152,11 @@ def generate_ids(params, config: ModelConfig, prompts: Sequence[Sequence[int]], 
     settings = _Settings(config, greedy, chunk)
     cache = KVCache.init(config, batch, prompt_len + max_new)
     logits, cache, positions = prefill(settings, params, jnp.asarray(ids), jnp.asarray(valid), cache)
+    rng = (jax.vmap(jax.random.key)(jnp.asarray(np.asarray(seeds, np.int64) % 2**32, jnp.uint32))
+           if seeds is not None else jax.random.key(seed))
     state = dict(logits=logits, cache=cache, positions=positions, out=jnp.full((batch, max_new), eos_id, jnp.int32),
-                 done=jnp.zeros((batch,), bool), step=jnp.zeros((), jnp.int32), rng=jax.random.key(seed))
+                 done=jnp.zeros((batch,), bool), step=jnp.zeros((), jnp.int32), rng=rng,
+                 limit=jnp.asarray(limits, jnp.int32))
     stopped_at = np.full(batch, -1)  # step at which a row's stop condition was seen (host side)
     temp = jnp.float32(max(temperature, 1e-6))
     while True:
@@ -154,8 +176,9 @@ def generate_ids(params, config: ModelConfig, prompts: Sequence[Sequence[int]], 
     out = np.asarray(state["out"])[:, :step]
     results = []
     for row in range(batch):
-        # A row stopped by the host stops at that step: later slots hold filler, not model output.
-        tokens = out[row, : stopped_at[row]].tolist() if stopped_at[row] >= 0 else out[row].tolist()
+        # A row stopped by the host or by its own limit stops there: later slots hold filler, not output.
+        end = min(int(limits[row]), int(stopped_at[row])) if stopped_at[row] >= 0 else int(limits[row])
+        tokens = out[row, :end].tolist()
         if eos_id in tokens:
             results.append((tokens[: tokens.index(eos_id) + 1], "eos"))
         else:
@@ -187,10 +210,12 @@ class Generator:
         ids = self.tokenizer.encode(prompt)
         return ([self.bos_id] if self.add_bos and self.bos_id is not None else []) + ids
 
-    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int = 0, stop: Sequence[str] = (), batch_size: int = 8,
-                 chunk: int = 64) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int | Sequence[int], temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int = 0, seeds: Sequence[int] | None = None, stop: Sequence[str] = (),
+                 batch_size: int = 8, chunk: int = 64) -> list[Generation]:
+        """``max_new_tokens`` and ``seeds``: one each, or one per prompt (see ``generate_ids``)."""
         encoded = [self.encode(p) for p in prompts]
+        limits = np.broadcast_to(np.asarray(max_new_tokens, np.int64), (len(prompts),))
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # less padding per batch
         results: list[Generation | None] = [None] * len(prompts)
         stop = [s for s in stop if s]
@@ -201,9 +226,10 @@ class Generator:
                 return _cut_at_stop(self.tokenizer.decode(ids), stop)[1]
 
             outputs = generate_ids(
-                self.params, self.config, [encoded[i] for i in rows], max_new_tokens=max_new_tokens,
+                self.params, self.config, [encoded[i] for i in rows], max_new_tokens=[int(limits[i]) for i in rows],
                 eos_id=self.eos_id, pad_id=self.tokenizer.pad_id or 0, temperature=temperature, top_p=top_p,
-                seed=seed + start, chunk=chunk, should_stop=should_stop if stop else None)
+                seed=seed + start, seeds=None if seeds is None else [seeds[i] for i in rows], chunk=chunk,
+                should_stop=should_stop if stop else None)
             for i, (ids, reason) in zip(rows, outputs):
                 results[i] = self._finish(ids, reason, stop)
         return results  # type: ignore[return-value]

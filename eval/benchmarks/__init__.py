@@ -142,14 +142,18 @@ class Benchmark(ABC):
 
 
 class CodeBenchmark(Benchmark):
-    """A benchmark whose answer is a function: solution = problem prompt + completion, then sanitized."""
+    """A benchmark whose answer is a function: solution = problem prompt + completion, then sanitized.
+
+    Generated completions (cut at the first fence, as the release does) and completions supplied with
+    ``--predictions`` take the same path, ``solution_from_completion``; a supplied ``solution`` is scored as
+    written, as ``evalplus.evaluate`` does."""
 
     def extract(self, problem: Problem, raw: str) -> Extracted:
-        solution = self.solution_from_completion(problem, completion_before_fence(raw))
-        return Extracted(sanitize(solution, problem.record["entry_point"]))
+        return Extracted(self.solution_from_completion(problem, completion_before_fence(raw)))
 
     def solution_from_completion(self, problem: Problem, completion: str) -> str:
-        return problem.record["prompt"] + completion
+        """``sanitize(prompt + completion)``, what the release runs (``evalplus.sanitize`` on its samples)."""
+        return sanitize(problem.record["prompt"] + completion, problem.record["entry_point"])
 
 
 def get_benchmark(name: str, **options: Any) -> Benchmark:

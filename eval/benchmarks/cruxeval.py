@@ -24,7 +24,7 @@ from typing import Any
 
 from eval.benchmarks import Benchmark, DataError, Extracted, Problem, data_file, read_jsonl, require_keys
 from eval.extract import cruxeval_answer
-from eval.prompts import CRUXEVAL_MODES, cruxeval_prompt
+from eval.prompts import CRUXEVAL_MODES, cruxeval_prompt, release_quote_swap
 from sandbox import Sandbox, function_tests
 from sandbox.drivers import LAMBDA_BUILTINS
 from sandbox.function_tests import Program, TestResult, Verdict
@@ -61,6 +61,37 @@ def check_lambda(node: ast.Lambda, source: str) -> str | None:
         return None
 
     return walk(node, set())
+
+
+def _call_key(call: ast.Call) -> str:
+    return ast.dump(ast.Call(func=ast.Name(id="f", ctx=ast.Load()), args=call.args, keywords=call.keywords))
+
+
+def repeats_the_call(answer: str, input: str) -> bool:
+    """Whether an output prediction contains the call ``f(<input>)``, which the official scorer refuses.
+
+    Its rule is a substring test, ``f"f({input})" in answer``, with the record's own quotes.  The release
+    shows the model the input with every ``'`` turned into ``"`` and turns every ``"`` of the answer into ``'``,
+    so that test misses the call as the model saw it or as the release rewrote it.  Here the call is found as
+    the official test finds it, as text with the prompt's quotes, or anywhere in the parsed answer as a call
+    of ``f`` whose arguments parse to the same values as the input (quotes and spaces then do not matter)."""
+    forms = dict.fromkeys((input, release_quote_swap(input)))
+    if any(f"f({form})" in answer for form in forms):
+        return True
+    keys = set()
+    for form in forms:
+        try:
+            call = ast.parse(f"f({form})", mode="eval").body
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            continue
+        if isinstance(call, ast.Call):
+            keys.add(_call_key(call))
+    try:
+        tree = ast.parse(answer.strip(), mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return False
+    return any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "f"
+               and _call_key(node) in keys for node in ast.walk(tree))
 
 
 def split_call(answer: str) -> tuple[str, list[tuple[int | str, str]]] | str:
@@ -132,7 +163,19 @@ class CruxEval(Benchmark):
         return problems[:limit] if limit is not None else problems
 
     def extract(self, problem: Problem, raw: str) -> Extracted:
-        return Extracted(cruxeval_answer(raw, self.task, release_compatible=self.release_quotes))
+        return Extracted(cruxeval_answer(raw, self.task, prompt=problem.prompt,
+                                         release_compatible=self.release_quotes))
+
+    def _official_program_fails_to_parse(self, record: dict, answer: str) -> bool:
+        """With ``release_quotes`` the answer is scored as the release's text: the official program
+        ``assert {output} == {answer}`` must parse (a block without ``==`` keeps its newlines there)."""
+        if not self.release_quotes:
+            return False
+        try:
+            ast.parse(f"assert {record['output']} == {answer}")
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            return True
+        return False
 
     def verdicts(self, sandbox: Sandbox, items: Sequence[tuple[Problem, Extracted]],
                  progress: Callable[[float], None] | None = None) -> list[dict[str, Verdict]]:
@@ -146,8 +189,11 @@ class CruxEval(Benchmark):
         todo = []
         for i, (problem, extracted) in enumerate(items):
             record, answer = problem.record, extracted.text.strip()
-            if f"f({record['input']})" in answer:
+            if repeats_the_call(answer, record["input"]):
                 verdicts[i] = _failed("the output prediction contains the call f(input)")
+                continue
+            if self._official_program_fails_to_parse(record, extracted.text):
+                verdicts[i] = _failed("assert {output} == {answer} is not valid Python")
                 continue
             try:
                 ast.parse(answer, mode="eval")
@@ -170,6 +216,9 @@ class CruxEval(Benchmark):
             answer = extracted.text
             if "f(" not in answer:
                 verdicts[i] = _failed("the input prediction does not call f(")
+                continue
+            if self._official_program_fails_to_parse(problem.record, answer):
+                verdicts[i] = _failed("assert {output} == {answer} is not valid Python")
                 continue
             split = split_call(answer)
             if isinstance(split, str):

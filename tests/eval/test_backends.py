@@ -1,4 +1,5 @@
-"""Backends on a tiny random model: conventions shared by hf and jax, and the CLI end to end on CPU."""
+"""Backends on a tiny random model: conventions shared by hf and jax, per-sample seeds, per-prompt token
+limits, the model's content fingerprint, and the CLI end to end on CPU."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from eval.backends import HFBackend, load_backend
+from eval.backends import HFBackend, load_backend, model_fingerprint, row_sampler
 from semcoder_jax.cli import main as semcoder
 from semcoder_jax.errors import UserError
 
@@ -16,6 +17,20 @@ PROMPTS = ["def f(x):\n    return x", "assert f(", "for i in range(3):\n    prin
 @pytest.fixture(scope="module")
 def hf_backend(tiny_hf_model):
     return HFBackend(tiny_hf_model)
+
+
+@pytest.fixture(scope="module")
+def native_model(tiny_hf_model, tmp_path_factory):
+    from semcoder_jax.convert import convert_hf_to_native
+
+    native = tmp_path_factory.mktemp("native") / "model"
+    convert_hf_to_native(str(tiny_hf_model), str(native))
+    return native
+
+
+@pytest.fixture(scope="module")
+def jax_backend(native_model):
+    return load_backend("jax", native_model)
 
 
 def test_batched_left_padded_greedy_equals_one_prompt_at_a_time(hf_backend):
@@ -46,6 +61,65 @@ def test_sampling_is_seeded(hf_backend):
     c = hf_backend.generate(PROMPTS, max_new_tokens=10, temperature=1.0, top_p=0.95, seed=4)
     assert [g.text for g in a] == [g.text for g in b]
     assert [g.text for g in a] != [g.text for g in c]
+
+
+def test_the_row_sampler_draws_exactly_from_the_tempered_nucleus():
+    """argmax(scores / T, cut to the top-p nucleus, + Gumbel noise) is a draw from softmax of those scores."""
+    import torch
+
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0])
+    temperature, top_p, n = 0.7, 0.9, 20000
+    probs = torch.softmax(logits / temperature, dim=0)
+    kept = int(((torch.cumsum(probs, 0) - probs) < top_p).sum())  # the nucleus: the first `kept` tokens
+    expected = torch.zeros(5)
+    expected[:kept] = probs[:kept] / probs[:kept].sum()
+    sampler = row_sampler(torch, range(n), temperature, top_p)
+    draws = sampler(None, logits.repeat(n, 1)).argmax(dim=-1)
+    freq = torch.bincount(draws, minlength=5).float() / n
+    assert kept == 3 and freq[kept:].sum() == 0
+    assert torch.allclose(freq, expected, atol=0.015), (freq, expected)  # 4 sigma at n = 20000
+
+
+@pytest.mark.parametrize("name", ["hf", "jax"])
+def test_a_sampled_row_depends_on_its_seed_not_on_its_batch_or_position(name, request):
+    backend = request.getfixturevalue(f"{name}_backend")
+    kw = dict(temperature=0.8, top_p=0.95)
+    prompts = ["def f(x):\n    return x", "assert f(", "x = [1, 2]"]  # one length bucket: two jax compilations
+    seeds, limits = [11, 22, 33], [10, 4, 7]
+    together = backend.generate(prompts, max_new_tokens=limits, seeds=seeds, batch_size=3, **kw)
+    alone = [backend.generate([p], max_new_tokens=[n], seeds=[s], batch_size=1, **kw)[0]
+             for p, n, s in zip(prompts, limits, seeds)]
+    reordered = backend.generate(prompts[::-1], max_new_tokens=limits[::-1], seeds=seeds[::-1], batch_size=3,
+                                 **kw)[::-1]
+    assert [g.token_ids for g in together] == [g.token_ids for g in alone] == [g.token_ids for g in reordered]
+    assert [len(g.token_ids) for g in together if g.finish_reason == "length"] == [
+        n for g, n in zip(together, limits) if g.finish_reason == "length"]
+    assert all(len(g.token_ids) <= n for g, n in zip(together, limits))
+    other = backend.generate(prompts, max_new_tokens=limits, seeds=[12, 23, 34], batch_size=3, **kw)
+    assert [g.text for g in other] != [g.text for g in together]
+
+
+def test_the_fingerprint_follows_the_weights_not_the_export(tiny_hf_model, native_model, tmp_path):
+    import shutil
+
+    from semcoder_jax.convert import convert_hf_to_native
+
+    again = tmp_path / "again"
+    convert_hf_to_native(str(tiny_hf_model), str(again))  # Orbax writes a new timestamp, same weights
+    assert model_fingerprint(again) == model_fingerprint(native_model)
+    assert model_fingerprint(native_model).startswith("xxh3-128:")
+    copy = tmp_path / "hf"
+    shutil.copytree(tiny_hf_model, copy)
+    assert model_fingerprint(copy) == model_fingerprint(tiny_hf_model)
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(copy) != model_fingerprint(tiny_hf_model)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-5}))
+    weights.write_bytes(bytes((tiny_hf_model / "model.safetensors").read_bytes()))
+    assert model_fingerprint(copy) != model_fingerprint(tiny_hf_model)  # the config alone
 
 
 def test_a_non_hf_directory_is_a_clear_error(tmp_path):

@@ -19,7 +19,7 @@ from semcoder_jax.cli import main as semcoder
     (["--benchmark", "humaneval", "--out", "x"], "exactly one of --model or --predictions"),
     (["--benchmark", "humanevalx", "--out", "x", "--predictions", "p"], "--benchmark 'humanevalx': expected one of"),
     (["--benchmark", "cruxeval-o", "--out", "x", "--model", "m", "--limit", "0"], "--limit must be >= 1"),
-    (["--benchmark", "cruxeval-o", "--out", "x", "--model", "m", "--top-p", "0"], "--top-p in (0, 1]"),
+    (["--benchmark", "cruxeval-o", "--out", "x", "--model", "m", "--top-p", "0"], "--top-p must be in (0, 1]"),
     (["--benchmark", "cruxeval-o", "--out", "x", "--model", "/nonexistent"], "--model /nonexistent: no such file"),
 ])
 def test_bad_arguments_are_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
@@ -81,3 +81,18 @@ def test_require_isolation_refuses_to_run_without_namespaces_in_one_line(shared_
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "isolation is required" in err
     assert not (tmp_path / "out" / "cruxeval-o.jsonl").exists()
+
+
+def test_half_covered_predictions_are_refused_unless_missing_tasks_count_as_failed(shared_data_dir, tmp_path, capsys):
+    rows = [json.loads(line) for line in open(shared_data_dir / "cruxeval" / "cruxeval.jsonl")][:2]
+    path = tmp_path / "generations.json"
+    path.write_text(json.dumps({r["id"]: [r["output"]] for r in rows}))  # right answers for 2 of 4 tasks
+    argv = ["eval", "--predictions", str(path), "--benchmark", "cruxeval-o", "--limit", "4",
+            "--data-dir", str(shared_data_dir), "--out", str(tmp_path / "out")]
+    assert semcoder(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "2 of 4 cruxeval-o tasks have no prediction (sample_2, sample_3)" in err
+    assert semcoder([*argv, "--missing-as-failed"]) == 0
+    out = capsys.readouterr().out
+    assert _row(out, "cruxeval-o")[:3] == ["50.0", "2", "4"]
+    assert "2 of 4 tasks without a prediction, scored as failed" in out

@@ -20,12 +20,14 @@ class FakeBackend:
     """Deterministic 'model' for runner tests: answers from a table, counts its calls."""
 
     def __init__(self, answers: dict[str, str]):
-        self.answers, self.prompts = answers, []
+        self.answers, self.prompts, self.calls = answers, [], []
 
-    def generate(self, prompts, *, max_new_tokens, temperature=0.0, top_p=1.0, seed=0, stop=(), batch_size=8):
+    def generate(self, prompts, *, max_new_tokens, temperature=0.0, top_p=1.0, seeds=None, stop=(), batch_size=8):
         from eval.backends import Generation
 
         self.prompts += list(prompts)
+        self.calls.append({"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+                           "seeds": seeds})
         out = []
         for prompt in prompts:
             key = next(k for k in self.answers if k in prompt)
@@ -81,7 +83,7 @@ def test_changed_settings_in_the_same_directory_are_an_error(shared_data_dir, tm
     backend = FakeBackend(_crux_answers(shared_data_dir, 2))
     run(EvalConfig(benchmarks=["cruxeval-o"], mode="direct", limit=2), tmp_path, backend=backend,
         data_dir=shared_data_dir, progress=False)
-    with pytest.raises(UserError, match="different settings .*temperature"):
+    with pytest.raises(UserError, match="different settings: cruxeval-o temperature 0.0 → 0.7;"):
         run(EvalConfig(benchmarks=["cruxeval-o"], mode="direct", limit=2, temperature=0.7), tmp_path,
             backend=backend, data_dir=shared_data_dir, progress=False)
 
@@ -127,8 +129,8 @@ def test_the_harness_own_file_can_be_rescored(shared_data_dir, tmp_path):
     backend = FakeBackend(_crux_answers(shared_data_dir, 5, wrong={1}))
     run(EvalConfig(benchmarks=["cruxeval-o"], mode="direct", limit=5), tmp_path / "a", backend=backend,
         data_dir=shared_data_dir, progress=False)
-    summary = run(EvalConfig(benchmarks=["cruxeval-o"], predictions=str(tmp_path / "a" / "cruxeval-o.jsonl")),
-                  tmp_path / "b", data_dir=shared_data_dir, progress=False)
+    summary = run(EvalConfig(benchmarks=["cruxeval-o"], predictions=str(tmp_path / "a" / "cruxeval-o.jsonl"),
+                             limit=5), tmp_path / "b", data_dir=shared_data_dir, progress=False)
     assert (summary["cruxeval-o"]["passed"], summary["cruxeval-o"]["total"]) == (4, 5)
 
 
@@ -150,12 +152,32 @@ def test_self_refine_reports_pass_at_1_after_each_round(shared_data_dir, gt_cach
         rows[1]["entry_point"]: "    return ''\n```",                       # task 1: wrong first time
     })
     config = EvalConfig(benchmarks=["humaneval+"], limit=2, self_refine=2, max_new_tokens=64)
-    s = run(config, tmp_path, backend=backend, data_dir=shared_data_dir, progress=False,
-            gt_cache_dir=gt_cache)["humaneval+"]
+    summary = run(config, tmp_path, backend=backend, data_dir=shared_data_dir, progress=False,
+                  gt_cache_dir=gt_cache)
+    s = summary["humaneval+"]
     assert [r["pass@1"] for r in s["self_refine"]] == [0.5, 1.0, 1.0]
     refine_prompts = [p for p in backend.prompts if "### Buggy Solution" in p]
     assert len(refine_prompts) == 1  # only the failing sample, only until it passes
     assert "### Failed Test\n```python\nretv = " + rows[1]["entry_point"] in refine_prompts[0]
+    # The headline is round 0's; each round has a column of its own.
+    assert (s["pass@1"], s["passed"], s["plus"]["pass@1"]) == (0.5, 1, 0.5)
+    assert (s["pass@1 refine-1"], s["pass@1 refine-2"]) == (1.0, 1.0)
+    table = format_table(summary).splitlines()
+    assert [c.strip() for c in table[0].split("  ") if c.strip()][:6] == [
+        "benchmark", "pass@1", "passed", "total", "pass@1 refine-1", "pass@1 refine-2"]
+    assert table[2].split()[:6] == ["humaneval+", "50.0", "1", "2", "100.0", "100.0"]
+    # The same directory without refinement: round 0 only, nothing generated again.
+    calls = len(backend.prompts)
+    again = run(EvalConfig(benchmarks=["humaneval+"], limit=2, max_new_tokens=64), tmp_path, backend=backend,
+                data_dir=shared_data_dir, progress=False, gt_cache_dir=gt_cache)
+    assert len(backend.prompts) == calls
+    assert again["humaneval+"]["pass@1"] == 0.5 and not [k for k in again["humaneval+"] if "refine" in k]
+    assert "refine" not in format_table(again)
+    assert json.loads((tmp_path / "summary.json").read_text())["humaneval+"]["pass@1"] == 0.5
+    # Other refine settings for the rounds already made are a change.
+    with pytest.raises(UserError, match="humaneval\\+ refine_temperature 0.0 → 0.6"):
+        run(EvalConfig(benchmarks=["humaneval+"], limit=2, max_new_tokens=64, self_refine=2, refine_temperature=0.6),
+            tmp_path, backend=backend, data_dir=shared_data_dir, progress=False, gt_cache_dir=gt_cache)
 
 
 def test_refine_trace_shows_the_failing_inputs_execution(shared_data_dir, gt_cache, tmp_path):
@@ -172,3 +194,68 @@ def test_refine_trace_shows_the_failing_inputs_execution(shared_data_dir, gt_cac
     assert "            out.append(x + 1) # [STATE] a = (3, 4, 5, 6), b = (5, 7, 4, 10), out = [5, 6], x = 5 [/STATE]" in prompt
     assert prompt.endswith("### Root Cause Analysis\n\n")
     assert rows[0]["entry_point"] == "similar_elements"
+
+
+def _crux_predictions(shared_data_dir, tmp_path, n):
+    rows = [json.loads(line) for line in open(shared_data_dir / "cruxeval" / "cruxeval.jsonl")][:n]
+    path = tmp_path / "generations.json"
+    path.write_text(json.dumps({r["id"]: [r["output"]] for r in rows}))
+    return path
+
+
+def test_predictions_that_miss_tasks_are_refused_naming_how_many_and_which(shared_data_dir, tmp_path):
+    path = _crux_predictions(shared_data_dir, tmp_path, 4)  # all correct, for 4 of the first 8 tasks
+    config = EvalConfig(benchmarks=["cruxeval-o"], predictions=str(path), limit=12)
+    with pytest.raises(UserError, match=r"generations.json: 8 of 12 cruxeval-o tasks have no prediction "
+                                        r"\(sample_4, sample_5, sample_6, sample_7, sample_8, … \(3 more\)\); "
+                                        r"pass --limit N .* or --missing-as-failed"):
+        run(config, tmp_path / "out", data_dir=shared_data_dir, progress=False)
+    assert not (tmp_path / "out" / "cruxeval-o.jsonl").exists()
+    # --limit defines the tasks a predictions file must cover.
+    s = run(EvalConfig(benchmarks=["cruxeval-o"], predictions=str(path), limit=4), tmp_path / "first4",
+            data_dir=shared_data_dir, progress=False)["cruxeval-o"]
+    assert (s["pass@1"], s["total"], "missing" in s) == (1.0, 4, False)
+
+
+def test_missing_as_failed_scores_the_missing_tasks_as_failed_and_says_so(shared_data_dir, tmp_path):
+    path = _crux_predictions(shared_data_dir, tmp_path, 4)
+    config = EvalConfig(benchmarks=["cruxeval-o"], predictions=str(path), limit=8, missing_as_failed=True)
+    summary = run(config, tmp_path / "out", data_dir=shared_data_dir, progress=False)
+    s = summary["cruxeval-o"]
+    assert (s["pass@1"], s["passed"], s["total"], s["tasks"], s["problems"]) == (0.5, 4, 8, 4, 8)
+    assert (s["missing"], s["missing_as_failed"]) == (4, True)
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["cruxeval-o"]["missing"] == 4
+    assert "4 of 8 tasks without a prediction, scored as failed" in format_table(summary)
+
+
+def test_each_sample_has_its_own_seed_whatever_the_chunking_or_resume(shared_data_dir, tmp_path):
+    config = EvalConfig(benchmarks=["cruxeval-o"], mode="direct", limit=3, n_samples=2, temperature=0.8)
+    whole = FakeBackend(_crux_answers(shared_data_dir, 3))
+    run(config, tmp_path / "a", backend=whole, data_dir=shared_data_dir, progress=False, chunk=100)
+    pieces = FakeBackend(_crux_answers(shared_data_dir, 3))
+    run(EvalConfig(**{**config.__dict__, "limit": 1}), tmp_path / "b", backend=pieces, data_dir=shared_data_dir,
+        progress=False, chunk=1)
+    run(config, tmp_path / "b", backend=pieces, data_dir=shared_data_dir, progress=False, chunk=3)
+
+    def seeds(out):
+        return {(r["task_id"], r["sample"]): r["seed"]
+                for r in map(json.loads, (out / "cruxeval-o.jsonl").read_text().splitlines())}
+
+    assert seeds(tmp_path / "a") == seeds(tmp_path / "b")
+    assert len(set(seeds(tmp_path / "a").values())) == 6
+    assert [c["seeds"] for c in whole.calls] == [list(seeds(tmp_path / "a").values())]
+    other = FakeBackend(_crux_answers(shared_data_dir, 3))
+    run(EvalConfig(**{**config.__dict__, "seed": 1}), tmp_path / "c", backend=other, data_dir=shared_data_dir,
+        progress=False)
+    assert not set(seeds(tmp_path / "c").values()) & set(seeds(tmp_path / "a").values())
+
+
+def test_more_samples_extend_a_directory_and_fewer_report_fewer(shared_data_dir, tmp_path):
+    backend = FakeBackend(_crux_answers(shared_data_dir, 2))
+    config = EvalConfig(benchmarks=["cruxeval-o"], mode="direct", limit=2, n_samples=1, temperature=0.8)
+    run(config, tmp_path, backend=backend, data_dir=shared_data_dir, progress=False)
+    s = run(EvalConfig(**{**config.__dict__, "n_samples": 3}), tmp_path, backend=backend,
+            data_dir=shared_data_dir, progress=False)["cruxeval-o"]
+    assert len(backend.prompts) == 6 and s["total"] == 6
+    s = run(config, tmp_path, backend=backend, data_dir=shared_data_dir, progress=False)["cruxeval-o"]
+    assert len(backend.prompts) == 6 and s["total"] == 2

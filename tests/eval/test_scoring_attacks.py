@@ -12,6 +12,8 @@ import json
 import pytest
 
 from eval.benchmarks import Extracted, get_benchmark
+from eval.benchmarks.cruxeval import repeats_the_call
+from eval.prompts import release_quote_swap
 from eval.runner import EvalConfig, run, score
 
 ALWAYS_EQUAL = "type('E', (), {'__eq__': lambda self, other: True, '__hash__': lambda self: 0})()"
@@ -34,6 +36,42 @@ def crux_score(sandbox, crux, name, task_id, answers):
 def test_output_predictions_that_forge_equality_or_escape_fail(sandbox, crux, answer):
     (result,) = crux_score(sandbox, crux, "cruxeval-o", "sample_0", [answer])
     assert result["status"] != "passed", result
+
+
+@pytest.mark.parametrize("release_quotes", [False, True])
+def test_output_predictions_that_repeat_the_prompts_call_fail_in_both_quote_modes(sandbox, shared_data_dir,
+                                                                                 release_quotes):
+    """The official rule refuses an output prediction containing ``f(<input>)``, as a substring with the
+    record's quotes; the prompt shows the input with ``'`` turned into ``"``, and the release's extraction turns
+    ``"`` back into ``'``.  Before the rule compared parsed calls, a model repeating the prompt's call passed
+    439 of 800 tasks by default (53 of the first 100) and 144 (19) with ``--release-quotes``."""
+    bench = get_benchmark("cruxeval-o", release_quotes=release_quotes)
+    problems = bench.load(shared_data_dir)
+    items = []
+    for problem in problems:
+        shown = release_quote_swap(problem.record["input"])  # the call as the prompt shows it
+        raw = f"[L5] The function is called.\n[ANSWER]\nassert f({shown}) == f({shown})\n"
+        items.append((problem, bench.extract(problem, raw)))
+    results = score(bench, sandbox, items)
+    assert len(results) == 800
+    assert [p.task_id for (p, _), r in zip(items, results) if r["status"] == "passed"] == []
+    refused = sum(r["message"] == "the output prediction contains the call f(input)" for r in results)
+    # with the release's swap back, 5 answers no longer parse (their inputs hold both quotes) and 1 becomes
+    # another call (sample_684: an escaped quote inside a string changes), which fails by value
+    assert refused == (794 if release_quotes else 800)
+
+
+@pytest.mark.parametrize("answer,repeats", [
+    ("f('bcksrut', 'q')", True),          # the official substring test
+    ('f("bcksrut", "q")', True),          # as the prompt shows it
+    ("f( 'bcksrut' ,'q', )", True),       # spaced differently
+    ("[f('bcksrut', 'q')][0]", True),     # inside the answer
+    ("f(*['bcksrut', 'q'])", False),      # another spelling of the arguments: evaluated by value, as there
+    ("f('bcksru', 'tq')", False),         # another call of f: evaluated by value, as there
+    ("'bcksrutq'", False),
+])
+def test_the_call_rule_compares_parsed_calls(answer, repeats):
+    assert repeats_the_call(answer, "'bcksrut', 'q'") is repeats
 
 
 @pytest.mark.parametrize("answer,says", [
