@@ -368,6 +368,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise TrainConfigError(f"{where}: must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
+        if isinstance(value, int) and not isinstance(value, bool):  # `key=0` reads as YAML's int 0
+            value = str(value)
         if not isinstance(value, str):
             raise TrainConfigError(f"{where}: expected a string, got {value!r}")
         return value

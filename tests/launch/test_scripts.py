@@ -234,15 +234,19 @@ def test_worker_script_starts_in_background_records_exit_status_and_stops_by_pro
 
 def test_slurm_script_gives_every_task_the_coordinator_count_and_its_id(fake):
     semcoder = fake.dir / "bin" / "fake-semcoder"
-    slurm_env = dict(SLURM_JOB_NODELIST="gpu[3-4]", SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1")
+    slurm_env = dict(SLURM_JOB_NODELIST="gpu[3-4]", SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="1",
+                     SLURM_JOB_ID="412355")
     args = ["bash", SLURM, "--semcoder", semcoder, "--", "--config", "c.yaml", "train.steps=3"]
     printed = lines(fake.run(*args[:2], "--dry-run", *args[2:], **slurm_env).stdout)
-    assert printed[0][:2] == ["export", "SEMCODER_COORDINATOR=gpu3:12355"]
+    # the port follows the job id (20000 + id mod 20000), so two jobs on one node do not collide
+    assert printed[0][:2] == ["export", "SEMCODER_COORDINATOR=gpu3:32355"]
+    other = lines(fake.run(*args[:2], "--dry-run", *args[2:], **{**slurm_env, "SLURM_JOB_ID": "412356"}).stdout)
+    assert other[0][1] == "SEMCODER_COORDINATOR=gpu3:32356"
     assert fake.calls() == []
     fake.run(*args, **slurm_env)
     srun, *tasks = fake.calls()
     assert srun == printed[1]
-    assert tasks == [["semcoder", "train", "--coordinator", "gpu3:12355", "--num-processes", "2", "--process-id",
+    assert tasks == [["semcoder", "train", "--coordinator", "gpu3:32355", "--num-processes", "2", "--process-id",
                       str(i), "--config", "c.yaml", "train.steps=3"] for i in range(2)]
 
 

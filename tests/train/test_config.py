@@ -107,3 +107,11 @@ def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
     path.write_text("model:\n  preset: tiny\ntrain:\n  steps: 10\n  global_batch: 8\n  steps: 20\n")
     with pytest.raises(TrainConfigError, match=r"run\.yaml:6: duplicate key 'train\.steps' \(first given at line 4\)"):
         load_config(path)
+
+
+def test_an_integer_override_of_a_string_field_is_read_as_its_digits():
+    """SLURM's per-GPU mode passes ``distributed.local_device_ids=$SLURM_LOCALID``, e.g. ``=0``."""
+    from semcoder_jax.train.config import load_config
+
+    assert load_config(None, ["model.preset=tiny", "train.steps=1", "distributed.local_device_ids=0"]).distributed.local_device_ids == "0"
+    assert load_config(None, ["model.preset=tiny", "train.steps=1", "distributed.local_device_ids=0,1"]).distributed.local_device_ids == "0,1"
