@@ -89,10 +89,18 @@ default_runtime() {
   esac
 }
 
+# The accelerator type as the TPU API spells it: our v5e-N alias is v5litepod-N there.
+api_type() {
+  case $1 in
+    v5e-*) echo "v5litepod-${1#v5e-}" ;;
+    *) echo "$1" ;;
+  esac
+}
+
 gcloud_tpu() {
   local -a extra=()
   [[ -n $PROJECT ]] && extra+=(--project "$PROJECT")
-  run gcloud compute tpus "$@" --zone "$ZONE" "${extra[@]}"
+  run gcloud compute tpus "$@" --zone "$ZONE" ${extra[@]+"${extra[@]}"}
 }
 
 # ssh to workers; the remote command is built from quoted words so that any argument survives.
@@ -111,7 +119,7 @@ remote_query() {
   cmd=$(printf '%q ' "$@")
   local -a extra=()
   [[ -n $PROJECT ]] && extra+=(--project "$PROJECT")
-  query gcloud compute tpus tpu-vm ssh "$NAME" --worker="$worker" --command="${cmd% }" --zone "$ZONE" "${extra[@]}"
+  query gcloud compute tpus tpu-vm ssh "$NAME" --worker="$worker" --command="${cmd% }" --zone "$ZONE" ${extra[@]+"${extra[@]}"}
 }
 
 need() {
@@ -129,11 +137,11 @@ do_create() {
   if [[ -z $runtime ]]; then
     runtime=$(default_runtime "$TYPE") || exit 2
   fi
-  local -a flags=(--accelerator-type "$TYPE")
+  local -a flags=(--accelerator-type "$(api_type "$TYPE")")
   if [[ $QUEUED == 1 ]]; then
     flags+=(--runtime-version "$runtime" --node-id "$NAME")
     [[ $SPOT == 1 ]] && flags+=(--spot)
-    [[ $PREEMPTIBLE == 1 ]] && flags+=(--best-effort)
+    [[ $PREEMPTIBLE == 1 ]] && die "--preemptible with --queued: GA queued resources take --spot (--best-effort is alpha-only)"
     gcloud_tpu queued-resources create "$NAME" "${flags[@]}"
     wait_ready
   else
@@ -147,7 +155,7 @@ do_create() {
 slice_state() {
   local -a extra=()
   [[ -n $PROJECT ]] && extra+=(--project "$PROJECT")
-  query gcloud compute tpus tpu-vm describe "$NAME" --zone "$ZONE" "${extra[@]}" --format='value(state)' \
+  query gcloud compute tpus tpu-vm describe "$NAME" --zone "$ZONE" ${extra[@]+"${extra[@]}"} --format='value(state)' \
     2>/dev/null || true
 }
 
@@ -179,7 +187,7 @@ do_setup() {
   fi
   local -a args=(bash "$REMOTE_HOME/worker.sh" setup --venv "$REMOTE_VENV" --jax-spec "$JAX_SPEC" --package "$package")
   [[ -n $BUCKET ]] && args+=(--bucket "$BUCKET")
-  remote all "${args[@]}"
+  remote all ${args[@]+"${args[@]}"}
 }
 
 do_run() {
@@ -193,7 +201,7 @@ do_run() {
   local -a args=(bash "$REMOTE_HOME/worker.sh" start --venv "$REMOTE_VENV"
                  --config "$REMOTE_HOME/$(basename "$CONFIG")" --run-dir "$RUN_DIR")
   [[ -n $EXPORT_HF ]] && args+=(--export-hf "$EXPORT_HF")
-  remote all "${args[@]}" -- "${OVERRIDES[@]}"
+  remote all ${args[@]+"${args[@]}"} -- ${OVERRIDES[@]+"${OVERRIDES[@]}"}
 }
 
 do_status() {
@@ -210,7 +218,7 @@ do_logs() {
   need NAME ZONE
   local -a args=(bash "$REMOTE_HOME/worker.sh" logs --lines "$LINES")
   [[ $FOLLOW == 1 ]] && args+=(--follow)
-  remote "$WORKER" "${args[@]}"
+  remote "$WORKER" ${args[@]+"${args[@]}"}
 }
 
 do_stop() {

@@ -163,6 +163,27 @@ def test_queued_resources_are_created_with_spot_and_deleted_with_force(fake):
     assert delete[:6] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "sc"] and "--force" in delete
 
 
+def test_preemptible_queued_resources_are_refused_and_v5e_is_spelled_as_the_api_spells_it(fake):
+    """GA ``queued-resources create`` has no ``--best-effort`` (alpha only), and the API names v5e ``v5litepod``."""
+    proc = fake.run("bash", POD, "create", *COMMON, "--queued", "--preemptible", check=False)
+    assert proc.returncode != 0 and "--preemptible with --queued" in proc.stderr and "--spot" in proc.stderr
+    assert fake.calls() == []
+    create = lines(fake.run("bash", POD, "create", "--name", "n", "--zone", "z", "--type", "v5e-64",
+                            "--dry-run").stdout)[0]
+    assert create[create.index("--accelerator-type") + 1] == "v5litepod-64"
+    assert create[create.index("--version") + 1] == "v2-alpha-tpuv5-lite"
+
+
+def test_arrays_that_may_be_empty_are_expanded_so_bash_before_4_4_accepts_them_under_set_u():
+    """macOS ships bash 3.2, where ``"${a[@]}"`` of an empty array aborts a ``set -u`` script."""
+    import re
+
+    text = POD.read_text()
+    maybe_empty = set(re.findall(r"(?:local -a )?(\w+)=\(\)", text)) | {"OVERRIDES", "args"}
+    bare = [m.group(0) for m in re.finditer(r'(?<!\+)"\$\{(\w+)\[@\]\}"', text) if m.group(1) in maybe_empty]
+    assert bare == []
+
+
 def test_runtime_version_follows_the_accelerator_type(fake):
     for tpu_type, runtime in (("v4-64", "tpu-ubuntu2204-base"), ("v5litepod-64", "v2-alpha-tpuv5-lite"),
                               ("v6e-64", "v2-alpha-tpuv6e")):
