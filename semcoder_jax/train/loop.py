@@ -442,7 +442,10 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
     history: list[dict[str, Any]] = []
     guard = _NonFiniteGuard(config.train.nonfinite, process0)
     bar = None
-    if process0 and config.run.progress:
+    # A progress bar only on a terminal; in a batch log (SLURM, a pod's log file) its carriage returns are
+    # noise, so each logged record is one plain line instead.
+    plain_progress = process0 and config.run.progress and not sys.stdout.isatty()
+    if process0 and config.run.progress and not plain_progress:
         from tqdm import tqdm
 
         bar = tqdm(total=total, initial=start, file=sys.stdout, desc="train", dynamic_ncols=True)
@@ -488,6 +491,9 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
                 log.write(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['learning_rate']:.2e}")
+                elif plain_progress:
+                    print(f"step {step}/{total}: loss {values['loss']:.4f}, lr {values['learning_rate']:.2e}, "
+                          f"{record['tokens_per_second']:,.0f} tokens/s", flush=True)
                 window_start, window_steps = time.perf_counter(), 0
             if bar is not None:
                 bar.update(1)

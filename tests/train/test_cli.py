@@ -118,3 +118,15 @@ def test_data_stats_for_a_config_shows_each_tasks_share_of_loss_tokens_overall_a
     assert sum(int(r[1].replace(",", "")) for r in rows.values()) == 1009  # every training record, once
     assert main(["data", "stats"]) == 1
     assert "give --tokenizer TOK and data FILEs, or --config CONFIG" in capsys.readouterr().err
+
+
+def test_progress_in_a_batch_log_is_one_plain_line_per_record_without_carriage_returns(th, tmp_path):
+    """SLURM and pod logs are files: a progress bar's carriage returns would fill them with noise."""
+    import subprocess
+
+    proc = subprocess.run(th.cli_args(str(tmp_path / "run"), "train.steps=2", "run.progress=true"),
+                          env=th.subprocess_env(1), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stdout + proc.stderr
+    assert [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("step ")] == ["step 1/2",
+                                                                                                    "step 2/2"]
