@@ -271,6 +271,20 @@ def test_slurm_script_gives_every_task_the_coordinator_count_and_its_id(fake):
                       str(i), "--config", "c.yaml", "train.steps=3"] for i in range(2)]
 
 
+def test_slurm_finds_semcoder_in_the_submit_directorys_venv_or_says_how_to_name_it(fake, tmp_path):
+    """A job submitted without an activated venv used to fail with 127 on every task."""
+    env = dict(SLURM_JOB_NODELIST="n1", SLURM_NTASKS="1", SLURM_NTASKS_PER_NODE="1", SLURM_JOB_ID="7",
+               PATH=f"{fake.dir / 'bin'}{os.pathsep}/usr/bin{os.pathsep}/bin", SLURM_SUBMIT_DIR=str(tmp_path / "sub"))
+    proc = fake.run("bash", SLURM, "--", "--config", "c.yaml", check=False, **env)
+    assert proc.returncode == 2 and "no semcoder on PATH" in proc.stderr and "--semcoder" in proc.stderr
+    venv_bin = tmp_path / "sub" / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    shutil.copy(fake.dir / "bin" / "fake-semcoder", venv_bin / "semcoder")
+    fake.run("bash", SLURM, "--", "--config", "c.yaml", **env)
+    srun, task = fake.calls()
+    assert str(venv_bin / "semcoder") in srun and task[:2] == ["semcoder", "train"]
+
+
 def test_slurm_per_gpu_mode_pins_each_task_to_its_local_gpu(fake):
     semcoder = fake.dir / "bin" / "fake-semcoder"
     fake.run("bash", SLURM, "--per-gpu", "--port", "2000", "--semcoder", semcoder, "--", "--config", "c.yaml",
