@@ -53,6 +53,34 @@ def reference_losses(tmp_path: Path, steps: int) -> dict[int, float]:
     return losses(tmp_path / "reference")
 
 
+class Watched:
+    """A running launcher: its stderr lines (read in the background) and its processes' pids by index."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.pids, self.lines = proc, {}, []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            if line.startswith("semcoder launch local: process") and " pid " in line:
+                words = line.split()
+                self.pids[int(words[4])] = int(words[6])
+
+    def wait_for_step(self, run_dir: Path, step: int, timeout: float = 240) -> None:
+        deadline = time.time() + timeout
+        while not ((run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= step):
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.proc.kill()
+                pytest.fail(f"no step {step}: " + "".join(self.lines)[-3000:])
+            time.sleep(0.005)
+
+    def finish(self, timeout: float) -> None:
+        self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+
+
 def test_dry_run_prints_one_train_command_per_process_with_coordinator_and_forced_devices():
     specs = build_processes(3, 2, ["--", "--config", "c.yaml", "a=1"][1:], port=4321, python="python")
     assert [s.shell() for s in specs] == [
@@ -85,35 +113,14 @@ def test_two_processes_of_two_devices_train_like_one_four_device_process(tmp_pat
 @pytest.mark.slow
 def test_killing_one_process_stops_the_other_and_the_next_launch_resumes_from_the_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start_launcher(run_dir, "train.steps=40")
-    pids: dict[int, int] = {}
-    stderr_lines: list[str] = []
-
-    def read_stderr():
-        for line in proc.stderr:
-            stderr_lines.append(line)
-            if line.startswith("semcoder launch local: process") and " pid " in line:
-                words = line.split()
-                pids[int(words[4])] = int(words[6])
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        assert proc.poll() is None, "".join(stderr_lines)[-3000:]
-        if (run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= 6:
-            break
-        time.sleep(0.005)
-    else:
-        proc.kill()
-        pytest.fail("no step 6 within 240 s")
-    os.kill(pids[1], signal.SIGKILL)
-    proc.wait(timeout=60)
-    reader.join(timeout=10)
-    assert proc.returncode == 128 + signal.SIGKILL
-    assert any("process 1 exited with status -9" in line for line in stderr_lines)
+    watched = Watched(start_launcher(run_dir, "train.steps=40"))
+    watched.wait_for_step(run_dir, 6)
+    os.kill(watched.pids[1], signal.SIGKILL)
+    watched.finish(timeout=60)
+    assert watched.proc.returncode == 128 + signal.SIGKILL
+    assert any("process 1 exited with status -9" in line for line in watched.lines)
     with pytest.raises(ProcessLookupError):
-        os.kill(pids[0], 0)  # the other process was stopped and reaped
+        os.kill(watched.pids[0], 0)  # the other process was stopped and reaped
     killed_at = max(losses(run_dir))
     assert killed_at < 40, "the run finished before it was killed"
 
@@ -133,29 +140,13 @@ def test_killing_one_process_stops_the_other_and_the_next_launch_resumes_from_th
 def test_a_signalled_launcher_stops_every_process_after_it_saves_and_leaves_none_behind(tmp_path):
     """``timeout 150 semcoder launch local ...`` (SIGTERM to the launcher only) must not orphan the trainers."""
     run_dir = tmp_path / "run"
-    proc = start_launcher(run_dir, "train.steps=100000", "checkpoint.every=100000", grace=90)
-    pids: dict[int, int] = {}
-    lines: list[str] = []
-
-    def read_stderr():
-        for line in proc.stderr:
-            lines.append(line)
-            if line.startswith("semcoder launch local: process") and " pid " in line:
-                words = line.split()
-                pids[int(words[4])] = int(words[6])
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    deadline = time.time() + 240
-    while not ((run_dir / "metrics.jsonl").exists() and max(losses(run_dir), default=0) >= 3):
-        assert proc.poll() is None and time.time() < deadline, "".join(lines)[-3000:]
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
-    reader.join(timeout=10)
-    assert proc.returncode == 128 + signal.SIGTERM, "".join(lines)[-3000:]
-    assert any("SIGTERM received; stopping every process" in line for line in lines)
-    for pid in pids.values():
+    watched = Watched(start_launcher(run_dir, "train.steps=100000", "checkpoint.every=100000", grace=90))
+    watched.wait_for_step(run_dir, 3)
+    watched.proc.send_signal(signal.SIGTERM)
+    watched.finish(timeout=120)
+    assert watched.proc.returncode == 128 + signal.SIGTERM, "".join(watched.lines)[-3000:]
+    assert any("SIGTERM received; stopping every process" in line for line in watched.lines)
+    for pid in watched.pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     saved = [int(n) for n in os.listdir(run_dir / "checkpoints") if n.isdigit()]
