@@ -14,15 +14,17 @@
 #   logs       tail the logs (--worker N|all, --lines N, --follow)
 #   stop       SIGTERM the run on every worker (it saves a checkpoint and exits)
 #   delete     delete the slice (and its queued resource)
-#   supervise  watch the run; when the slice is preempted or gone, re-create it, set it up and run again
-#              (the run resumes from its latest checkpoint); ends when every worker finished with status 0
+#   supervise  watch the slice (and its queued resource) and the run as a state machine: wait through
+#              CREATING/REPAIRING/..., delete and re-request what was preempted, suspended or failed, set
+#              it up and run again (the run resumes from its latest checkpoint), retry API errors with
+#              backoff; ends when every worker finished with status 0
 #
 # Options (also from the environment as TPU_NAME, TPU_ZONE, TPU_TYPE, TPU_RUNTIME, GCP_PROJECT):
 #   --name NAME  --zone ZONE  --type ACCELERATOR (v4-64, v5p-32, v5litepod-64, v6e-64...)
 #   --runtime VERSION (default by type)  --project PROJECT  --spot | --preemptible  --queued
 #   --config FILE  --run-dir DIR  --export-hf DIR  --bucket BUCKET (mounted at /mnt/gcs/BUCKET)
 #   --wheel FILE (install this wheel instead of the checkout)  --jax-spec SPEC (default jax[tpu]==0.10.2)
-#   --worker N|all  --lines N  --follow  --interval SECONDS  --max-restarts N
+#   --worker N|all  --lines N  --follow  --interval SECONDS  --max-restarts N  --max-api-errors N
 #   --dry-run    print every command instead of running it
 set -euo pipefail
 
@@ -49,6 +51,7 @@ LINES=50
 FOLLOW=0
 INTERVAL=300
 MAX_RESTARTS=20
+MAX_API_ERRORS=30
 DRY_RUN=0
 OVERRIDES=()
 # Relative to the worker's home directory (gcloud ssh starts there); a quoted "~" would not expand.
@@ -143,7 +146,6 @@ do_create() {
     [[ $SPOT == 1 ]] && flags+=(--spot)
     [[ $PREEMPTIBLE == 1 ]] && die "--preemptible with --queued: GA queued resources take --spot (--best-effort is alpha-only)"
     gcloud_tpu queued-resources create "$NAME" "${flags[@]}"
-    wait_ready
   else
     flags+=(--version "$runtime")
     [[ $SPOT == 1 ]] && flags+=(--spot)
@@ -152,23 +154,52 @@ do_create() {
   fi
 }
 
-slice_state() {
+# Asks the TPU API for a resource's state: prints the state, GONE when the API says the resource does not
+# exist, or ERROR when it could not answer (logged): a transient API error must never read as "gone".
+describe_state() {
+  local kind=$1 field=$2 out err rc=0
   local -a extra=()
   [[ -n $PROJECT ]] && extra+=(--project "$PROJECT")
-  query gcloud compute tpus tpu-vm describe "$NAME" --zone "$ZONE" ${extra[@]+"${extra[@]}"} --format='value(state)' \
-    2>/dev/null || true
+  if [[ $DRY_RUN == 1 ]]; then
+    run gcloud compute tpus "$kind" describe "$NAME" --zone "$ZONE" ${extra[@]+"${extra[@]}"} \
+      --format="value($field)" >&3
+    return 0
+  fi
+  err=$(mktemp)
+  out=$(gcloud compute tpus "$kind" describe "$NAME" --zone "$ZONE" ${extra[@]+"${extra[@]}"} \
+    --format="value($field)" 2>"$err") || rc=$?
+  if [[ $rc == 0 ]]; then
+    echo "${out:-UNKNOWN}"
+  elif grep -q 'NOT_FOUND' "$err"; then
+    echo GONE
+  else
+    log "$(stamp) $kind describe $NAME failed (status $rc): $(grep -v '^[[:space:]]*$' "$err" | tail -n 1)"
+    echo ERROR
+  fi
+  rm -f "$err"
 }
 
+node_state() { describe_state tpu-vm state; }
+queued_state() { describe_state queued-resources state.state; }
+stamp() { date -u '+%Y-%m-%dT%H:%M:%SZ'; }
+
+# Until the slice is READY; an API error is retried, a FAILED or SUSPENDED request ends the wait at once.
 wait_ready() {
-  [[ $DRY_RUN == 1 ]] && { slice_state; return 0; }
-  local state
+  [[ $DRY_RUN == 1 ]] && { node_state; return 0; }
+  local state qstate
   for _ in $(seq 1 720); do
-    state=$(slice_state)
+    state=$(node_state)
     [[ $state == READY ]] && return 0
-    log "waiting for $NAME to be READY (state: ${state:-none})"
+    if [[ $QUEUED == 1 ]]; then
+      qstate=$(queued_state)
+      case $qstate in
+        FAILED|SUSPENDED) die "queued resource $NAME is $qstate: delete it (pod.sh delete --queued) and create again" ;;
+      esac
+    fi
+    log "$(stamp) waiting for $NAME to be READY (node: $state$([[ $QUEUED == 1 ]] && echo ", queued resource: $qstate"))"
     sleep 10
   done
-  die "$NAME did not become READY"
+  die "$NAME did not become READY in 2 hours"
 }
 
 do_setup() {
@@ -207,8 +238,8 @@ do_run() {
 do_status() {
   need NAME ZONE
   local state
-  state=$(slice_state)
-  echo "slice $NAME: ${state:-not found}"
+  state=$(node_state)
+  echo "slice $NAME: $state"
   if [[ $state == READY || $DRY_RUN == 1 ]]; then
     remote all bash "$REMOTE_HOME/worker.sh" status
   fi
@@ -235,45 +266,184 @@ do_delete() {
   fi
 }
 
-# The run's exit codes on all workers, one per line ("running", "none" or a number).
+# The run's exit codes on all workers, one word per worker ("running", "none" or a number), or nothing when
+# the workers could not be asked.
 exit_codes() {
-  remote_query all bash "$REMOTE_HOME/worker.sh" exit-code
+  local out
+  out=$(remote_query all bash "$REMOTE_HOME/worker.sh" exit-code 2>/dev/null) || return 0
+  grep -E '^(running|none|[0-9]+)$' <<<"$out" | tr '\n' ' ' | sed 's/ $//'
+}
+
+# ---- supervise: a state machine over the node, the queued resource and the run ---------------------
+#
+# Every pass observes (node state, queued-resource state with --queued, the workers' run states) and takes
+# at most one action:
+#   API error (describe failed, not NOT_FOUND)        retry with backoff; never read as "gone"
+#   queued: WAITING_FOR_RESOURCES ACCEPTED PROVISIONING CREATING SUSPENDING DELETING       wait
+#   queued: SUSPENDED FAILED (or ACTIVE without its node)  delete the queued resource (--force: its node too)
+#   queued: GONE                                      create the queued resource
+#   node: CREATING STARTING RESTARTING REPAIRING REIMAGING UNHIDING DELETING STOPPING     wait
+#   node: PREEMPTED TERMINATED STOPPED HIDDEN         delete the node (queued: the queued resource), re-create
+#   node: GONE (not queued)                           create it
+#   node: READY, after a (re-)create                  setup + run
+#   node: READY, every worker finished with 0         done
+#   node: READY, a worker failed/stopped/never ran    stop the others; once none runs, run again (resumes)
+# Every change of what it observes and every action is logged with its UTC time.
+
+SUP_RESTARTS=0
+SUP_API_ERRORS=0
+SUP_NEED_SETUP=0
+SUP_STOP_SENT=0
+SUP_LAST=""
+
+note() {
+  if [[ $1 != "$SUP_LAST" ]]; then
+    log "$(stamp) $1"
+    SUP_LAST=$1
+  fi
+}
+
+count_restart() {
+  [[ $SUP_RESTARTS -ge $MAX_RESTARTS ]] && die "$(stamp) gave up after $SUP_RESTARTS restarts (--max-restarts)"
+  SUP_RESTARTS=$((SUP_RESTARTS + 1))
+  log "$(stamp) $1 (restart $SUP_RESTARTS of at most $MAX_RESTARTS)"
+}
+
+# Runs an action; a failure (e.g. a create refused for quota, an ssh cut) is logged and retried later.
+attempt() {
+  local what=$1
+  shift
+  if "$@"; then return 0; fi
+  log "$(stamp) $what failed; trying again in the next pass"
+  SUP_API_ERRORS=$((SUP_API_ERRORS + 1))
+  return 1
+}
+
+backoff_sleep() {
+  local delay=$((INTERVAL < 10 ? INTERVAL : 10)) i
+  for ((i = 1; i < SUP_API_ERRORS && delay < 600; i++)); do delay=$((delay * 2)); done
+  [[ $delay -gt 600 ]] && delay=600
+  [[ $SUP_API_ERRORS -gt $MAX_API_ERRORS ]] && die "$(stamp) $SUP_API_ERRORS API errors in a row; giving up"
+  log "$(stamp) API error $SUP_API_ERRORS in a row: next try in ${delay} s"
+  sleep "$delay"
+}
+
+# One pass; returns 0 to go on, 10 when the run is done.
+supervise_pass() {
+  local node qstate codes
+  qstate=-
+  if [[ $QUEUED == 1 ]]; then
+    qstate=$(queued_state)
+    [[ $qstate == ERROR ]] && { SUP_API_ERRORS=$((SUP_API_ERRORS + 1)); backoff_sleep; return 0; }
+  fi
+  node=$(node_state)
+  [[ $node == ERROR ]] && { SUP_API_ERRORS=$((SUP_API_ERRORS + 1)); backoff_sleep; return 0; }
+  SUP_API_ERRORS=0
+  if [[ $QUEUED == 1 ]]; then
+    case $qstate in
+      GONE)
+        count_restart "queued resource $NAME is gone: requesting it again"
+        attempt "queued-resources create" do_create && SUP_NEED_SETUP=1
+        return 0 ;;
+      SUSPENDED|FAILED)
+        note "queued resource $NAME is $qstate (node: $node): deleting it to request it again"
+        attempt "queued-resources delete" gcloud_tpu queued-resources delete "$NAME" --force --quiet
+        return 0 ;;
+      ACTIVE)
+        if [[ $node == GONE ]]; then
+          note "queued resource $NAME is ACTIVE but its node is gone: deleting it to request it again"
+          attempt "queued-resources delete" gcloud_tpu queued-resources delete "$NAME" --force --quiet
+          return 0
+        fi ;;
+      *)
+        note "queued resource $NAME is $qstate (node: $node): waiting"
+        return 0 ;;
+    esac
+  fi
+  case $node in
+    READY) ;;
+    CREATING|STARTING|RESTARTING|REPAIRING|REIMAGING|UNHIDING|DELETING|STOPPING|HIDING)
+      note "slice $NAME is $node: waiting"
+      return 0 ;;
+    PREEMPTED|TERMINATED|STOPPED|HIDDEN)
+      note "slice $NAME is $node: deleting it to create it again"
+      if [[ $QUEUED == 1 ]]; then
+        attempt "queued-resources delete" gcloud_tpu queued-resources delete "$NAME" --force --quiet
+      else
+        attempt "tpu-vm delete" gcloud_tpu tpu-vm delete "$NAME" --quiet
+      fi
+      return 0 ;;
+    GONE)
+      count_restart "slice $NAME is gone: creating it again"
+      attempt "tpu-vm create" do_create && SUP_NEED_SETUP=1
+      return 0 ;;
+    *)
+      note "slice $NAME is in state $node (not known to this script): waiting"
+      return 0 ;;
+  esac
+  if [[ $SUP_NEED_SETUP == 1 ]]; then
+    note "slice $NAME is READY: setting it up and starting the run (it resumes from the latest checkpoint)"
+    attempt "setup" do_setup || return 0
+    attempt "run" do_run || return 0
+    SUP_NEED_SETUP=0
+    SUP_STOP_SENT=0
+    return 0
+  fi
+  codes=$(exit_codes)
+  if [[ -z $codes ]]; then
+    note "slice $NAME is READY but its workers did not answer"
+    SUP_API_ERRORS=$((SUP_API_ERRORS + 1))
+    backoff_sleep
+    return 0
+  fi
+  if [[ " $codes " =~ ^(\ 0)+\ $ ]]; then
+    note "every worker finished with status 0: done"
+    return 10
+  fi
+  if [[ " $codes " =~ ^(\ (running|0))+\ $ ]]; then
+    note "slice $NAME is READY, the run is running (workers: $codes)"
+    return 0
+  fi
+  # A worker failed, stopped (75: SIGTERM, resumable) or never ran: stop the rest, then run everywhere.
+  if [[ " $codes " == *" running "* ]]; then
+    if [[ $SUP_STOP_SENT == 0 ]]; then
+      note "slice $NAME is READY but not every worker runs (workers: $codes): stopping the others"
+      attempt "stop" do_stop && SUP_STOP_SENT=1
+    else
+      note "waiting for the stopped workers to save and exit (workers: $codes)"
+    fi
+    return 0
+  fi
+  count_restart "slice $NAME is READY and no worker runs (workers: $codes): starting the run again"
+  attempt "run" do_run && SUP_STOP_SENT=0
+  return 0
 }
 
 do_supervise() {
   need NAME ZONE TYPE CONFIG RUN_DIR
-  local restarts=0 state codes
-  while true; do
-    state=$(slice_state)
-    if [[ $state == READY ]]; then
-      codes=$(exit_codes || true)
-      if [[ -n $codes ]] && ! grep -qv '^0$' <<<"$codes"; then
-        log "every worker finished with status 0: done"
-        return 0
-      fi
-      if grep -q '^running$' <<<"$codes"; then
-        [[ $DRY_RUN == 1 ]] && return 0
-        sleep "$INTERVAL"
-        continue
-      fi
-      # READY but not running on every worker: a worker failed or never started; stop the rest, restart.
-      log "slice READY but the run is not running everywhere (exit codes: $(tr '\n' ' ' <<<"$codes")); restarting it"
-      [[ $restarts -ge $MAX_RESTARTS ]] && die "gave up after $restarts restarts"
-      restarts=$((restarts + 1))
-      do_stop
-      do_run
+  if [[ $DRY_RUN == 1 ]]; then
+    # What a recovery runs, in order: observe, delete, create, wait, setup, run, ask the workers.
+    [[ $QUEUED == 1 ]] && queued_state
+    node_state
+    if [[ $QUEUED == 1 ]]; then
+      gcloud_tpu queued-resources delete "$NAME" --force --quiet
     else
-      [[ $restarts -ge $MAX_RESTARTS ]] && die "gave up after $restarts restarts"
-      restarts=$((restarts + 1))
-      log "slice $NAME is ${state:-gone}: re-creating it (restart $restarts of at most $MAX_RESTARTS)"
-      [[ -n $state ]] && do_delete
-      do_create
-      wait_ready
-      do_setup
-      do_run
+      gcloud_tpu tpu-vm delete "$NAME" --quiet
     fi
-    [[ $DRY_RUN == 1 ]] && return 0
-    sleep "$INTERVAL"
+    do_create
+    node_state
+    do_setup
+    do_run
+    exit_codes >/dev/null
+    return 0
+  fi
+  local rc
+  while true; do
+    rc=0
+    supervise_pass || rc=$?
+    [[ $rc == 10 ]] && return 0
+    [[ $rc != 0 ]] && exit "$rc"
+    [[ $SUP_API_ERRORS == 0 ]] && sleep "$INTERVAL"
   done
 }
 
@@ -303,6 +473,7 @@ while [[ $# -gt 0 ]]; do
     --follow) FOLLOW=1; shift ;;
     --interval) INTERVAL=$2; shift 2 ;;
     --max-restarts) MAX_RESTARTS=$2; shift 2 ;;
+    --max-api-errors) MAX_API_ERRORS=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --) shift; OVERRIDES=("$@"); break ;;
     *) die "unknown option $1 (see pod.sh without arguments)" ;;
@@ -311,7 +482,7 @@ done
 [[ $SPOT == 1 && $PREEMPTIBLE == 1 ]] && die "--spot and --preemptible exclude each other"
 
 case $ACTION in
-  create) do_create ;;
+  create) do_create; if [[ $QUEUED == 1 ]]; then wait_ready; fi ;;
   setup) do_setup ;;
   run) do_run ;;
   up) do_create; wait_ready; do_setup; do_run ;;

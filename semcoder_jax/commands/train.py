@@ -4,12 +4,19 @@
     semcoder train --config launch/configs/semcoder_6.7b_pyx.yaml --run-dir gs://... model.init_from=hf:DIR
 
 Running it again on the same run directory resumes from the latest checkpoint.
+
+Exit status: 0 when the run reached its last step; 75 (EX_TEMPFAIL) when SIGTERM stopped it earlier with a
+checkpoint saved, so a scheduler requeues it (``launch/gpu/slurm.sbatch`` does, ``pod.sh supervise`` runs
+it again); 2 for a configuration or data mistake; 1 for anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+EXIT_RESUMABLE = 75
+"""Stopped before the last step with a checkpoint saved (EX_TEMPFAIL from sysexits.h): run it again to resume."""
 
 
 def register(subparsers) -> None:
@@ -56,4 +63,6 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
     initialize_distributed(config.distributed)
     result = train(config, overwrite_export=args.overwrite)
-    return 0 if result.final_step >= result.total_steps or result.preempted else 1
+    if result.final_step >= result.total_steps:
+        return 0
+    return EXIT_RESUMABLE if result.preempted else 1

@@ -202,30 +202,6 @@ def test_missing_options_and_relative_run_dirs_are_refused_before_any_call(fake)
     assert fake.calls() == []
 
 
-def test_supervise_recreates_a_preempted_slice_relaunches_and_stops_when_all_workers_finished(fake):
-    # describe answers: PREEMPTED (first check), READY (wait after re-create), READY (next check)
-    fake.write("states", "PREEMPTED\nREADY\nREADY\n")
-    fake.write("exit", "0\n0\n0\n0\n")
-    proc = fake.run("bash", POD, "supervise", *COMMON, "--spot", "--config", CONFIG, "--run-dir", "/mnt/gcs/b/r",
-                    "--interval", "0", "--", "train.steps=3")
-    verbs = [" ".join(c[3:5]) if c[3] == "tpu-vm" else " ".join(c[3:5]) for c in fake.calls()]
-    assert verbs.index("tpu-vm delete") < verbs.index("tpu-vm create") < verbs.index("tpu-vm scp")
-    starts = [c for c in fake.calls() if "--command=" in " ".join(c) and "start" in remote_words(c)]
-    assert len(starts) == 1  # relaunched once, on all workers
-    assert "re-creating" in proc.stderr and "done" in proc.stderr
-
-
-def test_supervise_restarts_a_run_that_failed_on_a_ready_slice_and_gives_up_after_max_restarts(fake):
-    fake.write("states", "READY\nREADY\n")
-    fake.write("exit", "1\n0\n")
-    proc = fake.run("bash", POD, "supervise", *COMMON, "--config", CONFIG, "--run-dir", "/mnt/r", "--interval", "0",
-                    "--max-restarts", "1", check=False)
-    assert proc.returncode == 2 and "gave up after 1 restarts" in proc.stderr
-    remote = [remote_words(c)[2] for c in fake.calls() if any(a.startswith("--command=") for a in c)]
-    assert remote.count("stop") == 1 and remote.count("start") == 1
-    assert not any("create" in c for c in fake.calls())
-
-
 def test_worker_script_starts_in_background_records_exit_status_and_stops_by_process_group(tmp_path, fake):
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)

@@ -79,7 +79,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(th, tmp_path):
     th.wait_for_step(run_dir, 3, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == 75, err[-2000:]  # EX_TEMPFAIL: unfinished, resumable; a scheduler requeues it
     last = th.read_metrics(run_dir)[-1]["step"]
     assert "stopped by SIGTERM" in err
     assert ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(run_dir)).steps() == [last]
