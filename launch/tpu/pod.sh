@@ -271,7 +271,7 @@ do_delete() {
 exit_codes() {
   local out
   out=$(remote_query all bash "$REMOTE_HOME/worker.sh" exit-code 2>/dev/null) || return 0
-  grep -E '^(running|none|[0-9]+)$' <<<"$out" | tr '\n' ' ' | sed 's/ $//'
+  { grep -E '^(running|none|[0-9]+)$' || true; } <<<"$out" | tr '\n' ' ' | sed 's/ $//'
 }
 
 # ---- supervise: a state machine over the node, the queued resource and the run ---------------------
@@ -434,7 +434,7 @@ do_supervise() {
     node_state
     do_setup
     do_run
-    exit_codes >/dev/null
+    exit_codes >/dev/null || true
     return 0
   fi
   local rc

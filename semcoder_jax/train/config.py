@@ -205,6 +205,11 @@ class DistributedSection:
     process_id: int | None = None
     local_device_ids: str | None = None
     auto: bool = False
+    peer_timeout_s: float = 60.0
+    """A process that has waited this long on a peer that is gone or in another step/phase stops with one
+    line naming both (``train/watchdog.py``); 0 turns the watchdog off."""
+    heartbeat_timeout_s: int = 100
+    """JAX's coordination service declares a silent process dead after this long and ends the run."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +310,10 @@ class TrainRunConfig:
         if d.process_id is not None and (d.process_id < 0 or (d.num_processes is not None
                                                               and d.process_id >= d.num_processes)):
             raise fail("distributed.process_id", f"must lie in [0, num_processes), got {d.process_id}")
+        if d.peer_timeout_s < 0:
+            raise fail("distributed.peer_timeout_s", f"must be >= 0 (0 = no watchdog), got {d.peer_timeout_s}")
+        if d.heartbeat_timeout_s <= 0:
+            raise fail("distributed.heartbeat_timeout_s", f"must be positive, got {d.heartbeat_timeout_s}")
         if m.init_from is not None:
             scheme = m.init_from.split(":", 1)[0]
             if ":" not in m.init_from or scheme not in ("hf", "orbax"):

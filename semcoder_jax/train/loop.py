@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,6 +34,7 @@ from semcoder_jax.train import data as data_lib
 from semcoder_jax.train import optimizer as opt_lib
 from semcoder_jax.train import profile as profile_lib
 from semcoder_jax.train import step as step_lib
+from semcoder_jax.train import watchdog as watchdog_lib
 from semcoder_jax.train.config import DistributedSection, TrainRunConfig, dump_config
 
 ARCHITECTURE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -78,10 +80,10 @@ def initialize_distributed(section: DistributedSection) -> bool:
         if section.local_device_ids:
             local = [int(x) for x in section.local_device_ids.split(",")]
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid,
-                                   local_device_ids=local)
+                                   local_device_ids=local, heartbeat_timeout_seconds=section.heartbeat_timeout_s)
         return True
     if section.auto or multi_tpu:
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=section.heartbeat_timeout_s)
         return True
     return False
 
@@ -358,15 +360,30 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
     os.makedirs(run_dir, exist_ok=True)
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(run_dir), keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.async_save)
+    dog = watchdog_lib.for_this_run(config.distributed.peer_timeout_s)
     try:
-        return _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_path, mesh, sources, total,
-                    checkpointer, process0, max_steps_this_run)
+        if dog is None:
+            return _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_path, mesh, sources,
+                        total, checkpointer, process0, max_steps_this_run, _no_watchdog)
+        dog.start()
+        result = _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_path, mesh, sources,
+                      total, checkpointer, process0, max_steps_this_run, dog.enter)
+        # Only a run that ended normally stops the watchdog: after an error (a collective that failed because
+        # a peer went away) it stays up through JAX's shutdown, which waits for that peer, and names it.
+        dog.stop()
+        return result
     finally:
         checkpointer.close()
 
 
+def _no_watchdog(step: int, phase: str) -> None:
+    pass
+
+
 def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_path, mesh, sources, total, checkpointer,
-         process0, max_steps_this_run) -> RunResult:
+         process0, max_steps_this_run, enter: Callable[[int, str], None]) -> RunResult:
+    """The run itself; ``enter(step, phase)`` tells the watchdog where the training thread is going to wait."""
+    enter(0, "restore")
     tx = opt_lib.build_optimizer(config.optimizer, total)
     schedule = opt_lib.learning_rate_schedule(config.optimizer, total)
     shardings = step_lib.state_shardings(model, tx, mesh)
@@ -434,6 +451,7 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
     num_devices = mesh.devices.size
 
     def save(step: int) -> None:
+        enter(step, "save")
         meta = {"step": step, "model_config": dataclasses.asdict(model),
                 "rng": ckpt_lib.rng_to_json(state.rng), "data_state": _gather_json(sources.train.get_state()),
                 "config": dataclasses.asdict(config)}
@@ -458,6 +476,7 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
     call, window = step_fn, None
     with StopSignal() as stop, contextlib.ExitStack() as cleanup:
         while step < stop_at:
+            enter(step + 1, "train")
             batch = step_lib.shard_batch(next(sources.train), mesh)
             if config.run.profile_steps and window is None:
                 call = step_fn.lower(state, batch).compile()  # compiled once; its HLO names the trace's ops
@@ -498,6 +517,7 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
             if bar is not None:
                 bar.update(1)
             if eval_fn is not None and step % config.train.eval_every == 0:
+                enter(step, "eval")
                 record = {"step": step, **evaluate(eval_fn, state.params, sources, mesh, global_batch=config.train.global_batch,
                                                    seq_len=config.data.seq_len, cap=config.train.eval_batches)}
                 history.append(record)
@@ -512,6 +532,7 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
         guard.settle()
         if step != last_saved:
             save(step)
+        enter(step, "save")
         checkpointer.wait()
     if bar is not None:
         bar.close()
@@ -519,6 +540,7 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
     if preempted and process0:
         print(f"semcoder train: stopped by SIGTERM after step {step}; checkpoint saved", file=sys.stderr, flush=True)
     if export_hf and step == total and not preempted:
+        enter(step, "export")
         _export(state.params, model, export_hf, run_dir, config, process0, overwrite_export)
     return RunResult(run_dir=run_dir, start_step=start, final_step=step, total_steps=total, preempted=preempted,
                      history=history)
