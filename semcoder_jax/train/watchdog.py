@@ -6,8 +6,8 @@ every few seconds.  When this process has been in one phase longer than ``timeou
 at its peers:
 
 - a peer not heard from for ``timeout_s`` is gone (killed, preempted, stopped): name it and stop;
-- a peer that has sat in *another* step or phase for ``timeout_s`` waits in another collective than ours
-  (a deadlock; e.g. one process left an eval loop early): name it and stop;
+- a peer that has sat in *another* step of the train or eval loop for ``timeout_s`` waits in another
+  collective than ours (a deadlock; e.g. one process left an eval loop early): name it and stop;
 - peers alive in the same phase are a slow collective (compiling, a long save), not an error.
 
 Stopping prints ``semcoder train: step 40 (eval): waited 61 s for process 1 ...`` and exits the process
@@ -28,6 +28,10 @@ import time
 from collections.abc import Callable
 
 KEY_PREFIX = "semcoder_watchdog/"
+LOOP_PHASES = frozenset({"train", "eval"})
+"""Phases that are a chain of collective steps: a peer sitting in one of them while we wait elsewhere is
+deadlocked.  A peer long in restore, save or export may just be slow (its shard of a big checkpoint on a
+slow store), so there only its heartbeat counts."""
 EXIT_PEER_LOST = 1
 
 
@@ -64,7 +68,8 @@ def diagnose(me: Progress, peers: list[Progress], expected: int, now: float, tim
         if silent >= timeout_s:
             return (f"{where}: waited {waited:.0f} s for process {process}, not heard from for {silent:.0f} s "
                     f"(last at step {peer.step}, {peer.phase}): it is gone or stopped")
-        if (peer.step, peer.phase) != (me.step, me.phase) and now - peer.since >= timeout_s:
+        if ((peer.step, peer.phase) != (me.step, me.phase) and peer.phase in LOOP_PHASES
+                and now - peer.since >= timeout_s):
             return (f"{where}: waited {waited:.0f} s for process {process}, which has been at step {peer.step} "
                     f"({peer.phase}) for {now - peer.since:.0f} s: the processes wait in different collectives")
     return None

@@ -36,16 +36,25 @@ def test_a_silent_peer_is_named_as_gone_with_where_it_was_last():
 
 
 def test_a_live_peer_that_sits_in_another_collective_is_named_as_a_deadlock():
-    me = at(1, 40, "eval", since=400, seen=500)
-    peer = at(0, 40, "save", since=420, seen=499)
-    message = diagnose(me, [peer, me], 2, now=500, timeout_s=T)
-    assert message == ("step 40 (eval): waited 100 s for process 0, which has been at step 40 (save) for 80 s: "
+    """The hang this exists for: process 0 left the eval loop and waits in the checkpoint's collective while
+    process 1 still waits in an eval step."""
+    me = at(0, 40, "save", since=400, seen=500)
+    peer = at(1, 40, "eval", since=420, seen=499)
+    message = diagnose(me, [me, peer], 2, now=500, timeout_s=T)
+    assert message == ("step 40 (save): waited 100 s for process 1, which has been at step 40 (eval) for 80 s: "
                        "the processes wait in different collectives")
 
 
 def test_a_peer_that_moves_on_is_not_blamed_for_being_elsewhere():
     me = at(0, 40, "eval", since=400, seen=500)
     assert diagnose(me, [me, at(1, 40, "train", since=495, seen=500)], 2, now=500, timeout_s=T) is None
+
+
+@pytest.mark.parametrize("phase", ["restore", "save", "export"])
+def test_a_live_peer_long_in_restore_save_or_export_may_be_slow_and_is_not_blamed(phase):
+    """Its shard of a 6.7B checkpoint on a slow store can take minutes while the others already wait."""
+    me = at(0, 40, "train", since=100, seen=500)
+    assert diagnose(me, [me, at(1, 39, phase, since=0, seen=499)], 2, now=500, timeout_s=T) is None
 
 
 def test_a_process_that_never_reported_is_named():
