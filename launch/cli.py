@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
+import sys
 
 LAUNCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -57,4 +58,8 @@ def run_local_command(args: argparse.Namespace) -> int:
 
 def run_tpu_command(args: argparse.Namespace) -> int:
     script = os.path.join(LAUNCH_DIR, "tpu", "pod.sh")
-    return subprocess.call(["bash", script, *_after_dashes(args.pod_args)])
+    env = dict(os.environ)
+    semcoder = os.path.join(os.path.dirname(sys.executable), "semcoder")
+    if "SEMCODER" not in env and os.access(semcoder, os.X_OK):
+        env["SEMCODER"] = semcoder  # pod.sh checks the config and overrides with it before it creates anything
+    return subprocess.call(["bash", script, *_after_dashes(args.pod_args)], env=env)

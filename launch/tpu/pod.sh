@@ -134,8 +134,45 @@ need() {
 
 # ---- actions ---------------------------------------------------------------------------------
 
-do_create() {
+# ---- checks: every action checks all it needs before it creates, copies or starts anything ---------
+
+check_create() {
   need NAME ZONE TYPE
+  if [[ -z $RUNTIME ]]; then
+    default_runtime "$TYPE" >/dev/null || exit 2
+  fi
+  if [[ $QUEUED == 1 && $PREEMPTIBLE == 1 ]]; then
+    die "--preemptible with --queued: GA queued resources take --spot (--best-effort is alpha-only)"
+  fi
+  return 0
+}
+
+check_setup() {
+  need NAME ZONE
+  if [[ -n $WHEEL && ! -f $WHEEL ]]; then die "--wheel $WHEEL: no such file"; fi
+  return 0
+}
+
+# The config and the overrides are loaded and validated here, by the local semcoder ($SEMCODER, default
+# `semcoder` on PATH), so that a typo fails on the workstation, not after a slice was created and billed.
+check_run() {
+  need NAME ZONE CONFIG RUN_DIR
+  [[ -f $CONFIG ]] || die "--config $CONFIG: no such file"
+  case $RUN_DIR in
+    /*|gs://*) ;;
+    *) die "--run-dir $RUN_DIR: give an absolute path on the workers (e.g. /mnt/gcs/BUCKET/runs/NAME) so a re-created slice finds the checkpoints" ;;
+  esac
+  local semcoder=${SEMCODER:-semcoder}
+  if command -v "$semcoder" >/dev/null; then
+    "$semcoder" train --config "$CONFIG" --run-dir "$RUN_DIR" --print-config ${OVERRIDES[@]+"${OVERRIDES[@]}"} \
+      >/dev/null || die "--config $CONFIG with the overrides after --: refused by $semcoder (above); nothing was done"
+  else
+    log "$(stamp) no local semcoder (\$SEMCODER or PATH): the config and overrides are checked on the workers only"
+  fi
+}
+
+do_create() {
+  check_create
   local runtime=$RUNTIME
   if [[ -z $runtime ]]; then
     runtime=$(default_runtime "$TYPE") || exit 2
@@ -144,7 +181,6 @@ do_create() {
   if [[ $QUEUED == 1 ]]; then
     flags+=(--runtime-version "$runtime" --node-id "$NAME")
     [[ $SPOT == 1 ]] && flags+=(--spot)
-    [[ $PREEMPTIBLE == 1 ]] && die "--preemptible with --queued: GA queued resources take --spot (--best-effort is alpha-only)"
     gcloud_tpu queued-resources create "$NAME" "${flags[@]}"
   else
     flags+=(--version "$runtime")
@@ -203,7 +239,7 @@ wait_ready() {
 }
 
 do_setup() {
-  need NAME ZONE
+  check_setup
   local package
   remote all mkdir -p "$REMOTE_HOME/logs"
   if [[ -n $WHEEL ]]; then
@@ -223,11 +259,6 @@ do_setup() {
 
 do_run() {
   need NAME ZONE CONFIG RUN_DIR
-  [[ -f $CONFIG ]] || die "--config $CONFIG: no such file"
-  case $RUN_DIR in
-    /*|gs://*) ;;
-    *) die "--run-dir $RUN_DIR: give an absolute path on the workers (e.g. /mnt/gcs/BUCKET/runs/NAME) so a re-created slice finds the checkpoints" ;;
-  esac
   gcloud_tpu tpu-vm scp "$CONFIG" "$SCRIPT_DIR/worker.sh" "$NAME:$REMOTE_HOME/" --worker=all
   local -a args=(bash "$REMOTE_HOME/worker.sh" start --venv "$REMOTE_VENV"
                  --config "$REMOTE_HOME/$(basename "$CONFIG")" --run-dir "$RUN_DIR")
@@ -420,7 +451,9 @@ supervise_pass() {
 }
 
 do_supervise() {
-  need NAME ZONE TYPE CONFIG RUN_DIR
+  check_create
+  check_setup
+  check_run
   if [[ $DRY_RUN == 1 ]]; then
     # What a recovery runs, in order: observe, delete, create, wait, setup, run, ask the workers.
     [[ $QUEUED == 1 ]] && queued_state
@@ -484,8 +517,8 @@ done
 case $ACTION in
   create) do_create; if [[ $QUEUED == 1 ]]; then wait_ready; fi ;;
   setup) do_setup ;;
-  run) do_run ;;
-  up) do_create; wait_ready; do_setup; do_run ;;
+  run) check_run; do_run ;;
+  up) check_create; check_setup; check_run; do_create; wait_ready; do_setup; do_run ;;
   status) do_status ;;
   logs) do_logs ;;
   stop) do_stop ;;

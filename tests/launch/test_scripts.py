@@ -184,6 +184,31 @@ def test_arrays_that_may_be_empty_are_expanded_so_bash_before_4_4_accepts_them_u
     assert bare == []
 
 
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]], ids=["real", "dry-run"])
+def test_up_checks_every_argument_before_it_creates_anything(fake, dry_run):
+    """Without --config, ``up`` used to create and set up a (billed) slice before the run's check failed."""
+    proc = fake.run("bash", POD, "up", *COMMON, "--spot", *dry_run, check=False)
+    assert proc.returncode == 2 and "--config is required" in proc.stderr
+    assert proc.stdout == "" and fake.calls() == []
+    proc = fake.run("bash", POD, "up", *COMMON, "--config", CONFIG, "--run-dir", "/mnt/r", "--wheel", "/no/such.whl",
+                    *dry_run, check=False)
+    assert proc.returncode == 2 and "--wheel /no/such.whl: no such file" in proc.stderr and fake.calls() == []
+
+
+def test_a_bad_override_is_refused_by_the_local_semcoder_before_any_gcloud_call(fake):
+    semcoder = Path(sys.executable).parent / "semcoder"
+    proc = fake.run("bash", POD, "up", *COMMON, "--config", CONFIG, "--run-dir", "/mnt/r", "--", "train.steps=abc",
+                    check=False, SEMCODER=str(semcoder))
+    assert proc.returncode == 2, proc.stderr
+    assert "override 'train.steps=abc'" in proc.stderr and "nothing was done" in proc.stderr
+    assert fake.calls() == []
+
+
+def test_semcoder_launch_tpu_checks_before_it_creates(fake):
+    proc = fake.run(sys.executable, "-m", "semcoder_jax.cli", "launch", "tpu", "--", "up", *COMMON, check=False)
+    assert proc.returncode == 2 and "--config is required" in proc.stderr and fake.calls() == []
+
+
 def test_runtime_version_follows_the_accelerator_type(fake):
     for tpu_type, runtime in (("v4-64", "tpu-ubuntu2204-base"), ("v5litepod-64", "v2-alpha-tpuv5-lite"),
                               ("v6e-64", "v2-alpha-tpuv6e")):
