@@ -38,7 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # KEY=VALUE overrides may come before, between and after the options (argparse takes one run of
+        # positionals); anything else left over is an error, as parse_args would say.
+        if isinstance(getattr(args, "overrides", None), list) and all(
+                "=" in a and not a.startswith("-") for a in extra):
+            args.overrides.extend(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if argv is None:  # the real command line, which a subcommand may restart (see host_memory)
         args.argv = sys.argv[1:]
     if not getattr(args, "func", None):

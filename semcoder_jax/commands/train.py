@@ -7,7 +7,8 @@ Running it again on the same run directory resumes from the latest checkpoint.
 
 Exit status: 0 when the run reached its last step; 75 (EX_TEMPFAIL) when SIGTERM stopped it earlier with a
 checkpoint saved, so a scheduler requeues it (``launch/gpu/slurm.sbatch`` does, ``pod.sh supervise`` runs
-it again); 2 for a configuration or data mistake; 1 for anything else.
+it again); 1 for a configuration or data mistake (one line naming it) or a failure; 2 for a bad command
+line.
 """
 
 from __future__ import annotations

@@ -130,3 +130,14 @@ def test_progress_in_a_batch_log_is_one_plain_line_per_record_without_carriage_r
     assert "\r" not in proc.stdout + proc.stderr
     assert [line.split(":")[0] for line in proc.stdout.splitlines() if line.startswith("step ")] == ["step 1/2",
                                                                                                     "step 2/2"]
+
+
+def test_overrides_may_come_before_between_and_after_the_options(capsys):
+    """docs/training.md's multi-process example puts overrides after --process-id; argparse alone refused."""
+    assert main(["train", "--config", "launch/configs/tiny_cpu.yaml", "train.steps=70", "--process-id", "0",
+                 "--num-processes", "1", "mesh.data=1", "--print-config", "train.seed=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "steps: 70" in printed and "process_id: 0" in printed and "seed: 3" in printed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--config", "launch/configs/tiny_cpu.yaml", "--print-config", "--bogus"])
+    assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
