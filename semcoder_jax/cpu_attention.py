@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from semcoder_jax.config import CPU_ATTENTION_HEAD_DIMS
+from semcoder_jax.errors import UserError
 
 Array = jax.Array
 
@@ -40,8 +41,8 @@ FORWARD_TARGET = "semcoder_cpu_attention_forward"  # the remat policy "minimal_a
 _FORWARD, _BACKWARD = FORWARD_TARGET, "semcoder_cpu_attention_backward"
 
 
-class KernelBuildError(RuntimeError):
-    """The CPU attention kernel could not be compiled or loaded."""
+class KernelBuildError(UserError, RuntimeError):
+    """The CPU attention kernel could not be compiled or loaded (a one-line error of the CLI)."""
 
 
 def _compiler() -> str:
@@ -88,7 +89,9 @@ def build(force: bool = False) -> Path:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         os.unlink(tmp)
-        raise KernelBuildError(f"compiling {SOURCE} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+        first = next((line for line in proc.stderr.splitlines() if "error" in line), proc.stderr.strip()[:300])
+        raise KernelBuildError(f"compiling {SOURCE} with {compiler} failed: {first} (use model.attention_impl=xla "
+                               "to train without the CPU kernel)")
     os.replace(tmp, target)  # atomic: concurrent builders all end with one whole file
     return target
 

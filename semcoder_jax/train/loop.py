@@ -357,6 +357,10 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
         # a model trained from scratch takes its special ids from the tokenizer it is trained with
         model = model.replace(bos_token_id=tok.bos_id, eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
 
+    if model.attention_impl == "cpu":  # compiled here, before the run directory exists: no half-made run
+        from semcoder_jax import cpu_attention
+
+        cpu_attention.build()
     os.makedirs(run_dir, exist_ok=True)
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(run_dir), keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.async_save)

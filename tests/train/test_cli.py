@@ -141,3 +141,13 @@ def test_overrides_may_come_before_between_and_after_the_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", "launch/configs/tiny_cpu.yaml", "--print-config", "--bogus"])
     assert exit_info.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_a_missing_cpp_compiler_is_one_line_and_leaves_no_run_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-xyz")
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", CONFIG, "--run-dir", str(run_dir)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line.lower()]
+    assert errors == ["semcoder train: error: attention_impl 'cpu' needs a C++ compiler: 'no-such-compiler-xyz' "
+                      "(from $CXX, else c++) is not on PATH; install g++ or use model.attention_impl=xla"]
+    assert not run_dir.exists()
