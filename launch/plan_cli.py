@@ -1,6 +1,6 @@
 """``semcoder plan``: will a training config fit on N devices of a kind?  Compiles the real step on CPU.
 
-    semcoder plan --config launch/configs/semcoder_6.7b_v5p-32.yaml --devices 32 --device-kind v5p
+    semcoder plan --config launch/configs/semcoder_6.7b_v5p-32.yaml --devices 16 --device-kind v5p
     semcoder plan --config launch/configs/semcoder_6.7b_8xh100.yaml --devices 8 --device-kind h100 train.micro_batches=8
 
 The N devices are simulated on the CPU (``jax_num_cpu_devices``); when JAX has already started its
