@@ -24,6 +24,7 @@
 #   --runtime VERSION (default by type)  --project PROJECT  --spot | --preemptible  --queued
 #   --config FILE  --run-dir DIR  --export-hf DIR  --bucket BUCKET (mounted at /mnt/gcs/BUCKET)
 #   --wheel FILE (install this wheel instead of the checkout)  --jax-spec SPEC (default jax[tpu]==0.10.2)
+#   --python auto|system|uv|apt (the workers' Python 3.11; default auto: the image's if 3.11, else uv)
 #   --worker N|all  --lines N  --follow  --interval SECONDS  --max-restarts N  --max-api-errors N
 #   --dry-run    print every command instead of running it
 set -euo pipefail
@@ -46,6 +47,7 @@ EXPORT_HF=""
 BUCKET=""
 WHEEL=""
 JAX_SPEC="jax[tpu]==0.10.2"
+PYTHON=""
 WORKER="0"
 LINES=50
 FOLLOW=0
@@ -254,6 +256,7 @@ do_setup() {
   fi
   local -a args=(bash "$REMOTE_HOME/worker.sh" setup --venv "$REMOTE_VENV" --jax-spec "$JAX_SPEC" --package "$package")
   [[ -n $BUCKET ]] && args+=(--bucket "$BUCKET")
+  [[ -n $PYTHON ]] && args+=(--python "$PYTHON")
   remote all ${args[@]+"${args[@]}"}
 }
 
@@ -501,6 +504,7 @@ while [[ $# -gt 0 ]]; do
     --bucket) BUCKET=$2; shift 2 ;;
     --wheel) WHEEL=$2; shift 2 ;;
     --jax-spec) JAX_SPEC=$2; shift 2 ;;
+    --python) PYTHON=$2; shift 2 ;;
     --worker) WORKER=$2; shift 2 ;;
     --lines) LINES=$2; shift 2 ;;
     --follow) FOLLOW=1; shift ;;
