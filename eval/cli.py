@@ -1,6 +1,6 @@
 """``semcoder eval``: score a model (``--model``) or existing generations (``--predictions``) offline.
 
-    semcoder eval --model PATH --backend hf|jax --benchmark cruxeval-o --mode monologue --limit 20 --out DIR
+    semcoder eval --model PATH --backend jax --benchmark cruxeval-o --mode monologue --limit 20 --out DIR
     semcoder eval --predictions samples.jsonl --benchmark humaneval+ --out DIR
     semcoder eval --model PATH --benchmark humaneval+,mbpp+,cruxeval-i,cruxeval-o --protocol semcoder --out DIR
     semcoder eval --model PATH --benchmark humaneval+ --self-refine 5 --out DIR

@@ -28,3 +28,15 @@ def shared_data_dir() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} not present")
     return SHARED_DATA
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """How many doc blocks ran, were checked and were skipped (tests/docs/test_docs.py)."""
+    counts = config.__dict__.get("semcoder_doc_counts")
+    if not counts:
+        return
+    terminalreporter.write_sep("-", "docs")
+    terminalreporter.write_line(f"doc blocks: {counts['run']} run, {counts['check']} syntax- and flag-checked, "
+                                f"{len(counts['skip'])} skipped")
+    for line in counts["skip"]:
+        terminalreporter.write_line(f"  skipped {line}")
