@@ -70,7 +70,7 @@ PROJECT = {
 RUN_DIR = "/mnt/gcs/semcoder-ckpt/runs/sc"
 OPTIONS = {
     "defaults": [],
-    "every-option": ["--wheel", str(REPO / "dist" / "semcoder_jax-0.1.0-py3-none-any.whl"),
+    "every-option": ["--wheel", "WHEEL",  # a wheel file the fixture makes (pod.sh checks that it exists)
                      "--bucket", "semcoder-ckpt", "--export-hf", f"{RUN_DIR}/hf",
                      "--worker", "all", "--lines", "200", "--follow", "--", "train.steps=3"],
 }
@@ -199,7 +199,12 @@ def pod(tmp_path_factory):
            if key not in ("TPU_NAME", "TPU_ZONE", "TPU_TYPE", "TPU_RUNTIME", "GCP_PROJECT")}
     env.update(PATH=f"{root / 'bin'}{os.pathsep}{os.environ['PATH']}", SEMCODER_DIST_DIR=str(root / "dist"))
 
+    wheel = root / "dist" / "semcoder_jax-0.1.0-py3-none-any.whl"
+    wheel.parent.mkdir()
+    wheel.write_bytes(b"")
+
     def emitted(action: str, *options: str) -> list[list[str]]:
+        options = tuple(str(wheel) if option == "WHEEL" else option for option in options)
         argv = [str(POD), action, *COMMON, "--dry-run", *options]
         proc = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, (f"the dry-run failed (exit status {proc.returncode}): {shlex.join(argv)}\n"
