@@ -8,6 +8,7 @@ tokens delivered.  "Per core" divides by the CPU seconds the process used (all t
 multi-threaded side gains nothing by using more cores.
 
   .venv/bin/python benchmarks/pipeline_throughput.py [--copies 20] [--seq-len 2048] [--batch-size 8]
+      [--repeats 3 --record]    # --record: benchmarks/results/pipeline_throughput.json, rendered into the docs
 
 Data: the embedded sample (PyX + PyX-R, generated from executed code) repeated ``--copies`` times
 into 8 shards; tokenizer: the sample byte-level BPE (vocab 1024) unless ``--tokenizer`` is given.
@@ -165,7 +166,21 @@ def main() -> int:
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--resume-copies", type=int, default=0,
                         help="also time a restore near the end of an epoch of sample x N (0 = skip)")
+    parser.add_argument("--repeats", type=int, default=1, help="run every side this many times (the spread)")
+    parser.add_argument("--record", action="store_true",
+                        help="write benchmarks/results/pipeline_throughput.json (the docs' figures come from it)")
     args = parser.parse_args()
+    import record
+
+    started = record.machine()
+    repeats = [measure(args) for _ in range(args.repeats)]
+    if args.record:
+        print(f"recorded: {record.write('pipeline_throughput', repeats, started=started)}")
+    return 0
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One run of every side; prints the table and returns the raw results."""
 
     from data_pipeline.sample import sample_tokenizer_dir
     from data_pipeline.tokenizer import load_tokenizer
@@ -215,7 +230,7 @@ def main() -> int:
         results["resume"] = cost
     print(json.dumps({k: {kk: round(vv, 3) if isinstance(vv, float) else vv for kk, vv in v.items()}
                       for k, v in results.items()}))
-    return 0
+    return {"copies": args.copies, "seq_len": args.seq_len, "batch_size": args.batch_size, "sides": results}
 
 
 if __name__ == "__main__":

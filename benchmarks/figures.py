@@ -1,0 +1,155 @@
+"""The docs' measured figures, rendered from the benchmarks' records (``benchmarks/results/*.json``).
+
+A doc holds a rendered figure between two markers::
+
+    <!-- figures: pipeline-utilisation -->
+    ...what render("pipeline-utilisation") returns...
+    <!-- /figures -->
+
+``python benchmarks/figures.py --write`` re-renders every marked place from the latest records (after a
+benchmark ran with ``--record``); ``--check`` (and ``tests/docs/test_figures.py``) fails where a doc and its
+record disagree.  Every rendering says which command, machine and date measured it and gives the spread
+over the recorded repeats as median (min–max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import record  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+MARKED = re.compile(r"(<!-- figures: ([\w-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    """median (min–max), or the single value."""
+    if min(values) == max(values):
+        return fmt.format(values[0])
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def provenance(rec: dict) -> str:
+    m = rec["machine"]
+    command = " ".join([f"benchmarks/{Path(rec['command'][0]).name}", *rec["command"][1:]])
+    load = m.get("load_average_at_start")
+    return (f"`{command}`, {rec['date']}, commit {rec.get('commit') or '?'}, {len(rec['repeats'])} repeats; "
+            f"{m['cores']} × {m['cpu']}, {m['memory_gib']} GiB"
+            + (f", load average {load:.1f} at the start" if load is not None else ""))
+
+
+# ---- pipeline_throughput --------------------------------------------------------------------------
+
+RELEASE = "release, as released (map + debug decode)"
+LEAN = "release without its debug decode"
+
+
+def _per_core(side: dict) -> float:
+    return side["real"] / side["cpu"]
+
+
+def _pipeline(rec: dict) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for rep in rec["repeats"]:
+        s = rep["sides"]
+        for key, value in (("pack_tok_per_core", _per_core(s["ours pack"])),
+                           ("pack_tok_per_s", s["ours pack"]["real"] / s["ours pack"]["wall"]),
+                           ("release_tok_per_core", _per_core(s[RELEASE])),
+                           ("vs_release", _per_core(s["ours pack"]) / _per_core(s[RELEASE])),
+                           ("vs_lean", _per_core(s["ours pack"]) / _per_core(s[LEAN]))):
+            out.setdefault(key, []).append(value)
+        for name in ("ours pack", "ours pad (fixed)", RELEASE):
+            side = s[name]
+            out.setdefault(f"real%{name}", []).append(100 * side["real"] / side["slots"])
+            out.setdefault(f"loss%{name}", []).append(100 * side["loss"] / side["slots"])
+        if "resume" in s:
+            out.setdefault("restore_end", []).append(s["resume"]["restore_end"])
+            out.setdefault("resume_records", []).append(s["resume"]["records"])
+    return out
+
+
+def pipeline_utilisation() -> str:
+    rec = record.read("pipeline_throughput")
+    v = _pipeline(rec)
+    first = rec["repeats"][0]
+    rows = [("pack (best-fit decreasing, windows of 1024)", "ours pack"), ("pad, fixed 2048", "ours pad (fixed)"),
+            ("pad, dynamic (release collator, batch 8)", RELEASE)]
+    lines = [f"Sample ×{first['copies']} ({first['sides']['ours pack']['records']:,} records), seq_len "
+             f"{first['seq_len']}; {provenance(rec)}:", "",
+             "| layout | real tokens / all slots | loss tokens / all slots |", "|---|---|---|"]
+    for label, side in rows:
+        lines.append(f"| {label} | {spread(v[f'real%{side}'], '{:.2f} %')} | {spread(v[f'loss%{side}'], '{:.2f} %')} |")
+    lines.append("")
+    lines.append(f"Tokens per CPU-second: ours (pack) {spread(v['pack_tok_per_core'])}, the release as released "
+                 f"{spread(v['release_tok_per_core'])}: **{spread(v['vs_release'], '{:.2f}×')}**; against the release "
+                 f"without its debug decode {spread(v['vs_lean'], '{:.2f}×')}.  Wall: "
+                 f"{spread(v['pack_tok_per_s'])} tokens/s on this host.")
+    return "\n".join(lines) + "\n"
+
+
+def pipeline_readme_line() -> str:
+    rec = record.read("pipeline_throughput")
+    v = _pipeline(rec)
+    restore = ""
+    if "restore_end" in v:
+        restore = (f"; restore to the first batch in an epoch's last window {spread(v['restore_end'], '{:.2f}')} s "
+                   f"({int(v['resume_records'][0]):,} records)")
+    return (f"**Data pipeline** (`pipeline_throughput.py`, pack, seq 2048): "
+            f"{spread([x / 1000 for x in v['pack_tok_per_core']])} k tokens per CPU-second, "
+            f"{spread(v['real%ours pack'], '{:.2f} %')} real tokens{restore}; the release's `datasets.map` + "
+            f"padding {spread([x / 1000 for x in v['release_tok_per_core']])} k "
+            f"(**{spread(v['vs_release'], '{:.2f}×')}**), {spread(v[f'real%{RELEASE}'], '{:.1f} %')} real; "
+            f"against the release without its debug decode {spread(v['vs_lean'], '{:.2f}×')}. {provenance(rec)}.\n")
+
+
+FIGURES: dict[str, Callable[[], str]] = {
+    "pipeline-utilisation": pipeline_utilisation,
+    "pipeline-readme": pipeline_readme_line,
+}
+
+
+def places() -> list[tuple[Path, str, str]]:
+    """(doc, figure name, the doc's current text) for every marked place."""
+    return [(path, m.group(2), m.group(3)) for path in DOCS for m in MARKED.finditer(path.read_text())]
+
+
+def rewrite(path: Path) -> bool:
+    text = path.read_text()
+
+    def fill(m: re.Match) -> str:
+        if m.group(2) not in FIGURES:
+            raise SystemExit(f"{path}: unknown figure {m.group(2)!r} (known: {', '.join(FIGURES)})")
+        return m.group(1) + FIGURES[m.group(2)]() + m.group(4)
+
+    new = MARKED.sub(fill, text)
+    if new != text:
+        tmp = path.with_suffix(".md.tmp")
+        tmp.write_text(new)
+        tmp.replace(path)
+    return new != text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help="re-render every marked place in the docs")
+    args = parser.parse_args()
+    if args.write:
+        for path in DOCS:
+            if rewrite(path):
+                print(f"rewrote {path.relative_to(REPO)}")
+        return 0
+    stale = [f"{p.relative_to(REPO)}: {name}" for p, name, text in places() if FIGURES[name]() != text]
+    for line in stale:
+        print(f"stale: {line}")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
