@@ -296,6 +296,37 @@ def test_slurm_per_gpu_mode_pins_each_task_to_its_local_gpu(fake):
     assert all(t[t.index("--coordinator") + 1] == "n1:2000" for t in tasks)
 
 
+# scontrol: the job's state from FAKE_JOB_STATE (RUNNING unless set); records requeues.
+FAKE_SCONTROL = r"""#!/usr/bin/env bash
+case "$1 $2" in
+  "show hostnames") echo n1 ;;
+  "show job") echo "JobId=$4 JobState=${FAKE_JOB_STATE:-RUNNING} Restarts=0" ;;
+  "requeue "*) printf '%q ' scontrol "$@" >>"$FAKE_LOG"; echo >>"$FAKE_LOG" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("status, state, requeued, exit_status", [
+    (0, "RUNNING", False, 0),       # reached its last step: COMPLETED
+    (75, "RUNNING", True, 0),       # saved before its last step (SIGTERM): requeued, resumes
+    (75, "COMPLETING", False, 75),  # SLURM is ending the job itself (scancel JOB, time limit): not brought back
+    (1, "RUNNING", False, 1),       # a failure: not requeued
+])
+def test_slurm_requeues_a_run_that_saved_before_its_last_step_and_nothing_else(fake, status, state, requeued,
+                                                                               exit_status):
+    """The decision after srun ends; tests/launch/test_slurm_cluster.py shows it on a real SLURM cluster."""
+    for name, text in (("scontrol", FAKE_SCONTROL), ("exit-semcoder", f"#!/usr/bin/env bash\nexit {status}\n")):
+        (fake.dir / "bin" / name).write_text(text)
+        (fake.dir / "bin" / name).chmod(0o755)
+    proc = fake.run("bash", SLURM, "--semcoder", fake.dir / "bin" / "exit-semcoder", "--", "--config", "c.yaml",
+                    check=False, SLURM_JOB_NODELIST="n1", SLURM_NTASKS="2", SLURM_NTASKS_PER_NODE="2",
+                    SLURM_JOB_ID="77", FAKE_JOB_STATE=state)
+    assert proc.returncode == exit_status, proc.stderr
+    assert (["scontrol", "requeue", "77"] in fake.calls()) == requeued, proc.stderr
+    if requeued:
+        assert "job 77 requeued" in proc.stderr
+
+
 def test_multinode_per_gpu_numbers_processes_across_nodes(fake):
     out = fake.run("bash", MULTINODE, "--coordinator", "n0:1234", "--nnodes", "2", "--node-rank", "1", "--per-gpu",
                    "2", "--dry-run", "--", "--config", "c.yaml").stdout
