@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(config), end="")
         return 0
-    from semcoder_jax.train.loop import initialize_distributed, train
+    from semcoder_jax.train.loop import catch_sigterm_from_now, initialize_distributed, train
 
     if config.run.keep_host_buffers:
         from semcoder_jax import host_memory
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 print("semcoder train: host malloc keeps freed buffers for reuse (run.keep_host_buffers)",
                       file=sys.stderr)
     initialize_distributed(config.distributed)
+    catch_sigterm_from_now()  # after JAX's preemption notifier: a TERM while starting or exiting is not lost
     result = train(config, overwrite_export=args.overwrite)
     if result.final_step >= result.total_steps:
         return 0

@@ -16,6 +16,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,8 +80,11 @@ def initialize_distributed(section: DistributedSection) -> bool:
         local = None
         if section.local_device_ids:
             local = [int(x) for x in section.local_device_ids.split(",")]
+        # Everything is given: no auto-detection, which on SLURM would pin each process to the GPU numbered
+        # SLURM_LOCALID unless local_device_ids says otherwise (one process per node must see all of them).
         jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid,
-                                   local_device_ids=local, heartbeat_timeout_seconds=section.heartbeat_timeout_s)
+                                   local_device_ids=local, heartbeat_timeout_seconds=section.heartbeat_timeout_s,
+                                   cluster_detection_method="deactivate")
         return True
     if section.auto or multi_tpu:
         jax.distributed.initialize(heartbeat_timeout_seconds=section.heartbeat_timeout_s)
@@ -243,25 +247,48 @@ class MetricsLog:
             self.writer.close()
 
 
+_TERM_RECEIVED = threading.Event()
+_TERM_FLAG_FOR_PROCESS = False
+
+
+def _set_term_flag(signum, frame) -> None:
+    _TERM_RECEIVED.set()
+
+
+def catch_sigterm_from_now() -> None:
+    """SIGTERM sets a flag from now until the process exits (``semcoder train`` calls this right after
+    ``jax.distributed.initialize``): a TERM that arrives while the run starts — compiling, restoring — is
+    not swallowed by JAX's preemption notifier, and one that arrives while the process exits after its save
+    does not turn its status 75 into 143.  The loop reads the flag before its first step and after each."""
+    global _TERM_FLAG_FOR_PROCESS
+    try:
+        signal.signal(signal.SIGTERM, _set_term_flag)
+    except ValueError:  # not the main thread
+        return
+    _TERM_FLAG_FOR_PROCESS = True
+
+
 class StopSignal:
     """SIGTERM (preemption) sets a flag; the loop finishes the step, saves and returns."""
 
     def __init__(self) -> None:
-        self.requested = False
         self._previous = None
 
+    @property
+    def requested(self) -> bool:
+        return _TERM_RECEIVED.is_set()
+
     def __enter__(self) -> StopSignal:
+        if not _TERM_FLAG_FOR_PROCESS:  # a library call: this run's own flag, from now
+            _TERM_RECEIVED.clear()
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._previous = signal.signal(signal.SIGTERM, _set_term_flag)
         except ValueError:  # not the main thread: no signal handling
             self._previous = None
         return self
 
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
+        if self._previous is not None and not _TERM_FLAG_FOR_PROCESS:
             signal.signal(signal.SIGTERM, self._previous)
 
 
@@ -479,6 +506,9 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
     stop_at = total if max_steps_this_run is None else min(total, start + max_steps_this_run)
     call, window = step_fn, None
     with StopSignal() as stop, contextlib.ExitStack() as cleanup:
+        if _any_process(stop.requested):  # SIGTERM while the run started: stop before the first step
+            preempted = True
+            stop_at = step
         while step < stop_at:
             enter(step + 1, "train")
             batch = step_lib.shard_batch(next(sources.train), mesh)

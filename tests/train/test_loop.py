@@ -218,3 +218,22 @@ def test_profile_settings_are_checked_up_front(th):
 
     with pytest.raises(TrainConfigError, match="run.profile_from: must be >= 1"):
         th.tiny_config("train.steps=5", "run.profile_steps=2", "run.profile_from=0").validate()
+
+
+def test_a_sigterm_while_the_run_starts_is_not_lost_it_stops_before_the_first_step(th, tmp_path):
+    """JAX's preemption notifier (installed by jax.distributed) used to swallow a TERM that came while the run
+    compiled or restored; the trainer then trained on.  Now it stops at once with status 75."""
+    import os
+    import time
+
+    run_dir = str(tmp_path / "run")
+    proc = th.start_train(run_dir, "train.steps=20", "checkpoint.every=100")
+    deadline = time.time() + 120
+    while not os.path.exists(os.path.join(run_dir, "config.yaml")):  # written after restore, before compiling
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, err[-2000:]
+    stopped = [line for line in err.splitlines() if "stopped by SIGTERM after step" in line]
+    assert stopped and int(stopped[0].split("after step ")[1].split(";")[0]) <= 1
