@@ -26,7 +26,7 @@ import record  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-MARKED = re.compile(r"(<!-- figures: ([\w-]+) -->\n)(.*?)(<!-- /figures -->)", re.S)
+MARKED = re.compile(r"^([ \t]*)(<!-- figures: ([\w-]+) -->\n)(.*?)^\1(<!-- /figures -->)", re.S | re.M)
 
 
 def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
@@ -40,7 +40,8 @@ def provenance(rec: dict) -> str:
     m = rec["machine"]
     command = " ".join([f"benchmarks/{Path(rec['command'][0]).name}", *rec["command"][1:]])
     load = m.get("load_average_at_start")
-    return (f"`{command}`, {rec['date']}, commit {rec.get('commit') or '?'}, {len(rec['repeats'])} repeats; "
+    n = len(rec["repeats"])
+    return (f"`{command}`, {rec['date']}, commit {rec.get('commit') or '?'}, {n} repeat{'s' if n > 1 else ''}; "
             f"{m['cores']} × {m['cpu']}, {m['memory_gib']} GiB"
             + (f", load average {load:.1f} at the start" if load is not None else ""))
 
@@ -109,7 +110,52 @@ def pipeline_readme_line() -> str:
             f"against the release without its debug decode {spread(v['vs_lean'], '{:.2f}×')}. {provenance(rec)}.\n")
 
 
+# ---- plan configs -----------------------------------------------------------------------------------
+
+GIB = 2**30
+
+
+def shipped_configs() -> str:
+    rec = record.read("plan_configs")
+    plans = rec["repeats"][-1]["plans"]
+    lines = [f"CPU plans (`semcoder plan`, deterministic for a jax version); {provenance(rec)}:", "",
+             "| config | devices | micro-batches | params + AdamW + gradients / device | peak / device (CPU plan) | usable | "
+             "est. step @ 40 % MFU |", "|---|---|---|---|---|---|---|"]
+    variants = []
+    for p in plans:
+        r = p["plan"]
+        mesh = r["mesh"]
+        devices = f"{p['devices']} × {p['device_kind'].upper() if p['device_kind'].startswith('h') else p['device_kind']}"
+        if mesh.get("tensor", 1) > 1:
+            devices += f" (fsdp {mesh['fsdp']} × tensor {mesh['tensor']})"
+        row = (f"| {p['config'].removesuffix('.yaml')} | {devices} | {r['micro_batches']} | "
+               f"{(r['params_bytes'] + r['optimizer_bytes'] + r['gradient_bytes']) / GIB:.2f} GiB | "
+               f"{r['peak_bytes'] / GIB:.2f} GiB | "
+               f"{r['usable_bytes'] / GIB:.2f} GiB | {r['step_seconds']:.1f} s "
+               f"({r['tokens_per_second'] / 1000:.0f} k tok/s) |")
+        if p["overrides"]:
+            spare = 100 * (r["usable_bytes"] - r["peak_bytes"]) / r["usable_bytes"]
+            variants.append(f"{p['config'].removesuffix('.yaml')} with {' '.join(p['overrides'])}: "
+                            f"{r['peak_bytes'] / GIB:.2f} GiB per device ({spare:.0f} % spare)")
+        else:
+            lines.append(row)
+    if variants:
+        lines += ["", "Variants: " + "; ".join(variants) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def v5p_walkthrough() -> str:
+    rec = record.read("plan_configs")
+    (r,) = [p["plan"] for p in rec["repeats"][-1]["plans"]
+            if p["config"] == "semcoder_6.7b_v5p-32.yaml" and not p["overrides"]]
+    verdict = "FITS" if r["fits"] else "DOES NOT FIT"
+    return (f"→ {verdict}, {r['peak_bytes'] / GIB:.2f} GiB peak per chip, ≈ {r['step_seconds']:.1f} s/step at "
+            f"{100 * r['mfu']:.0f} % MFU.\n")
+
+
 FIGURES: dict[str, Callable[[], str]] = {
+    "shipped-configs": shipped_configs,
+    "v5p-walkthrough": v5p_walkthrough,
     "pipeline-utilisation": pipeline_utilisation,
     "pipeline-readme": pipeline_readme_line,
 }
@@ -117,16 +163,27 @@ FIGURES: dict[str, Callable[[], str]] = {
 
 def places() -> list[tuple[Path, str, str]]:
     """(doc, figure name, the doc's current text) for every marked place."""
-    return [(path, m.group(2), m.group(3)) for path in DOCS for m in MARKED.finditer(path.read_text())]
+    return [(path, m.group(3), _dedent(m.group(4), m.group(1))) for path in DOCS
+            for m in MARKED.finditer(path.read_text())]
+
+
+def _indent(text: str, indent: str) -> str:
+    """A figure inside a list item keeps the item's indentation."""
+    return "".join(indent + line if line.strip() else line for line in text.splitlines(keepends=True))
+
+
+def _dedent(text: str, indent: str) -> str:
+    return "".join(line[len(indent):] if line.startswith(indent) else line for line in text.splitlines(keepends=True))
 
 
 def rewrite(path: Path) -> bool:
     text = path.read_text()
 
     def fill(m: re.Match) -> str:
-        if m.group(2) not in FIGURES:
-            raise SystemExit(f"{path}: unknown figure {m.group(2)!r} (known: {', '.join(FIGURES)})")
-        return m.group(1) + FIGURES[m.group(2)]() + m.group(4)
+        indent, name = m.group(1), m.group(3)
+        if name not in FIGURES:
+            raise SystemExit(f"{path}: unknown figure {name!r} (known: {', '.join(FIGURES)})")
+        return indent + m.group(2) + _indent(FIGURES[name](), indent) + indent + m.group(5)
 
     new = MARKED.sub(fill, text)
     if new != text:

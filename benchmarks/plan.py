@@ -1,7 +1,8 @@
 """The planner's claims: predicted vs measured peak on CPU, and the 6.7B plans for the shipped configs.
 
     python benchmarks/plan.py validate      # predicted vs measured peak per device, 4 CPU devices
-    python benchmarks/plan.py configs       # `semcoder plan` of every launch/configs/semcoder_6.7b_*.yaml, timed
+    python benchmarks/plan.py configs [--record]   # `semcoder plan` of every shipped 6.7B config, timed;
+                                            # --record: benchmarks/results/plan_configs.json (docs/launch.md)
     python benchmarks/plan.py tpu           # CPU-compiled plans vs XLA:TPU's own compile (needs libtpu)
 
 ``validate`` runs each layout in a fresh process with exactly 4 CPU devices and
@@ -27,8 +28,9 @@ LAYOUTS = {
     "data=2 x fsdp=2, remat full": ["mesh.fsdp=2", "mesh.data=2", "model.remat_policy=full"],
     "fsdp=2 x tensor=2, bfloat16": ["mesh.fsdp=2", "mesh.tensor=2", "mesh.data=1", "model.dtype=bfloat16"],
 }
-CONFIGS = [("semcoder_6.7b_v5p-32.yaml", 16, "v5p"), ("semcoder_6.7b_8xh100.yaml", 8, "h100"),
-           ("semcoder_6.7b_v4-64.yaml", 32, "v4"), ("semcoder_6.7b_v5e-64.yaml", 64, "v5e")]
+CONFIGS = [("semcoder_6.7b_v5p-32.yaml", 16, "v5p", []), ("semcoder_6.7b_8xh100.yaml", 8, "h100", []),
+           ("semcoder_6.7b_v4-64.yaml", 32, "v4", []), ("semcoder_6.7b_v5e-64.yaml", 64, "v5e", []),
+           ("semcoder_6.7b_8xh100.yaml", 8, "h100", ["train.micro_batches=8"])]
 
 
 def plan_and_measure(overrides: list[str], devices: int = 4) -> tuple[dict, dict]:
@@ -52,18 +54,21 @@ def validate() -> None:
         print(f"| {name} | {p / 1e6:.1f} MB | {m / 1e6:.1f} MB | {100 * (p - m) / m:+.0f} % |", flush=True)
 
 
-def configs() -> None:
-    print("| config | devices | peak / device | usable | fits | s/step @ 40 % MFU | plan wall time |\n"
-          "|---|---|---|---|---|---|---|")
-    for name, devices, kind in CONFIGS:
-        start = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "semcoder_jax.cli", "plan", "--config", f"launch/configs/{name}",
-                              "--devices", str(devices), "--device-kind", kind, "--json", "--no-suggest"],
-                             cwd=REPO, capture_output=True, text=True)
-        wall = time.monotonic() - start
-        r = json.loads(out.stdout)
-        print(f"| {name} | {devices} x {kind} | {r['peak_bytes'] / 2**30:.2f} GiB | {r['usable_bytes'] / 2**30:.2f} GiB "
-              f"| {r['fits']} | {r['step_seconds']:.1f} | {wall:.0f} s |", flush=True)
+def configs(record_it: bool = False) -> None:
+    import record
+
+    started = record.machine()
+    print("| config | overrides | devices | peak / device | usable | fits | s/step @ 40 % MFU | plan wall time |\n"
+          "|---|---|---|---|---|---|---|---|")
+    plans = []
+    for name, devices, kind, extra in CONFIGS:
+        r, wall = _plan_json(name, devices, kind, extra, "cpu")
+        plans.append({"config": name, "devices": devices, "device_kind": kind, "overrides": extra, "plan": r,
+                      "wall_s": wall})
+        print(f"| {name} | {' '.join(extra) or '-'} | {devices} x {kind} | {r['peak_bytes'] / 2**30:.2f} GiB | "
+              f"{r['usable_bytes'] / 2**30:.2f} GiB | {r['fits']} | {r['step_seconds']:.1f} | {wall:.0f} s |", flush=True)
+    if record_it:
+        print(f"recorded: {record.write('plan_configs', [{'plans': plans}], started=started)}")
 
 
 # TPU plans compared with XLA:TPU's own compile (``tpu``): the shipped TPU configs, then variants
@@ -105,8 +110,12 @@ def tpu() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=["validate", "configs", "tpu"])
+    parser.add_argument("--record", action="store_true", help="configs: write benchmarks/results/plan_configs.json")
     args = parser.parse_args()
-    {"validate": validate, "configs": configs, "tpu": tpu}[args.what]()
+    if args.what == "configs":
+        configs(args.record)
+    else:
+        {"validate": validate, "tpu": tpu}[args.what]()
 
 
 if __name__ == "__main__":
