@@ -161,10 +161,16 @@ FIGURES: dict[str, Callable[[], str]] = {
 }
 
 
-def places() -> list[tuple[Path, str, str]]:
+def places(docs: list[Path] = DOCS) -> list[tuple[Path, str, str]]:
     """(doc, figure name, the doc's current text) for every marked place."""
-    return [(path, m.group(3), _dedent(m.group(4), m.group(1))) for path in DOCS
+    return [(path, m.group(3), _dedent(m.group(4), m.group(1))) for path in docs
             for m in MARKED.finditer(path.read_text())]
+
+
+def stale(docs: list[Path] = DOCS) -> list[str]:
+    """"doc: figure" for every marked place whose text is not what its record renders (or is unknown)."""
+    return [f"{path}: {name}" for path, name, text in places(docs)
+            if name not in FIGURES or FIGURES[name]() != text]
 
 
 def _indent(text: str, indent: str) -> str:
@@ -202,10 +208,10 @@ def main() -> int:
             if rewrite(path):
                 print(f"rewrote {path.relative_to(REPO)}")
         return 0
-    stale = [f"{p.relative_to(REPO)}: {name}" for p, name, text in places() if FIGURES[name]() != text]
-    for line in stale:
+    found = stale()
+    for line in found:
         print(f"stale: {line}")
-    return 1 if stale else 0
+    return 1 if found else 0
 
 
 if __name__ == "__main__":

@@ -103,9 +103,7 @@ api_type() {
 }
 
 gcloud_tpu() {
-  local -a extra=()
-  [[ -n $PROJECT ]] && extra+=(--project "$PROJECT")
-  run gcloud compute tpus "$@" --zone "$ZONE" ${extra[@]+"${extra[@]}"}
+  run gcloud compute tpus "$@" --zone "$ZONE" ${PROJECT_ARGS[@]+"${PROJECT_ARGS[@]}"}
 }
 
 # ssh to workers; the remote command is built from quoted words so that any argument survives.
@@ -122,9 +120,7 @@ remote_query() {
   shift
   local cmd
   cmd=$(printf '%q ' "$@")
-  local -a extra=()
-  [[ -n $PROJECT ]] && extra+=(--project "$PROJECT")
-  query gcloud compute tpus tpu-vm ssh "$NAME" --worker="$worker" --command="${cmd% }" --zone "$ZONE" ${extra[@]+"${extra[@]}"}
+  query gcloud compute tpus tpu-vm ssh "$NAME" --worker="$worker" --command="${cmd% }" --zone "$ZONE" ${PROJECT_ARGS[@]+"${PROJECT_ARGS[@]}"}
 }
 
 need() {
@@ -196,15 +192,13 @@ do_create() {
 # exist, or ERROR when it could not answer (logged): a transient API error must never read as "gone".
 describe_state() {
   local kind=$1 field=$2 out err rc=0
-  local -a extra=()
-  [[ -n $PROJECT ]] && extra+=(--project "$PROJECT")
   if [[ $DRY_RUN == 1 ]]; then
-    run gcloud compute tpus "$kind" describe "$NAME" --zone "$ZONE" ${extra[@]+"${extra[@]}"} \
+    run gcloud compute tpus "$kind" describe "$NAME" --zone "$ZONE" ${PROJECT_ARGS[@]+"${PROJECT_ARGS[@]}"} \
       --format="value($field)" >&3
     return 0
   fi
   err=$(mktemp)
-  out=$(gcloud compute tpus "$kind" describe "$NAME" --zone "$ZONE" ${extra[@]+"${extra[@]}"} \
+  out=$(gcloud compute tpus "$kind" describe "$NAME" --zone "$ZONE" ${PROJECT_ARGS[@]+"${PROJECT_ARGS[@]}"} \
     --format="value($field)" 2>"$err") || rc=$?
   if [[ $rc == 0 ]]; then
     echo "${out:-UNKNOWN}"
@@ -517,6 +511,8 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 [[ $SPOT == 1 && $PREEMPTIBLE == 1 ]] && die "--spot and --preemptible exclude each other"
+PROJECT_ARGS=()  # every gcloud call's --project, when one was given
+if [[ -n $PROJECT ]]; then PROJECT_ARGS=(--project "$PROJECT"); fi
 
 case $ACTION in
   create) do_create; if [[ $QUEUED == 1 ]]; then wait_ready; fi ;;

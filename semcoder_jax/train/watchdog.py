@@ -109,13 +109,6 @@ class Watchdog:
         self._done.set()
         self._thread.join(timeout=2 * self._tick + 1)
 
-    def __enter__(self) -> Watchdog:
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     def check(self) -> str | None:
         """One heartbeat: publish, read the peers, diagnose (what the thread does every tick)."""
         step, phase, since = self._where

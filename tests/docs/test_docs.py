@@ -209,6 +209,7 @@ def check_block(block: Block) -> int:
     proc = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True)
     assert proc.returncode == 0, f"{block.id}: bash -n: {proc.stderr}"
     parsed = 0
+    parser = build_parser()
     for line in logical_lines(script):
         words = shlex.split(line)
         while words and "=" in words[0] and not words[0].startswith("-"):
@@ -216,7 +217,7 @@ def check_block(block: Block) -> int:
         if not words or Path(words[0]).name != "semcoder" or PLACEHOLDER.search(line):
             continue
         try:
-            args, extra = build_parser().parse_known_args(words[1:])
+            args, extra = parser.parse_known_args(words[1:])
         except SystemExit as e:
             raise AssertionError(f"{block.id}: `{line}` is refused by the CLI (exit {e.code})") from None
         bad = [a for a in extra if "=" not in a or a.startswith("-")]

@@ -106,7 +106,9 @@ def test_a_peer_that_stops_beating_is_named_through_the_real_key_value_store(coo
                                "(last at step 7, train): it is gone or stopped")
 
 
-def test_a_killed_peer_ends_the_other_process_within_the_timeout_with_one_line(th, tmp_path):
+def _lose_peer(th, tmp_path, how: signal.Signals) -> tuple[int, str, float]:
+    """Two trainers with an 8 s watchdog; at step 3 process 1 gets ``how``.  Returns process 0's status,
+    its stderr and the seconds it took to stop."""
     run_dir = str(tmp_path / "run")
     port = th.free_port()
     procs = [th.start_train(run_dir, "train.steps=400", "checkpoint.every=1000", "distributed.peer_timeout_s=8",
@@ -114,16 +116,23 @@ def test_a_killed_peer_ends_the_other_process_within_the_timeout_with_one_line(t
                                               "--process-id", str(i)]) for i in range(2)]
     try:
         th.wait_for_step(run_dir, 3, procs[0], timeout=300)
-        procs[1].send_signal(signal.SIGKILL)
-        killed = time.monotonic()
-        _, err = procs[0].communicate(timeout=90)
-        waited = time.monotonic() - killed
+        procs[1].send_signal(how)
+        lost = time.monotonic()
+        try:
+            _, err = procs[0].communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"process 0 still waits 90 s after its peer got {how.name}")
+        return procs[0].returncode, err, time.monotonic() - lost
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
             p.communicate()
-    assert procs[0].returncode == 1, err[-3000:]
+
+
+def test_a_killed_peer_ends_the_other_process_within_the_timeout_with_one_line(th, tmp_path):
+    status, err, waited = _lose_peer(th, tmp_path, signal.SIGKILL)
+    assert status == 1, err[-3000:]
     assert waited < 40, f"process 0 took {waited:.0f} s to stop"
     last = err.strip().splitlines()[-1]
     assert last.startswith("semcoder train: step ") and "for process 1, not heard from for" in last, err[-3000:]
@@ -133,21 +142,6 @@ def test_a_killed_peer_ends_the_other_process_within_the_timeout_with_one_line(t
 @pytest.mark.slow  # two more processes
 def test_a_stopped_peer_is_named_too(th, tmp_path):
     """SIGSTOP: the peer is alive for the kernel but beats no more — the hang a heartbeat check exists for."""
-    run_dir = str(tmp_path / "run")
-    port = th.free_port()
-    procs = [th.start_train(run_dir, "train.steps=400", "checkpoint.every=1000", "distributed.peer_timeout_s=8",
-                            devices=1, extra=["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                                              "--process-id", str(i)]) for i in range(2)]
-    try:
-        th.wait_for_step(run_dir, 3, procs[0], timeout=300)
-        procs[1].send_signal(signal.SIGSTOP)
-        _, err = procs[0].communicate(timeout=90)
-    except subprocess.TimeoutExpired:
-        pytest.fail("process 0 still waits 90 s after its peer stopped")
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.communicate()
-    assert procs[0].returncode == 1
-    assert "waited" in err and "for process 1, not heard from" in err.strip().splitlines()[-1]
+    status, err, waited = _lose_peer(th, tmp_path, signal.SIGSTOP)
+    assert status == 1 and waited < 40, err[-3000:]
+    assert "for process 1, not heard from" in err.strip().splitlines()[-1]
