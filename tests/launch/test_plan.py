@@ -61,10 +61,10 @@ def plan_and_measure_in_subprocess(overrides: list[str], devices: int) -> tuple[
 
 def check_prediction(extra: list[str]) -> None:
     predicted, measured = plan_and_measure_in_subprocess(MEASURED + extra, 4)
-    # The state is ~7 MB per device here and the resident-set method has ~1 MB of allocator noise
-    # (measured 5.75-6.56 MB against 6.86 MB exact over three runs), so this sanity check is loose;
+    # The state is ~7 MB per device here and the resident-set method has up to ~2 MB of allocator noise
+    # (measured 4.92-6.56 MB against 6.86 MB exact; 4.92 under CI's load), so this sanity check is loose;
     # the claim under test is the peak (~100 MB per device) below.
-    assert measured["arguments"] == pytest.approx(predicted["argument_bytes"], rel=0.25)
+    assert measured["arguments"] == pytest.approx(predicted["argument_bytes"], rel=0.4)
     # within 20 % of the measured peak: |predicted - measured| <= 0.2 x measured
     assert predicted["peak_bytes"] == pytest.approx(measured["peak"], rel=0.2), (measured, predicted["peak_bytes"])
 
