@@ -12,6 +12,12 @@ the conversions are interleaved and repeated (``--repeats``); ratios compare mea
 <= 1.5 x the largest shard, wall time <= 2 x the copy.  Needs free disk of about 4x the checkpoint.
 
     python benchmarks/convert.py --workdir /tmp/convert-bench [--layers 32] [--shard-size 5GB] [--repeats 2]
+        [--keep] [--record [NAME]]     # --keep: leave the checkpoints in --workdir
+
+``--record [NAME]`` writes every repeat's raw results and README table rows to
+``benchmarks/results/NAME.json`` (default ``convert_6.7b``, ``convert_6.7b_<N>l`` with ``--layers N`` other
+than 32, ``_shard<SIZE>`` appended for a ``--shard-size`` other than 5GB), which ``benchmarks/figures.py``
+renders.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +117,32 @@ def tensors_equal(a_dir: str, b_dir: str) -> bool:
     return all(np.array_equal(a.read(n).view(np.uint16), b.read(n).view(np.uint16)) for n in sorted(a.names()))
 
 
+def record_name(args: argparse.Namespace) -> str:
+    name = "convert_6.7b" + (f"_{args.layers}l" if args.layers != 32 else "")
+    if args.shard_size != "5GB":
+        name += f"_shard{args.shard_size}"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def rows(rep: dict, described: str, largest: int) -> list[dict]:
+    """The README's table lines for one repeat (``record.row``): each conversion beside the read+write copy."""
+    import record
+
+    copy = rep["read+write copy"]
+    out = []
+    for step in ("hf-to-orbax", "orbax-to-hf"):
+        r = rep[step]
+        out.append(record.row(
+            f"`semcoder convert {step}`, {described}, own process after a `sync`",
+            {"s": r["wall_s"], "on disk s": r["on_disk_s"], "peak RSS GB": r["peak_rss_bytes"] / 1e9,
+             "× shard RSS": r["peak_rss_bytes"] / largest},
+            baseline={"s": copy["wall_s"], "on disk s": copy["on_disk_s"],
+                      "peak RSS GB": copy["peak_rss_bytes"] / 1e9},
+            baseline_label="buffered read+write copy of the same files (16 MiB buffer)", compare="s",
+            higher_is_better=False))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="/tmp/semcoder-convert-bench")
@@ -117,29 +150,49 @@ def main() -> None:
     parser.add_argument("--shard-size", default="5GB")
     parser.add_argument("--skip-verify", action="store_true", help="skip the bit-identity check (saves a re-read)")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved repetitions of copy and conversions")
+    parser.add_argument("--keep", action="store_true", help="leave the checkpoints in --workdir (removed by default)")
+    parser.add_argument("--record", nargs="?", const="", default=None, metavar="NAME",
+                        help="write benchmarks/results/NAME.json for the docs' tables (default name: see above)")
     args = parser.parse_args()
+    import record
+
+    started = record.machine()
     shutil.rmtree(args.workdir, ignore_errors=True)
     src, copy, native, back = (os.path.join(args.workdir, n) for n in ("hf", "copy", "native", "back"))
     t = time.perf_counter()
     largest = write_random_hf(src, args.layers, args.shard_size)
+    shard_files = [f for f in os.listdir(src) if f.endswith(".safetensors")]
     total = sum(os.path.getsize(os.path.join(src, f)) for f in os.listdir(src))
     print(f"wrote random deepseek-coder-6.7b-shaped checkpoint ({args.layers} layers): {total / 1e9:.2f} GB, "
           f"largest shard {largest / 1e9:.2f} GB, in {time.perf_counter() - t:.0f}s")
+    shape = "deepseek-coder-6.7b shapes" + (f" with {args.layers} of 32 layers" if args.layers != 32 else "")
+    described = (f"{shape} ({total / 1e9:.2f} GB bf16, {len(shard_files)} shard{'s' if len(shard_files) > 1 else ''}"
+                 f" of at most {args.shard_size}, largest {largest / 1e9:.2f} GB)")
     # This disk's speed swings a lot between minutes (the same copy took 8.6-26 s in one session), so
     # the copy and both conversions are interleaved and repeated, and ratios use the means.
     runs: dict[str, list[tuple[float, float, int]]] = {}
+    repeats: list[dict] = []
+
+    def step(rep: dict, name: str, argv: list[str]) -> None:
+        result = measured(argv)
+        runs.setdefault(name, []).append(result)
+        rep[name] = dict(zip(("wall_s", "on_disk_s", "peak_rss_bytes"), result))
+
     for repeat in range(args.repeats):
+        rep: dict = {"repeat": repeat + 1, "layers": args.layers, "bytes": total, "largest_shard_bytes": largest,
+                     "shards": len(shard_files), "shard_size": args.shard_size}
         shutil.rmtree(native, ignore_errors=True)
         shutil.rmtree(back, ignore_errors=True)
-        runs.setdefault("read+write copy", []).append(measured(["read-write", src, copy]))
+        step(rep, "read+write copy", ["read-write", src, copy])
         shutil.rmtree(copy)
         if repeat == 0:
-            runs["cp -r"] = [measured(["cp", src, copy])]
+            step(rep, "cp -r", ["cp", src, copy])
             shutil.rmtree(copy)
-        runs.setdefault("hf-to-orbax", []).append(
-            measured(["convert", "hf-to-orbax", "--hf", src, "--out", native]))
-        runs.setdefault("orbax-to-hf", []).append(
-            measured(["convert", "orbax-to-hf", "--ckpt", native, "--out", back, "--max-shard-size", args.shard_size]))
+        step(rep, "hf-to-orbax", ["convert", "hf-to-orbax", "--hf", src, "--out", native])
+        step(rep, "orbax-to-hf",
+             ["convert", "orbax-to-hf", "--ckpt", native, "--out", back, "--max-shard-size", args.shard_size])
+        rep["rows"] = rows(rep, described, largest)
+        repeats.append(rep)
     mean = {name: [sum(column) / len(column) for column in zip(*values)] for name, values in runs.items()}
     copy_wall, copy_durable, _ = mean["read+write copy"]
     print(f"\n{'step':<18}{'runs: wall s':>24}{'mean':>7}{'x copy':>8}{'on disk':>9}{'x copy':>8}"
@@ -151,10 +204,16 @@ def main() -> None:
         print(f"{name:<18}{walls:>24}{wall:>7.1f}{wall / copy_wall:>8.2f}{durable:>9.1f}{durable / copy_durable:>8.2f}"
               f"{rss / 1e9:>13.2f}{rss / largest:>9.2f}")
     if not args.skip_verify:
-        print(f"\nround trip bit-identical: {tensors_equal(src, back)}")
+        identical = tensors_equal(src, back)
+        repeats[-1]["round_trip_bit_identical"] = identical
+        print(f"\nround trip bit-identical: {identical}")
     header, _ = read_header(os.path.join(back, sorted(f for f in os.listdir(back) if f.endswith('.safetensors'))[0]))
     print(f"export shards: {len([f for f in os.listdir(back) if f.endswith('.safetensors')])}, "
           f"first holds {len(header)} tensors")
+    if not args.keep:  # three copies of the checkpoint (about 40 GB at full size)
+        shutil.rmtree(args.workdir, ignore_errors=True)
+    if args.record is not None:
+        print(f"recorded: {record.write(args.record or record_name(args), repeats, started=started)}")
 
 
 if __name__ == "__main__":

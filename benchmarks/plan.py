@@ -1,6 +1,8 @@
 """The planner's claims: predicted vs measured peak on CPU, and the 6.7B plans for the shipped configs.
 
-    python benchmarks/plan.py validate      # predicted vs measured peak per device, 4 CPU devices
+    python benchmarks/plan.py validate [--repeats N] [--record [NAME]]
+                                            # predicted vs measured peak per device, 4 CPU devices;
+                                            # --record: benchmarks/results/NAME.json (default plan_validate)
     python benchmarks/plan.py configs [--record]   # `semcoder plan` of every shipped 6.7B config, timed;
                                             # --record: benchmarks/results/plan_configs.json (docs/launch.md)
     python benchmarks/plan.py tpu           # CPU-compiled plans vs XLA:TPU's own compile (needs libtpu)
@@ -46,12 +48,29 @@ def plan_and_measure(overrides: list[str], devices: int = 4) -> tuple[dict, dict
     return predicted, measured
 
 
-def validate() -> None:
-    print("| layout | predicted peak | measured peak | error |\n|---|---|---|---|")
-    for name, extra in LAYOUTS.items():
-        predicted, measured = plan_and_measure(MODEL + extra)
-        p, m = predicted["peak_bytes"], measured["peak"]
-        print(f"| {name} | {p / 1e6:.1f} MB | {m / 1e6:.1f} MB | {100 * (p - m) / m:+.0f} % |", flush=True)
+def validate(repeats: int = 1, record_as: str | None = None) -> None:
+    """Every layout planned and measured ``repeats`` times; ``record_as``: write the record under that name."""
+    import record
+
+    started = record.machine()
+    rounds = []
+    for r in range(repeats):
+        print(("" if r == 0 else "\n") + "| layout | predicted peak | measured peak | error |\n|---|---|---|---|")
+        layouts, rows = [], []
+        for name, extra in LAYOUTS.items():
+            predicted, measured = plan_and_measure(MODEL + extra)
+            p, m = predicted["peak_bytes"], measured["peak"]
+            error = 100 * (p - m) / m
+            print(f"| {name} | {p / 1e6:.1f} MB | {m / 1e6:.1f} MB | {error:+.0f} % |", flush=True)
+            layouts.append({"layout": name, "overrides": MODEL + extra, "predicted": predicted, "measured": measured})
+            rows.append(record.row(
+                f"planner accuracy, peak per device predicted vs measured, {name}; tiny preset with 4 layers, "
+                f"vocab 16384, seq 128, global batch 16, 4 CPU devices",
+                {"predicted peak MB": p / 1e6, "% error": error}, baseline={"measured peak MB": m / 1e6},
+                baseline_label="resident-set high-water mark of one real step"))
+        rounds.append({"layouts": layouts, "rows": rows})
+    if record_as is not None:
+        print(f"recorded: {record.write(record_as, rounds, started=started)}")
 
 
 def configs(record_it: bool = False) -> None:
@@ -94,10 +113,14 @@ def _plan_json(name: str, devices: int, kind: str, extra: list[str], compiler: s
     return json.loads(out.stdout), time.monotonic() - start
 
 
-def tpu() -> None:
+def tpu(record_it: bool = False) -> None:
     """The CPU-compiled plan (flash-like attention stand-in) beside XLA:TPU's compile of the same step."""
+    import record
+
+    started = record.machine()
     print("| config | overrides | devices | temporaries: CPU plan | XLA:TPU | error | peak: CPU plan | XLA:TPU | "
           "wall: CPU | TPU |\n|---|---|---|---|---|---|---|---|---|---|")
+    cases = []
     for name, devices, kind, extra in TPU_CASES:
         cpu, cpu_wall = _plan_json(name, devices, kind, extra, "cpu")
         tpu, tpu_wall = _plan_json(name, devices, kind, extra, "tpu")
@@ -105,17 +128,35 @@ def tpu() -> None:
         print(f"| {name} | {' '.join(extra) or '-'} | {devices} x {kind} | {c / 2**30:.2f} GiB | {t / 2**30:.2f} GiB "
               f"| {100 * (c - t) / t:+.1f} % | {cpu['peak_bytes'] / 2**30:.2f} GiB | {tpu['peak_bytes'] / 2**30:.2f} GiB "
               f"| {cpu_wall:.0f} s | {tpu_wall:.0f} s |", flush=True)
+        cases.append({"config": name, "devices": devices, "device_kind": kind, "overrides": extra, "cpu": cpu,
+                      "tpu": tpu, "cpu_wall_s": cpu_wall, "tpu_wall_s": tpu_wall})
+    if record_it:
+        print(f"recorded: {record.write('plan_tpu', [{'cases': cases}], started=started)}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["validate", "configs", "tpu"])
-    parser.add_argument("--record", action="store_true", help="configs: write benchmarks/results/plan_configs.json")
+    parser.add_argument("what", nargs="?", choices=["validate", "configs", "tpu"])
+    parser.add_argument("--record", nargs="?", const=True, default=None, metavar="NAME",
+                        help="configs: write benchmarks/results/plan_configs.json; tpu: plan_tpu.json; "
+                             "validate: NAME.json (default plan_validate)")
+    parser.add_argument("--repeats", type=int, default=1, help="validate: plan and measure every layout N times")
     args = parser.parse_args()
+    if args.what is None and args.record in ("validate", "configs", "tpu"):  # `plan.py --record configs`
+        args.what, args.record = args.record, True
+    if args.what is None:
+        parser.error("the following arguments are required: what")
     if args.what == "configs":
-        configs(args.record)
+        if isinstance(args.record, str):
+            parser.error("configs --record takes no NAME: it writes benchmarks/results/plan_configs.json")
+        configs(args.record is not None)
+    elif args.what == "validate":
+        validate(args.repeats, None if args.record is None else
+                 "plan_validate" if args.record is True else args.record)
     else:
-        {"validate": validate, "tpu": tpu}[args.what]()
+        if isinstance(args.record, str):
+            parser.error("tpu --record takes no NAME: it writes benchmarks/results/plan_tpu.json")
+        tpu(args.record is not None)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,33 @@ def machine() -> dict[str, Any]:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "os": platform.platform(),
-            "python": platform.python_version(), "load_average_at_start": load}
+            "python": platform.python_version(), "load_average_at_start": load, "accelerators": accelerators()}
+
+
+def accelerators() -> list[str]:
+    """GPU names from ``nvidia-smi`` (empty without one)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+SOFTWARE = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "torch", "transformers", "tensorflow", "tensorflow-cpu", "libtpu")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages a figure may depend on (those present)."""
+    from importlib import metadata
+
+    found = {}
+    for name in SOFTWARE:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
 
 
 def commit() -> str | None:
@@ -54,7 +80,7 @@ def write(name: str, repeats: list[dict[str, Any]], *, started: dict[str, Any]) 
     """Writes the record atomically (temporary file, then rename) and returns its path."""
     RESULTS.mkdir(exist_ok=True)
     record = {"benchmark": name, "date": datetime.date.today().isoformat(), "command": sys.argv,
-              "commit": commit(), "machine": started, "repeats": repeats}
+              "commit": commit(), "machine": started, "software": versions(), "repeats": repeats}
     path = RESULTS / f"{name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
@@ -67,3 +93,19 @@ def read(name: str) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no record; run the benchmark with --record")
     return json.loads(path.read_text())
+
+
+def row(claim: str, ours: dict[str, float], *, baseline: dict[str, float] | None = None, baseline_label: str = "",
+        compare: str | None = None, higher_is_better: bool = True) -> dict[str, Any]:
+    """One line of the README's performance table, as one repeat measured it.
+
+    ``claim`` says what was measured (shape, precision, settings) and must be the same string in every repeat;
+    ``ours`` and ``baseline`` map a metric name, unit included (``"tokens/s"``, ``"peak GiB"``, ``"ms"``), to
+    its value; ``compare`` names the metric whose ratio ours ÷ baseline (or baseline ÷ ours when lower is
+    better) goes in the table's ratio column.  ``benchmarks/figures.py`` renders every repeat's rows as one
+    line with each figure's median (min–max).
+    """
+    if compare is not None and (compare not in ours or baseline is None or compare not in baseline):
+        raise ValueError(f"row {claim!r}: compare={compare!r} must be a metric of both sides")
+    return {"claim": claim, "ours": dict(ours), "baseline": dict(baseline) if baseline else None,
+            "baseline_label": baseline_label, "compare": compare, "higher_is_better": higher_is_better}
