@@ -162,11 +162,52 @@ def cmd_prepare_tfds(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction, config_stats=None) -> None:
+def cmd_build(args: argparse.Namespace, load_teacher=None) -> int:
+    from data_pipeline.builder.build import BuildConfig, BuildError, build
+    from data_pipeline.errors import UserError
+
+    if (args.teacher is None) != (args.backend is None):
+        raise UserError("data build: --teacher and --backend go together (--teacher PATH --backend hf|jax)")
+    try:
+        config = BuildConfig(seeds=tuple(args.seeds), out=args.out, data_dir=args.data_dir, rng_seed=args.seed,
+                             limit=args.limit, max_inputs=args.max_inputs,
+                             monologues_per_program=args.monologues_per_program,
+                             refine_per_program=args.refine_per_program, similarity_threshold=args.similarity,
+                             debug_rounds=args.debug_rounds, samples=args.samples,
+                             max_new_tokens=args.max_new_tokens, flag_wrong_steps=args.flag_wrong_steps,
+                             workers=args.workers, runner=args.runner)
+    except BuildError as e:
+        raise UserError(f"data build: {e}") from None
+    teacher = None
+    if args.teacher is not None:
+        if load_teacher is None:
+            raise UserError("data build: --teacher needs the eval backends (run it through `semcoder data build`)")
+        teacher = load_teacher(args.backend, args.teacher)
+    try:
+        report = build(config, teacher, progress=not args.quiet)
+    except BuildError as e:
+        raise UserError(f"data build: {e}") from None
+    seeds, execute = report["stages"]["seeds"], report["stages"]["execute"]
+    records = report["records"]
+    print(f"seeds kept {seeds.get('kept', '?')}; programs {execute['programs']}, executable "
+          f"{execute['executable']} ({100 * execute['executable_yield']:.1f} %), line coverage "
+          f"{_percent(execute['line_coverage_mean'])}, branch coverage {_percent(execute['branch_coverage_mean'])}")
+    print(f"records: nl {records['nl']}, fwd_mnl {records['fwd_mnl']}, bwd_mnl {records['bwd_mnl']}, "
+          f"pyx_r {records['pyx_r']}; wrote {args.out}/pyx.jsonl, pyx_r.jsonl, removed.jsonl, build_report.json "
+          f"({report['seconds']:.1f} s)")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def register(subparsers: argparse._SubParsersAction, config_stats=None, load_teacher=None) -> None:
     """Add ``data`` and its subcommands to the ``semcoder`` parser.
 
     ``config_stats(args) -> int``, when given, serves ``data stats --config CONFIG [KEY=VALUE ...]``: the
-    training side knows how a training config reads its data, this package does not.
+    training side knows how a training config reads its data, this package does not.  ``load_teacher(backend,
+    path)``, when given, serves ``data build --teacher``: the generation backends live above this package.
     """
     from data_pipeline.records import DEFAULT_MAX_RECORD_BYTES
 
@@ -213,6 +254,37 @@ def register(subparsers: argparse._SubParsersAction, config_stats=None) -> None:
     p.add_argument("--per-task", type=int, default=300)
     p.add_argument("--refine", type=int, default=150)
     p.set_defaults(func=cmd_make_sample)
+
+    p = sub.add_parser("build", help="build PyX and PyX-R records from real Python code, verified by execution",
+                       description="Seeds (functions sampled from real code) -> NL->code, forward and backward "
+                                   "monologues and PyX-R, every answer checked by execution in the sandbox; "
+                                   "resumable (results cached under OUT/.cache).  Example: semcoder data build "
+                                   "--seeds stdlib --out /tmp/pyx --limit 50")
+    p.add_argument("--seeds", nargs="+", required=True, metavar="PATH",
+                   help="directories or .py files, JSON Lines files of {\"code\": ...} snippets, or 'stdlib' "
+                        "('stdlib:textwrap,heapq' for some modules) for the running interpreter's standard library")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--teacher", help="a local model to write problems, inputs, monologues and patches")
+    p.add_argument("--backend", choices=["hf", "jax"], help="how to load --teacher (the eval backends)")
+    p.add_argument("--data-dir", help="benchmark data for decontamination (default: $SEMCODER_DATA_DIR, else the "
+                                      "bundled copies)")
+    p.add_argument("--limit", type=int, help="use the first N seeds that pass the filters")
+    p.add_argument("--seed", type=int, default=0, help="mutation and sampling seed (the build is deterministic)")
+    p.add_argument("--max-inputs", type=int, default=8, help="inputs kept per program")
+    p.add_argument("--monologues-per-program", type=int, default=2)
+    p.add_argument("--refine-per-program", type=int, default=2)
+    p.add_argument("--similarity", type=float, help="edit-similarity threshold in (0, 1] for decontamination")
+    p.add_argument("--debug-rounds", type=int, default=2, help="teacher: rounds of fixing a solution that fails")
+    p.add_argument("--samples", type=int, default=2, help="teacher: replies per monologue prompt")
+    p.add_argument("--max-new-tokens", type=int, default=768)
+    p.add_argument("--flag-wrong-steps", action="store_true",
+                   help="teacher: keep right-answer monologues whose steps contradict the trace (flagged in the "
+                        "report) instead of rejecting them")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: the CPU count, at most 8)")
+    p.add_argument("--runner", choices=["pool", "ray"], default="pool",
+                   help="pool: a process pool on this machine; ray: Ray Data (pip install 'semcoder-jax[ray]')")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=lambda args: cmd_build(args, load_teacher))
 
     p = sub.add_parser("prepare-tfds", help="build the pyx TFDS dataset from released JSON Lines files")
     p.add_argument("--manual-dir", required=True)

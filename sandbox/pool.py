@@ -314,9 +314,10 @@ class _Worker:
     """One zygote process and the pipe protocol to it."""
 
     def __init__(self, index: int, mode: str, limits: Limits, preload: Sequence[str], hide: Sequence[str],
-                 uid: int | None):
+                 uid: int | None, hash_seed: int | None = None):
         self.index, self.mode, self.limits, self.preload, self.hide, self.uid = (
             index, mode, limits, preload, hide, uid)
+        self.hash_seed = hash_seed
         self.proc: subprocess.Popen | None = None
         self.hello: dict = {}
         self.start()
@@ -334,9 +335,15 @@ class _Worker:
             cfg["nproc"] = _count_user_processes(os.getuid()) + 64 + self.limits.max_processes
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
                "MKL_NUM_THREADS": "1"}
+        # -I (isolated) also ignores PYTHON* variables; with a hash seed the same isolation is spelt -s -P, and the
+        # only PYTHON* variable the worker sees is the one set here (env is built from nothing).
+        flags = ["-I"]
+        if self.hash_seed is not None:
+            env["PYTHONHASHSEED"] = str(self.hash_seed)
+            flags = ["-s", "-P"]
         self.cgroup = _WorkerCgroup(f"semcoder-sandbox-{os.getpid()}-{self.index}", self.limits.max_processes + 3,
                                     self.limits.memory_bytes + 512 * 1024**2)
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-I", str(WORKER_PATH), json.dumps(cfg)],
+        self.proc = subprocess.Popen([*prefix, sys.executable, *flags, str(WORKER_PATH), json.dumps(cfg)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/", bufsize=0,
                                      start_new_session=True)
         self.cgroup.add(self.proc.pid)
@@ -401,12 +408,14 @@ class Sandbox:
     once in each worker, so every job starts with them warm; each also makes every job's forks slower
     (numpy: about 0.6 ms per fork, three forks a job), so the default is none.  ``hide`` lists paths that must not be
     visible to candidates even when they lie inside a directory the filesystem view shows (e.g. a
-    package's bundled benchmark data inside site-packages).
+    package's bundled benchmark data inside site-packages).  ``hash_seed`` fixes the workers' string hashing
+    (``PYTHONHASHSEED``; default: random per worker), so a program whose output hangs on set or dict order of
+    strings gives one answer per seed, and two pools with different seeds tell such a program apart.
     """
 
     def __init__(self, workers: int | None = None, limits: Limits | None = None, mode: str = "auto",
                  require_isolation: bool = False, preload: Sequence[str] = (),
-                 hide: Sequence[str | os.PathLike] = ()):
+                 hide: Sequence[str | os.PathLike] = (), hash_seed: int | None = None):
         if mode not in ("auto", *MODES):
             raise ValueError(f"sandbox mode {mode!r}: expected auto, namespaces or none")
         self.mode = detect_mode() if mode == "auto" else mode
@@ -416,7 +425,7 @@ class Sandbox:
         uids = _free_uids(self.n_workers) if self.mode == "none" and os.geteuid() == 0 else [None] * self.n_workers
         self._workers: list[_Worker] = []
         try:
-            self._workers = [_Worker(i, self.mode, limits, preload, hidden, uids[i]) for i in range(self.n_workers)]
+            self._workers = [_Worker(i, self.mode, limits, preload, hidden, uids[i], hash_seed) for i in range(self.n_workers)]
         except SandboxUnavailable as e:
             self.close()
             if mode != "auto" or self.mode != "namespaces":
@@ -434,7 +443,7 @@ class Sandbox:
                     "without --require-isolation")
             if not self._workers:
                 uids = _free_uids(self.n_workers) if os.geteuid() == 0 else [None] * self.n_workers
-                self._workers = [_Worker(i, "none", limits, preload, hidden, uids[i]) for i in range(self.n_workers)]
+                self._workers = [_Worker(i, "none", limits, preload, hidden, uids[i], hash_seed) for i in range(self.n_workers)]
             hello = self._workers[0].hello
             if hello.get("uid") is not None:
                 who = f" under uid {hello['uid']}+ (one per worker)"

@@ -12,7 +12,18 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     from data_pipeline import cli
 
-    cli.register(subparsers, config_stats=_config_stats)
+    cli.register(subparsers, config_stats=_config_stats, load_teacher=_load_teacher)
+
+
+def _load_teacher(backend: str, path: str):
+    """A teacher for ``data build`` over the eval harness's generation backends.  The backends sit in the layer
+    above this one, so they are named here, at the application's wiring, rather than imported by the library."""
+    import importlib
+
+    from data_pipeline.builder.teacher import BackendTeacher
+
+    backends = importlib.import_module("eval.backends")
+    return BackendTeacher(backends.load_backend(backend, path))
 
 
 def _config_stats(args: argparse.Namespace) -> int:
