@@ -175,7 +175,7 @@ def cmd_build(args: argparse.Namespace, load_teacher=None) -> int:
                              refine_per_program=args.refine_per_program, similarity_threshold=args.similarity,
                              debug_rounds=args.debug_rounds, samples=args.samples,
                              max_new_tokens=args.max_new_tokens, flag_wrong_steps=args.flag_wrong_steps,
-                             workers=args.workers, runner=args.runner)
+                             workers=args.workers, runner=args.runner, programs=args.programs)
     except BuildError as e:
         raise UserError(f"data build: {e}") from None
     teacher = None
@@ -193,7 +193,7 @@ def cmd_build(args: argparse.Namespace, load_teacher=None) -> int:
           f"{execute['executable']} ({100 * execute['executable_yield']:.1f} %), line coverage "
           f"{_percent(execute['line_coverage_mean'])}, branch coverage {_percent(execute['branch_coverage_mean'])}")
     print(f"records: nl {records['nl']}, fwd_mnl {records['fwd_mnl']}, bwd_mnl {records['bwd_mnl']}, "
-          f"pyx_r {records['pyx_r']}; wrote {args.out}/pyx.jsonl, pyx_r.jsonl, removed.jsonl, build_report.json "
+          f"pyx_r {records['pyx_r']}; wrote {args.out}/data/pyx.jsonl, data/pyx_r.jsonl, removed.jsonl, build_report.json "
           f"({report['seconds']:.1f} s)")
     return 0
 
@@ -273,6 +273,9 @@ def register(subparsers: argparse._SubParsersAction, config_stats=None, load_tea
     p.add_argument("--max-inputs", type=int, default=8, help="inputs kept per program")
     p.add_argument("--monologues-per-program", type=int, default=2)
     p.add_argument("--refine-per-program", type=int, default=2)
+    p.add_argument("--programs", choices=["teacher", "seeds"], default="teacher",
+                   help="with --teacher: teacher = it writes a problem and a solution per seed (the paper's step I); "
+                        "seeds = the seeds are the programs, the teacher writes inputs, monologues and patches")
     p.add_argument("--similarity", type=float, help="edit-similarity threshold in (0, 1] for decontamination")
     p.add_argument("--debug-rounds", type=int, default=2, help="teacher: rounds of fixing a solution that fails")
     p.add_argument("--samples", type=int, default=2, help="teacher: replies per monologue prompt")

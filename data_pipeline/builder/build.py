@@ -42,7 +42,7 @@ from data_pipeline.builder import teacher as teacher_lib
 from data_pipeline.builder.types import Seed, Trace
 
 STAGE_VERSION = 1
-OUTPUT_FILES = ("pyx.jsonl", "pyx_r.jsonl", "build_report.json", "removed.jsonl")
+OUTPUT_FILES = ("data/pyx.jsonl", "data/pyx_r.jsonl", "build_report.json", "removed.jsonl")
 
 
 class BuildError(ValueError):
@@ -71,6 +71,7 @@ class BuildConfig:
     flag_wrong_steps: bool = False
     workers: int = 0
     runner: str = "pool"
+    programs: str = "teacher"
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -83,6 +84,9 @@ class BuildConfig:
                 raise BuildError(f"{name}={getattr(self, name)}: must not be negative")
         if self.limit is not None and self.limit < 1:
             raise BuildError(f"limit={self.limit}: must be at least 1")
+        if self.programs not in ("teacher", "seeds"):
+            raise BuildError(f"programs={self.programs!r}: expected teacher (the teacher writes a problem and "
+                             "solution per seed) or seeds (the seeds are the programs)")
         if self.runner not in ("pool", "ray"):
             raise BuildError(f"runner={self.runner!r}: expected pool or ray")
         if self.similarity_threshold is not None and not 0 < self.similarity_threshold <= 1:
@@ -242,8 +246,9 @@ def resolve_sources(specs: Sequence[str]) -> list[str]:
 
 def build(config: BuildConfig, teacher: teacher_lib.Teacher | None = None, *, progress: bool = True,
           stop_after: int | None = None) -> dict[str, Any]:
-    """Runs every stage and writes ``OUT/pyx.jsonl``, ``pyx_r.jsonl``, ``removed.jsonl`` and
-    ``build_report.json``; returns the report.  ``stop_after`` (tests) raises ``KeyboardInterrupt`` after that
+    """Runs every stage and writes the records to ``OUT/data/pyx.jsonl`` and ``OUT/data/pyx_r.jsonl`` (a
+    directory to give training as ``data.path``), the removed items to ``OUT/removed.jsonl`` and the counts to
+    ``OUT/build_report.json``; returns the report.  ``stop_after`` (tests) raises ``KeyboardInterrupt`` after that
     many programs were executed, as a kill would, leaving the cache as it was."""
     from data_pipeline.builder import decontam as decontam_lib
     from data_pipeline.builder import nl as nl_lib
@@ -273,10 +278,18 @@ def build(config: BuildConfig, teacher: teacher_lib.Teacher | None = None, *, pr
                                           "kept": len(seeds), "benchmarks": decon.describe(),
                                           "similarity_histogram": scan.histogram}
     removed += [{"stage": "decontam_seeds", **r} for r in scan.removed]
+    # A duplicate of a contaminated seed was dropped as a duplicate first; list it with the benchmark too.
+    matched = {r["id"]: r for r in scan.removed}
+    copies = [{"stage": "decontam_seeds", "id": r["id"], "benchmark_id": matched[r["duplicate_of"]]["benchmark_id"],
+               "kind": f"duplicate of {r['duplicate_of']} ({matched[r['duplicate_of']]['kind']})",
+               "score": matched[r["duplicate_of"]]["score"]}
+              for r in selected.removed if r.get("duplicate_of") in matched]
+    removed += copies
+    report["stages"]["decontam_seeds"]["removed_duplicates_of_matches"] = len(copies)
 
     # 3. programs (and NL -> code records)
     nl_records: list[dict[str, Any]] = []
-    if teacher is None:
+    if teacher is None or config.programs == "seeds":
         programs, nl_records, counts = _programs_from_seeds(seeds, nl_lib)
     else:
         programs, nl_records, counts = _programs_from_teacher(seeds, teacher, config, cache, bars, workers,
@@ -308,8 +321,9 @@ def build(config: BuildConfig, teacher: teacher_lib.Teacher | None = None, *, pr
                          "bwd_mnl": sum(bool(r["bwd_mnl"]) for r in pyx), "pyx_r": len(refine_records)}
     report["cache"] = {"hits": cache.hits, "misses": cache.misses}
     report["seconds"] = round(time.monotonic() - started, 2)
-    _write_jsonl(out / "pyx.jsonl", pyx)
-    _write_jsonl(out / "pyx_r.jsonl", refine_records)
+    (out / "data").mkdir(exist_ok=True)
+    _write_jsonl(out / "data" / "pyx.jsonl", pyx)
+    _write_jsonl(out / "data" / "pyx_r.jsonl", refine_records)
     _write_jsonl(out / "removed.jsonl", removed)
     _write_json(out / "build_report.json", report)
     return report
@@ -378,12 +392,13 @@ def _mean(values: list[float]) -> float | None:
     return round(statistics.fmean(values), 4) if values else None
 
 
-def _chosen_traces(executed: dict[str, Any], k: int) -> list[Trace]:
-    """Up to ``k`` of a program's traces, most distinct paths first (by the lines they ran), deterministic."""
+def _chosen_traces(seed: Seed, executed: dict[str, Any], k: int) -> list[Trace]:
+    """Up to ``k`` of a program's traces that a monologue can narrate (bounded, literal values), most distinct
+    paths first (by the lines they ran), deterministic."""
     from data_pipeline.builder import monologue as mono
 
     traces = [Trace.from_json(t) for t in executed["traces"]]
-    traces = [t for t in traces if len(t.steps) <= mono.MAX_NARRATED_STEPS and not t.truncated]
+    traces = [t for t in traces if mono.forward_record(seed, t) is not None]
     chosen: list[Trace] = []
     seen_paths: set[tuple] = set()
     for t in traces:
@@ -405,17 +420,20 @@ def _monologues_from_traces(programs: list[Program], executed: list[dict[str, An
     fwd, bwd = [], []
     counts: collections.Counter[str] = collections.Counter()
     for program, result in zip(programs, executed):
-        for k, trace in enumerate(_chosen_traces(result, config.monologues_per_program)):
+        chosen = _chosen_traces(program.seed, result, config.monologues_per_program)
+        if result["traces"] and not chosen:
+            counts["programs_without_narratable_trace"] += 1
+        for k, trace in enumerate(chosen):
             f = mono.forward_record(program.seed, trace)
             b = mono.backward_record(program.seed, trace)
             if f is not None:
                 fwd.append({**f, "id": f"fwd-{program.seed.id}-{k}"})
             else:
-                counts["forward_too_long"] += 1
+                counts["forward_not_narratable"] += 1
             if b is not None:
                 bwd.append({**b, "id": f"bwd-{program.seed.id}-{k}"})
             else:
-                counts["backward_too_long"] += 1
+                counts["backward_not_narratable"] += 1
     return fwd, bwd, {"source": "trace", "forward": len(fwd), "backward": len(bwd), **counts}
 
 
@@ -445,7 +463,7 @@ def _refine(programs: list[Program], executed: list[dict[str, Any]], teacher, co
         responses = [r["response"] for _, _, _, r in pending]
     else:
         prompts = [teacher_lib.refine_prompt(r["fault"]) for _, _, _, r in pending]
-        responses = _ask(teacher, prompts, config, cache, "refine")
+        responses = [_as_response(reply, "[/Refined]") for reply in _ask(teacher, prompts, config, cache, "refine")]
         patches = [teacher_lib.parse_refined(reply) for reply in responses]
         counts["teacher_no_patch"] = sum(p is None for p in patches)
     jobs, where = [], []
@@ -519,6 +537,16 @@ def _answer_of(response: str) -> tuple[str | None, str | None]:
     return args, ast.get_source_segment(text, node.test.comparators[0])
 
 
+def _as_response(reply: str, end_tag: str) -> str:
+    """A teacher's reply as a record's response: opened with ``[MONOLOGUE]`` (the prompts end with it, so a
+    completion starts after it) and cut after ``end_tag`` (what a model writes after that is not the answer)."""
+    text = reply.strip("\n")
+    if not text.lstrip().startswith("[MONOLOGUE]"):
+        text = "[MONOLOGUE]\n" + text
+    end = text.find(end_tag)
+    return text[:end + len(end_tag)] if end >= 0 else text
+
+
 # ---- teacher stages ------------------------------------------------------------------------------------
 
 
@@ -539,25 +567,12 @@ def _ask(teacher, prompts: list[str], config: BuildConfig, cache: cache_lib.Stag
     return replies  # type: ignore[return-value]
 
 
-def solution_program(code: str, origin: str, problem: str) -> Seed | str:
-    """A teacher's solution as a program: its definitions and imports (top-level calls and prints removed),
-    the entry being its first function with parameters; or the reason it cannot be one."""
+def solution_program(code: str, origin: str) -> Seed | str:
+    """A teacher's solution as a program (the seeds' slicing and static filters, so it touches no files, network,
+    time or randomness), or why it cannot be one."""
     from data_pipeline.builder import seeds as seeds_lib
 
-    try:
-        tree = ast.parse(code)
-    except SyntaxError as e:
-        return f"SyntaxError: {e.msg}"
-    kept = [n for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef | ast.Import | ast.ImportFrom |
-                                                  ast.Assign | ast.AnnAssign)]
-    entry = next((n for n in kept if isinstance(n, ast.FunctionDef) and n.args.args), None)
-    if entry is None:
-        return "no function with parameters"
-    program = ast.unparse(ast.Module(body=kept, type_ignores=[])) + "\n"
-    seed = Seed(id=cache_lib.content_key(program)[:16], code=program, entry=entry.name,
-                params=tuple(a.arg for a in entry.args.args), origin=origin, doc="")
-    reason = seeds_lib.static_reason(seed)
-    return reason if reason else seed
+    return seeds_lib.program_from_code(code, origin)
 
 
 def _programs_from_teacher(seeds, teacher, config, cache, bars, workers, decon, removed):
@@ -580,7 +595,7 @@ def _programs_from_teacher(seeds, teacher, config, cache, bars, workers, decon, 
             break
         checked = []
         for seed, problem, code in candidates:
-            program = solution_program(code, f"teacher:{seed.id}", problem)
+            program = solution_program(code, f"teacher:{seed.id}")
             checked.append((seed, problem, code, program))
         jobs = [(p.to_json(), teacher_lib.parse_calls(code, p.entry)) for _, _, code, p in checked
                 if isinstance(p, Seed)]
@@ -655,7 +670,7 @@ def _monologues_from_teacher(programs, executed, teacher, config, cache, bars, w
     fwd, bwd = [], []
     tasks = []  # (program, trace, k)
     for program, result in zip(programs, executed):
-        for k, trace in enumerate(_chosen_traces(result, config.monologues_per_program)):
+        for k, trace in enumerate(_chosen_traces(program.seed, result, config.monologues_per_program)):
             tasks.append((program, trace, k))
     forward_done: set[int] = set()
     backward_done: set[int] = set()
@@ -669,8 +684,9 @@ def _monologues_from_teacher(programs, executed, teacher, config, cache, bars, w
             counts[f"forward_{verdict.reason}"] += 1
             if verdict.accepted:
                 forward_done.add(n)
-                layout = mono.forward_record(program.seed, trace) or {}
-                fwd.append({"nl": "", "fwd_mnl": layout.get("fwd_mnl", ""), "bwd_mnl": "", "response": reply,
+                question = mono.python_block(program.seed, f"assert {program.seed.entry}({trace.args}) == ??")
+                fwd.append({"nl": "", "fwd_mnl": question, "bwd_mnl": "",
+                            "response": _as_response(reply, "[/ANSWER]"),
                             "id": f"fwd-{program.seed.id}-{k}"})
         b_idx = [n for n in range(len(tasks)) if n not in backward_done]
         replies = _ask(teacher, [mono.backward_prompt(tasks[n][0].seed, tasks[n][1].output) for n in b_idx], config,
@@ -689,8 +705,9 @@ def _monologues_from_teacher(programs, executed, teacher, config, cache, bars, w
             counts[f"backward_{verdict.reason}"] += 1
             if verdict.accepted:
                 backward_done.add(n)
-                layout = mono.backward_record(program.seed, trace) or {}
-                bwd.append({"nl": "", "fwd_mnl": "", "bwd_mnl": layout.get("bwd_mnl", ""), "response": reply,
+                question = mono.python_block(program.seed, f"assert {program.seed.entry}(??) == {trace.output}")
+                bwd.append({"nl": "", "fwd_mnl": "", "bwd_mnl": question,
+                            "response": _as_response(reply, "[/ANSWER]"),
                             "id": f"bwd-{program.seed.id}-{k}"})
     right = counts["forward_accepted"] + counts["forward_wrong_steps"]
     rate = round(counts["forward_wrong_steps"] / right, 4) if right else None

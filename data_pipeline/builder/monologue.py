@@ -742,7 +742,8 @@ def _falls_off(src: _Source) -> bool:
 # ---- records ----------------------------------------------------------------------------------------------
 
 
-def _python_block(seed: Seed, call: str) -> str:
+def python_block(seed: Seed, call: str) -> str:
+    """The ``[PYTHON]`` block of a monologue record: the program, then the question's assertion."""
     return f"[PYTHON]\n{seed.code.rstrip()}\n{call}\n[/PYTHON]"
 
 
@@ -782,7 +783,7 @@ def forward_record(seed: Seed, trace: Trace, *, understanding: str | None = None
         "### Execution Simulation", f"Let's simulate `{call}` line by line, starting with {start_text}.",
         *_narrate(src, trace, start), "", f"So `{call}` returns {trace.output}.", "[/MONOLOGUE]", "[ANSWER]",
         f"assert {call} == {trace.output}", "[/ANSWER]"])
-    return {"nl": "", "fwd_mnl": _python_block(seed, f"assert {call} == ??"), "bwd_mnl": "", "response": response}
+    return {"nl": "", "fwd_mnl": python_block(seed, f"assert {call} == ??"), "bwd_mnl": "", "response": response}
 
 
 def _reverse_lines(src: _Source, trace: Trace, start: dict[str, str]) -> list[str]:
@@ -868,7 +869,7 @@ def backward_record(seed: Seed, trace: Trace) -> dict[str, str] | None:
         f"- Tracing back to the start, the arguments must be {args_text}.", "",
         "### Conclusion", f"Calling `{call}` gives {trace.output}.", "[/MONOLOGUE]", "[ANSWER]",
         f"assert {call} == {trace.output}", "[/ANSWER]"])
-    return {"nl": "", "fwd_mnl": "", "bwd_mnl": _python_block(seed, f"assert {seed.entry}(??) == {trace.output}"),
+    return {"nl": "", "fwd_mnl": "", "bwd_mnl": python_block(seed, f"assert {seed.entry}(??) == {trace.output}"),
             "response": response}
 
 
@@ -896,7 +897,7 @@ def forward_prompt(seed: Seed, args: str) -> str:
         f"assert {call} == <the returned value as a Python literal>",
         "[/ANSWER]",
         "",
-        _python_block(seed, f"assert {call} == ??"),
+        python_block(seed, f"assert {call} == ??"),
         "[MONOLOGUE]",
         ""])
 
@@ -923,7 +924,7 @@ def backward_prompt(seed: Seed, output: str) -> str:
         f"assert {seed.entry}(<arguments as Python literals>) == {output}",
         "[/ANSWER]",
         "",
-        _python_block(seed, f"assert {seed.entry}(??) == {output}"),
+        python_block(seed, f"assert {seed.entry}(??) == {output}"),
         "[MONOLOGUE]",
         ""])
 

@@ -338,14 +338,24 @@ def mutants(seed: Seed, *, rng_seed: int, limit: int) -> list[Mutant]:
 
 
 def failing_test(mutant_outputs: Sequence[str | None], expected_outputs: Sequence[str | None]) -> int | None:
-    """The index of the first test the mutant fails (output differs or is None: it raised or did not finish),
-    skipping tests without an expected output; None when it passes all."""
+    """The index of the first test the mutant fails as the record states it, ``assert f(args) == expected``
+    (output unequal under ``==``, so ``3`` passes where ``3.0`` is expected, or None: it raised or did not
+    finish), skipping tests without an expected output; None when it passes all."""
     for i, (got, want) in enumerate(zip(mutant_outputs, expected_outputs)):
         if want is None:
             continue
-        if got is None or not mono.same_value(got, want):
+        if got is None or not _equal_as_asserted(got, want):
             return i
     return None
+
+
+def _equal_as_asserted(got: str, want: str) -> bool:
+    """``==`` of the two values (literal reprs), as the stated assertion compares them; reprs that are not
+    literals compare as text."""
+    try:
+        return bool(ast.literal_eval(got) == ast.literal_eval(want))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return got == want
 
 
 # ---- records ----------------------------------------------------------------------------------------------

@@ -1033,3 +1033,25 @@ def select_seeds(sources: Sequence[str | Path], *, min_lines: int = 3, max_lines
     counts["near_duplicates"] = near_n
     counts["kept"] = len(seeds)
     return SeedReport(seeds=seeds, counts=counts, removed=removed)
+
+
+def program_from_code(code: str, origin: str, entry: str | None = None, *, max_lines: int = 200,
+                      max_chars: int = 12000) -> Seed | str:
+    """A teacher's solution as a program, through the same slicing and static filters as the seeds: the
+    function named ``entry`` (default: the last top-level function that passes), or why none does, as
+    ``"StaticCheck(<filter>): ..."`` (counted beside runtime error types) or ``"SyntaxError: ..."``."""
+    cands = _candidates(code, origin, (1, max_lines, max_chars))
+    if cands is None:
+        return "SyntaxError: the solution does not parse"
+    passing, reasons = [], []
+    for c in cands:
+        if c.reason is None and c.seed is not None:
+            passing.append(c.seed)
+        elif entry is None or c.entry == entry:
+            reasons.append((c.reason, f"{c.entry}" + (f" ({c.detail})" if c.detail else "")))
+    chosen = [s for s in passing if entry is None or s.entry == entry]
+    if chosen:
+        return chosen[-1]
+    if not reasons:
+        return "StaticCheck(no function): no function with parameters"
+    return f"StaticCheck({reasons[-1][0]}): " + "; ".join(f"{what}: {why}" for why, what in reasons)

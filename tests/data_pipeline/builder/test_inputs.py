@@ -203,3 +203,18 @@ def test_stops_at_max_inputs_and_is_deterministic(sb):
     together = generate_inputs_many(sb, [seed, other], examples=[[], ["1"]], max_inputs=3, rng_seed=5)
     assert together[0].to_json() == one.to_json()
     assert together[1].to_json() == generate_inputs(sb, other, examples=["1"], max_inputs=3, rng_seed=5).to_json()
+
+
+def test_output_that_hangs_on_string_hashing_is_rejected_when_the_second_run_hashes_differently():
+    """``list({...})`` of strings orders by hash: with the second runs in a pool of another hash seed, such a
+    program is caught every time (the build's setting), and kept outputs are those of hash seed 0."""
+    from data_pipeline.builder.inputs import generate_inputs
+    from data_pipeline.builder.types import Seed
+    from sandbox import Sandbox
+
+    seed = Seed(id="h", code="def f(words):\n    return list(set(words))", entry="f", params=("words",),
+                origin="test")
+    with Sandbox(workers=1, hash_seed=0) as first, Sandbox(workers=1, hash_seed=1) as second:
+        found = generate_inputs(first, seed, examples=["['alpha', 'beta', 'gamma', 'delta', 'omega']"],
+                                guess=False, verify_sandbox=second)
+    assert found.inputs == [] and found.nondeterministic

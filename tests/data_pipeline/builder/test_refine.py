@@ -119,7 +119,7 @@ def test_dropped_cases():
     (["1", "3"], ["1", "2"], 1),
     ([None, "2"], ["1", "2"], 0),  # raised or did not finish
     (["[1,2]", "{'a': 1, 'b': 2}"], ["[1, 2]", "{'b': 2, 'a': 1}"], None),  # compared as values
-    (["True"], ["1"], 0),  # types matter
+    (["True"], ["1"], None),  # `assert f(x) == 1` passes when f returns True: not a failing test
     (["5", "3"], [None, "4"], 1),  # a test without an expected output is skipped
 ])
 def test_failing_test(outputs, expected, index):
@@ -273,3 +273,12 @@ def test_records_from_real_traces_fail_as_stated_and_their_patch_passes():
             patched = trace_lib.trace_calls(sandbox, dataclasses.replace(SCORE, code=patch), inputs)
             assert [p.output for p in patched] == expected  # the patch passes every test
             assert record_from_fields(record, "real", 1).task == "refine"
+
+
+def test_a_mutant_that_only_changes_the_type_of_an_equal_output_does_not_fail_the_stated_test():
+    """`assert f(x) == 3.0` passes when f returns 3, so such a mutant is not a bug the record can show."""
+    from data_pipeline.builder.refine import failing_test
+
+    assert failing_test(["3", "[1, 2]"], ["3.0", "[1, 2]"]) is None
+    assert failing_test(["3", "[1, 3]"], ["3.0", "[1, 2]"]) == 1
+    assert failing_test([None], ["0"]) == 0
