@@ -314,6 +314,9 @@ class Decoder(nn.Module):
       segment_ids: [B, T] int32, 0 = padding, tokens attend only within their segment (default all 1).
       cache: a ``KVCache``; the new tokens are written at ``cache.index`` and attend to every valid
         earlier slot.  Returns ``(logits, new_cache)`` then, else ``logits``.
+      attend_all_valid: with a cache and one new token per row, that token attends to every valid
+        column of its row whatever the column order (a ring-buffer cache whose keys carry their own
+        RoPE positions, see ``semcoder_jax.engine``); the default compares column order.
       hidden_only: return the final-normed hidden states [B, T, hidden] instead of logits (the
         blockwise loss applies the LM head itself, see ``semcoder_jax.train.loss``).
     Logits are [B, T, vocab] in the compute dtype.
@@ -323,7 +326,7 @@ class Decoder(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: Array, positions: Array | None = None, segment_ids: Array | None = None,
-                 cache: KVCache | None = None, hidden_only: bool = False):
+                 cache: KVCache | None = None, hidden_only: bool = False, *, attend_all_valid: bool = False):
         cfg = self.config
         dt = jnp.dtype(cfg.dtype)
         batch, length = input_ids.shape
@@ -343,7 +346,11 @@ class Decoder(nn.Module):
             q_slot = jnp.broadcast_to(slots, (batch, length))
             kv_segment, cache_index, layer_kv = segment_ids, None, None
         else:
-            q_slot = jnp.broadcast_to(cache.index + slots, (batch, length))
+            if attend_all_valid and length != 1:
+                raise ValueError(f"attend_all_valid decodes one token per row, not {length}")
+            # A query slot past the last column makes every column "earlier": only validity masks.
+            q_start = cache.max_len if attend_all_valid else cache.index
+            q_slot = jnp.broadcast_to(q_start + slots, (batch, length))
             valid = jax.lax.dynamic_update_slice(cache.valid, (segment_ids != 0).astype(jnp.int32),
                                                  (0, cache.index))
             kv_segment, cache_index, layer_kv = valid, cache.index, (cache.k, cache.v)

@@ -1,0 +1,441 @@
+"""A continuous-batching generation engine: fixed slots over a ring-buffer KV cache.
+
+Why: ``generate.generate_ids`` pads a fixed batch to its longest member, prefills each of n samples
+of a prompt separately and waits for its slowest row.  Here a fixed number of slots (batch rows)
+decode together; a slot whose request finishes is refilled with the next waiting request between
+chunks of decode steps, with no recompilation.
+
+Design:
+- The cache has ``max_len`` columns used as a ring: decode step ``t`` writes column ``t % max_len``
+  for every slot.  Keys are stored after RoPE with the slot's own positions, so column order does
+  not matter; a decoding token attends to every valid column of its row (``Decoder(...,
+  attend_all_valid=True)``).  A request needs ``len(prompt) + max_new_tokens <= max_len``, so its
+  writes never reach its own prompt.
+- A prompt is prefilled on its own (batched with other new prompts, lengths bucketed to powers of
+  two) and its KV copied into the slot's columns just before the next write column, the slot's
+  valid mask reset to exactly those columns.  Requests with identical prompt ids prefill once and
+  each copies the result (copy-on-fork); the queue is grouped by prompt for that.
+- Each request draws its k-th sampled token with ``fold_in(key(seed), k)``, so samples do not depend
+  on batch composition, slot or order (up to float rounding of the batched matmuls).
+- Stop strings are checked on the host once per chunk, EOS and length limits on the device; finish
+  semantics are those of ``generate_ids`` and ``Generator._finish``.
+- Compiled shapes: one decode chunk, and prefill/insert per (prompt bucket, prefill batch bucket).
+  ``Engine.stats`` counts compilations (jit cache misses), prefills, decode steps and tokens.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from semcoder_jax.config import ModelConfig
+from semcoder_jax.errors import UserError
+from semcoder_jax.generate import FinishReason, Generator, _cut_at_stop
+from semcoder_jax.model import Decoder, KVCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """One generation: a prompt (token ids, bos included if wanted) and its own sampling parameters.
+
+    ``temperature`` 0 is greedy; ``top_k`` 0 is off; ``stop`` strings need the engine's ``decode``.
+    ``id`` defaults to the request's index in the list given to ``generate``.
+    """
+
+    prompt_ids: Sequence[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: Sequence[str] = ()
+    id: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """``token_ids``: generated ids (an EOS included, reason "eos"); ``text`` when the engine can decode."""
+
+    id: Any
+    token_ids: list[int]
+    finish_reason: FinishReason
+    text: str | None = None
+
+
+@dataclasses.dataclass
+class EngineStats:
+    """Cumulative over the engine's life; ``prefills_saved`` counts requests served by another's prefill."""
+
+    compilations: int = 0
+    prefills: int = 0
+    prefills_saved: int = 0
+    decode_steps: int = 0
+    chunks: int = 0
+    tokens: int = 0
+    requests: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Counted:
+    """Calls a jitted function and counts its compilations (cache misses) into ``stats``."""
+
+    def __init__(self, fn, stats: EngineStats):
+        self.fn, self.stats = fn, stats
+
+    def __call__(self, *args):
+        before = self.fn._cache_size()
+        out = self.fn(*args)
+        self.stats.compilations += self.fn._cache_size() - before
+        return out
+
+
+# ---- device functions (pure) -------------------------------------------------------------------
+
+def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array,
+                top_k: jax.Array) -> jax.Array:
+    """Next tokens [S] from logits [S, V] with per-row parameters and keys.
+
+    Rows with temperature 0 take the argmax.  Others: top-k, then nucleus (top-p over the
+    renormalised top-k), then a draw with the row's key; ties at a threshold are kept.
+    """
+    logits = logits.astype(jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+    def sampled():
+        vocab = logits.shape[-1]
+        x = logits / jnp.where(temperature > 0, temperature, 1.0)[:, None]
+        sorted_x = -jnp.sort(-x, axis=-1)
+        k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+        keep = jnp.arange(vocab)[None] < k[:, None]
+        probs = jax.nn.softmax(jnp.where(keep, sorted_x, -jnp.inf), axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        keep = keep & (before < top_p[:, None])
+        threshold = jnp.min(jnp.where(keep, sorted_x, jnp.inf), axis=-1, keepdims=True)
+        x = jnp.where(x >= threshold, x, -jnp.inf)
+        drawn = jax.vmap(jax.random.categorical)(keys, x).astype(jnp.int32)
+        return jnp.where(temperature > 0, drawn, greedy)
+
+    return jax.lax.cond(jnp.any(temperature > 0), sampled, lambda: greedy)
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _prefill(config: ModelConfig, params, ids, valid):
+    """Left-padded prompts [B, P] -> their keys/values [L, B, P, ...] and next-token logits [B, V]."""
+    batch, length = ids.shape
+    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+    cache = KVCache.init(config, batch, length)
+    logits, cache = Decoder(config).apply({"params": params}, ids, positions, valid, cache=cache)
+    return cache.k, cache.v, logits[:, -1].astype(jnp.float32)
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _insert(state: dict, k, v, valid, logits, lengths, dst, src, limit, temperature, top_p, top_k, seed):
+    """Copies prefilled rows ``src`` into slots ``dst`` (index ``slots`` = unused entry, dropped).
+
+    The P prompt columns land just before the next write column, wrapping; the slot's valid mask
+    becomes exactly the prompt's tokens, its counters and sampling parameters the request's.
+    """
+    slots, max_len = state["valid"].shape
+    width = k.shape[2]
+    cols = (state["step"] % max_len - width + jnp.arange(width)) % max_len
+    put = dict(mode="drop")
+    new = dict(state)
+    new["k"] = state["k"].at[:, dst[:, None], cols[None]].set(k[:, src].astype(state["k"].dtype), **put)
+    new["v"] = state["v"].at[:, dst[:, None], cols[None]].set(v[:, src].astype(state["v"].dtype), **put)
+    rows_valid = jnp.zeros((dst.shape[0], max_len), jnp.int32).at[:, cols].set(valid[src])
+    new["valid"] = state["valid"].at[dst].set(rows_valid, **put)
+    new["logits"] = state["logits"].at[dst].set(logits[src], **put)
+    new["pos"] = state["pos"].at[dst].set(lengths[src], **put)
+    new["count"] = state["count"].at[dst].set(0, **put)
+    new["done"] = state["done"].at[dst].set(False, **put)
+    for name, value in (("limit", limit), ("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
+                        ("seed", seed)):
+        new[name] = state[name].at[dst].set(value, **put)
+    return new
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3,))
+def _decode_chunk(config: ModelConfig, chunk: int, params, state: dict, eos_id, refill):
+    """Up to ``chunk`` decode steps for every slot; returns (state, tokens [S, chunk] (-1: none), steps run).
+
+    Stops early when every slot is done, or (``refill``) when a slot finishes and requests wait.
+    """
+    model = Decoder(config)
+    slots, max_len = state["valid"].shape
+    done_at_start = state["done"]
+
+    def cond(carry):
+        i, s, _ = carry
+        finished = jnp.any(s["done"] & ~done_at_start)
+        return (i < chunk) & ~jnp.all(s["done"]) & ~(refill & finished)
+
+    def body(carry):
+        i, s, out = carry
+        keys = jax.vmap(lambda seed, n: jax.random.fold_in(jax.random.key(seed), n))(s["seed"], s["count"])
+        token = sample_rows(s["logits"], keys, s["temperature"], s["top_p"], s["top_k"])
+        live = ~s["done"]
+        out = out.at[:, i].set(jnp.where(live, token, -1))
+        count = s["count"] + live.astype(jnp.int32)
+        done = s["done"] | (token == eos_id) | (count >= s["limit"])
+        feed = ~done  # rows that need the next logits
+        cache = KVCache(k=s["k"], v=s["v"], valid=s["valid"], index=s["step"] % max_len)
+        logits, cache = model.apply({"params": params}, token[:, None], s["pos"][:, None],
+                                    feed[:, None].astype(jnp.int32), cache=cache, attend_all_valid=True)
+        s = dict(s, k=cache.k, v=cache.v, valid=cache.valid, logits=logits[:, -1].astype(jnp.float32),
+                 pos=s["pos"] + feed.astype(jnp.int32), count=count, done=done, step=s["step"] + 1)
+        return i + 1, s, out
+
+    out = jnp.full((slots, chunk), -1, jnp.int32)
+    steps, state, out = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state, out))
+    return state, out, steps
+
+
+# ---- host side -------------------------------------------------------------------------------
+
+def _pow2_bucket(n: int, low: int, high: int) -> int:
+    size = low
+    while size < n:
+        size *= 2
+    return min(size, high)
+
+
+class _DecodeOnly:
+    """What ``Generator._finish`` needs of a generator: ``tokenizer.decode``."""
+
+    def __init__(self, decode: Callable[[list[int]], str]):
+        self.tokenizer = self
+        self.decode = decode
+
+
+@dataclasses.dataclass
+class _Prefilled:
+    """One prefill call's device outputs; rows are looked up by prompt."""
+
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    logits: jax.Array
+    lengths: jax.Array
+
+
+class Engine:
+    """Continuous batching over ``slots`` rows and a ``max_len``-column ring KV cache.
+
+    ``decode(ids) -> str`` (a tokenizer's decode) is needed for stop strings and fills ``Result.text``.
+    Not thread-safe; one ``generate`` at a time.
+    """
+
+    def __init__(self, params, config: ModelConfig, *, slots: int, max_len: int, eos_id: int, chunk: int = 16,
+                 decode: Callable[[list[int]], str] | None = None, min_prompt_bucket: int = 16):
+        if slots < 1 or chunk < 1 or max_len < 2:
+            raise UserError(f"engine needs slots >= 1, chunk >= 1, max_len >= 2 (got {slots}, {chunk}, {max_len})")
+        if max_len > config.max_position_embeddings:
+            raise UserError(f"max_len {max_len} exceeds the model's max_position_embeddings "
+                            f"({config.max_position_embeddings})")
+        self.params, self.config = params, config
+        self.slots, self.max_len, self.eos_id, self.chunk = slots, max_len, int(eos_id), chunk
+        self.decode = decode
+        self.min_prompt_bucket = min_prompt_bucket
+        self.stats = EngineStats()
+        self._prefill = _Counted(_prefill, self.stats)
+        self._insert = _Counted(_insert, self.stats)
+        self._decode_chunk = _Counted(_decode_chunk, self.stats)
+        self._state: dict | None = None
+        self._running = False
+
+    # -- state ---------------------------------------------------------------------------------
+    def _init_state(self) -> dict:
+        s = self.slots
+        cache = KVCache.init(self.config, s, self.max_len)
+        # Distinct buffers throughout: the state is donated, and one buffer may not be donated twice.
+        return dict(k=cache.k, v=cache.v, valid=cache.valid,
+                    logits=jnp.zeros((s, self.config.vocab_size), jnp.float32), pos=jnp.zeros((s,), jnp.int32),
+                    count=jnp.zeros((s,), jnp.int32), limit=jnp.ones((s,), jnp.int32), done=jnp.ones((s,), bool),
+                    temperature=jnp.zeros((s,), jnp.float32), top_p=jnp.ones((s,), jnp.float32),
+                    top_k=jnp.zeros((s,), jnp.int32), seed=jnp.zeros((s,), jnp.uint32), step=jnp.zeros((), jnp.int32))
+
+    def _check(self, i: int, r: Request) -> None:
+        n = len(r.prompt_ids)
+        name = f"request {r.id if r.id is not None else i}"
+        if n == 0:
+            raise UserError(f"{name}: the prompt has no tokens")
+        if r.max_new_tokens < 1:
+            raise UserError(f"{name}: max_new_tokens must be positive, got {r.max_new_tokens}")
+        if n + r.max_new_tokens > self.max_len:
+            raise UserError(f"{name}: prompt ({n} tokens) + max_new_tokens ({r.max_new_tokens}) = "
+                            f"{n + r.max_new_tokens} exceeds the engine's max_len ({self.max_len})")
+        if r.temperature < 0 or not 0 < r.top_p <= 1 or r.top_k < 0:
+            raise UserError(f"{name}: needs temperature >= 0, 0 < top_p <= 1, top_k >= 0 "
+                            f"(got {r.temperature}, {r.top_p}, {r.top_k})")
+        if any(r.stop) and self.decode is None:
+            raise UserError(f"{name}: stop strings need the engine's decode function")
+
+    # -- prefill and insertion -----------------------------------------------------------------
+    def _batch_bucket(self, n: int) -> int:
+        return _pow2_bucket(n, 1, self.slots)
+
+    def _prefill_prompts(self, prompts: list[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[_Prefilled, int]]:
+        """Prefills distinct prompts, one call per length bucket; returns prompt -> (outputs, row)."""
+        found: dict[tuple[int, ...], tuple[_Prefilled, int]] = {}
+        by_width: dict[int, list[tuple[int, ...]]] = collections.defaultdict(list)
+        for p in prompts:
+            by_width[_pow2_bucket(len(p), self.min_prompt_bucket, self.max_len)].append(p)
+        for width, group in by_width.items():
+            for start in range(0, len(group), self.slots):
+                part = group[start: start + self.slots]
+                batch = self._batch_bucket(len(part))
+                ids = np.zeros((batch, width), np.int32)
+                valid = np.zeros((batch, width), np.int32)
+                valid[:, -1] = 1  # filler rows: one token, so that no row is empty
+                for row, p in enumerate(part):
+                    ids[row, width - len(p):] = p
+                    valid[row, width - len(p):] = 1
+                k, v, logits = self._prefill(self.config, self.params, jnp.asarray(ids), jnp.asarray(valid))
+                out = _Prefilled(k, v, jnp.asarray(valid), logits, jnp.asarray(valid.sum(axis=1, dtype=np.int32)))
+                self.stats.prefills += len(part)
+                for row, p in enumerate(part):
+                    found[p] = (out, row)
+        return found
+
+    def _fill(self, state: dict, assignments: list[tuple[int, Request, tuple[int, ...]]],
+              prefilled: dict[tuple[int, ...], tuple[_Prefilled, int]]) -> dict:
+        """Inserts each (slot, request, prompt) from its prompt's prefill; one call per prefill output."""
+        groups: dict[int, list[tuple[int, Request, int]]] = collections.defaultdict(list)
+        sources: dict[int, _Prefilled] = {}
+        for slot, req, prompt in assignments:
+            out, row = prefilled[prompt]
+            sources[id(out)] = out
+            groups[id(out)].append((slot, req, row))
+        s = self.slots
+        for key, items in groups.items():
+            out = sources[key]
+            dst = np.full(s, s, np.int32)  # index s: an unused entry, dropped
+            src = np.zeros(s, np.int32)
+            limit, top_k = np.ones(s, np.int32), np.zeros(s, np.int32)
+            temperature, top_p = np.zeros(s, np.float32), np.ones(s, np.float32)
+            seed = np.zeros(s, np.uint32)
+            for j, (slot, req, row) in enumerate(items):
+                dst[j], src[j], limit[j], top_k[j] = slot, row, req.max_new_tokens, req.top_k
+                temperature[j], top_p[j], seed[j] = req.temperature, req.top_p, req.seed % 2**32
+            state = self._insert(state, out.k, out.v, out.valid, out.logits, out.lengths, dst, src, limit,
+                                 temperature, top_p, top_k, seed)
+        return state
+
+    # -- the loop ------------------------------------------------------------------------------
+    def generate(self, requests: Iterable[Request]) -> Iterator[Result]:
+        """Yields a ``Result`` per request as it finishes (not in input order); checks requests first."""
+        requests = list(requests)
+        for i, r in enumerate(requests):
+            self._check(i, r)
+        return (result for _, result in self._run_indexed(requests))
+
+    def generate_all(self, requests: Iterable[Request]) -> list[Result]:
+        """All results, in input order."""
+        requests = list(requests)
+        for i, r in enumerate(requests):
+            self._check(i, r)
+        results = dict(self._run_indexed(requests))
+        return [results[i] for i in range(len(requests))]
+
+    def _run_indexed(self, requests: list[Request]) -> Iterator[tuple[int, Result]]:
+        if self._running:
+            raise RuntimeError("Engine.generate is already running")
+        self._running = True
+        try:
+            yield from self._loop(requests)
+        finally:
+            self._running = False
+
+    def _loop(self, requests: list[Request]) -> Iterator[tuple[int, Result]]:
+        t0 = time.perf_counter()
+        stats0 = dataclasses.replace(self.stats)
+        prompts = [tuple(int(t) for t in r.prompt_ids) for r in requests]
+        # Group identical prompts (in first-occurrence order) so that forks of one prefill are adjacent.
+        first: dict[tuple[int, ...], int] = {}
+        for i, p in enumerate(prompts):
+            first.setdefault(p, i)
+        queue = collections.deque(sorted(range(len(requests)), key=lambda i: first[prompts[i]]))
+        remaining = collections.Counter(prompts)
+        retained: dict[tuple[int, ...], tuple[_Prefilled, int]] = {}
+        state = self._state if self._state is not None else self._init_state()
+        self._state = None  # donated below; restored when the loop ends
+        state["done"] = jnp.ones((self.slots,), bool)
+        slot_req: list[int | None] = [None] * self.slots
+        slot_ids: list[list[int]] = [[] for _ in range(self.slots)]
+        try:
+            while queue or any(r is not None for r in slot_req):
+                free = [s for s in range(self.slots) if slot_req[s] is None]
+                if free and queue:
+                    assignments = []
+                    for slot in free[: len(queue)]:
+                        i = queue.popleft()
+                        assignments.append((slot, requests[i], prompts[i]))
+                        slot_req[slot], slot_ids[slot] = i, []
+                    new = list(dict.fromkeys(p for _, _, p in assignments if p not in retained))
+                    retained.update(self._prefill_prompts(new))
+                    state = self._fill(state, assignments, retained)
+                    self.stats.prefills_saved += len(assignments) - len(new)
+                    for _, _, p in assignments:
+                        remaining[p] -= 1
+                        if remaining[p] == 0:
+                            del retained[p]
+                state, out, steps = self._decode_chunk(self.config, self.chunk, self.params, state,
+                                                       jnp.int32(self.eos_id), jnp.bool_(bool(queue)))
+                out, done = np.asarray(out), np.asarray(state["done"])
+                self.stats.decode_steps += int(steps)
+                self.stats.chunks += 1
+                stopped = []
+                for slot, i in enumerate(slot_req):
+                    if i is None:
+                        continue
+                    new_ids = out[slot][out[slot] >= 0].tolist()
+                    slot_ids[slot].extend(new_ids)
+                    ids = slot_ids[slot]
+                    req = requests[i]
+                    stop = [s for s in req.stop if s]
+                    if done[slot]:
+                        reason: FinishReason = "eos" if ids and ids[-1] == self.eos_id else "length"
+                    elif stop and new_ids and _cut_at_stop(self.decode(ids), stop)[1]:
+                        reason = "stop"
+                        stopped.append(slot)
+                    else:
+                        continue
+                    slot_req[slot] = None
+                    result = self._finish(i, req, ids, reason, stop)
+                    self.stats.tokens += len(ids)
+                    self.stats.requests += 1
+                    yield i, result
+                if stopped:
+                    state["done"] = state["done"].at[np.asarray(stopped)].set(True)
+        finally:
+            # An exception inside a call that donated ``state`` leaves deleted buffers: start afresh then.
+            deleted = any(x.is_deleted() for x in jax.tree.leaves(state))
+            self._state = None if deleted else state
+            self.stats.seconds += time.perf_counter() - t0
+            log.info("engine: %d requests, %d tokens in %.2fs, %d prefills (%d saved), %d decode steps, "
+                     "%d compilations", self.stats.requests - stats0.requests, self.stats.tokens - stats0.tokens,
+                     time.perf_counter() - t0, self.stats.prefills - stats0.prefills,
+                     self.stats.prefills_saved - stats0.prefills_saved,
+                     self.stats.decode_steps - stats0.decode_steps, self.stats.compilations - stats0.compilations)
+
+    def _finish(self, index: int, req: Request, ids: list[int], reason: FinishReason, stop: list[str]) -> Result:
+        rid = req.id if req.id is not None else index
+        if self.decode is None:
+            return Result(rid, list(ids), reason)
+        gen = Generator._finish(_DecodeOnly(self.decode), list(ids), reason, stop)
+        return Result(rid, gen.token_ids, gen.finish_reason, gen.text)
