@@ -242,6 +242,7 @@ def run_build(runner: str, seeds: int, workers: int) -> dict[str, Any]:
                 ray.shutdown()
         result["build_seconds"] = report["seconds"]
         result["records"] = report["records"]
+        result["stages"] = report["stages"]  # the counts per stage the README's builder figure renders
         result["files"] = {pathlib.Path(name).name: (pathlib.Path(tmp) / name).read_bytes() for name in OUTPUT_FILES
                            if pathlib.Path(name).name in ("pyx.jsonl", "pyx_r.jsonl")}
     return result

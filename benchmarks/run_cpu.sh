@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Re-records every CPU figure of the README's performance table and docs/launch.md, one benchmark after
 # another (so they do not share the cores), then re-renders the docs from the records.
-# Usage: bash benchmarks/run_cpu.sh [STEP ...]     (no STEP: all of them, about 45 min on 2 cores)
-# Steps: train attention plan eval checkpoint convert checkpoint_state pipeline
+# Usage: bash benchmarks/run_cpu.sh [STEP ...]     (no STEP: the default steps, about 50 min on 2 cores)
+# Steps: train attention plan eval checkpoint convert checkpoint_state pipeline builder
 # Needs: /tmp/ep (evalplus 0.3.1, see eval_exec.py) for the EvalPlus baseline; libtpu for `plan tpu`
 # (LIBTPU_DIR, default /tmp/libtpu_pkg: pip install --no-deps --target /tmp/libtpu_pkg libtpu==0.0.42.1);
-# about 45 GB of free disk under /tmp for convert; checkpoint_state needs ~20 GB of RAM (run it alone).
+# about 45 GB of free disk under /tmp for convert.  Not in the default steps: checkpoint_state (the 8-layer
+# 1.3B train state), which needs ~20 GB of RAM: run it alone on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${PYTHON:-.venv/bin/python}
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(train attention plan eval checkpoint convert checkpoint_state)
+[ ${#steps[@]} -gt 0 ] || steps=(train attention plan eval checkpoint convert pipeline builder)
 for step in "${steps[@]}"; do
   echo "=== $step ($(date -u +%H:%M:%S))"
   case $step in
@@ -42,6 +43,8 @@ for step in "${steps[@]}"; do
         --items state --layers 8 --no-digests --repeats 4 --record ;;
     convert)
       "$py" benchmarks/convert.py --workdir /tmp/convert-bench --layers 32 --shard-size 5GB --repeats 2 --record ;;
+    builder)
+      "$py" benchmarks/pyx_build.py --seeds 200 --workers 2 --repeats 2 --record ;;
     pipeline)
       "$py" benchmarks/pipeline_throughput.py --copies 10 --resume-copies 100 --repeats 3 --record ;;
     *) echo "unknown step $step" >&2; exit 2 ;;

@@ -256,10 +256,11 @@ def register(subparsers: argparse._SubParsersAction, config_stats=None, load_tea
     p.set_defaults(func=cmd_make_sample)
 
     p = sub.add_parser("build", help="build PyX and PyX-R records from real Python code, verified by execution",
-                       description="Seeds (functions sampled from real code) -> NL->code, forward and backward "
-                                   "monologues and PyX-R, every answer checked by execution in the sandbox; "
-                                   "resumable (results cached under OUT/.cache).  Example: semcoder data build "
-                                   "--seeds stdlib --out /tmp/pyx --limit 50")
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Seeds (functions sampled from real code) -> NL->code, forward and backward\n"
+                                   "monologues and PyX-R, every answer checked by execution in the sandbox;\n"
+                                   "resumable (results cached under OUT/.cache).  Example:\n\n"
+                                   "  semcoder data build --seeds stdlib --out /tmp/pyx --limit 50\n")
     p.add_argument("--seeds", nargs="+", required=True, metavar="PATH",
                    help="directories or .py files, JSON Lines files of {\"code\": ...} snippets, or 'stdlib' "
                         "('stdlib:textwrap,heapq' for some modules) for the running interpreter's standard library")

@@ -152,12 +152,10 @@ def _failing_mutants(sandbox, seed: Seed, inputs: Sequence[str], expected: Seque
     from data_pipeline.builder import trace as trace_lib
 
     kept: list[dict[str, Any]] = []
-    operators: collections.Counter[str] = collections.Counter()
+    # refine.mutants takes the operators in turn, so the first kept mutants are different kinds of bug.
     for mutant in refine_lib.mutants(seed, rng_seed=settings["rng_seed"], limit=settings["max_mutants"]):
         if len(kept) >= settings["refine_per_program"]:
             break
-        if operators[mutant.operator] >= 1 and len(operators) < 4:
-            continue  # prefer distinct kinds of bug
         buggy = dataclasses.replace(seed, code=mutant.code)
         runs = trace_lib.trace_calls(sandbox, buggy, list(inputs))
         outputs = [r.output if isinstance(r, Trace) and r.raised is None and not r.truncated else None
@@ -165,7 +163,6 @@ def _failing_mutants(sandbox, seed: Seed, inputs: Sequence[str], expected: Seque
         failing = refine_lib.failing_test(outputs, list(expected))
         if failing is None or not isinstance(runs[failing], Trace):
             continue
-        operators[mutant.operator] += 1
         kept.append({"mutant": dataclasses.asdict(mutant), "failing": failing,
                      "buggy_trace": runs[failing].to_json()})
     return kept
@@ -206,7 +203,9 @@ def _ray_map(fn: Callable[..., Any], jobs: list[tuple], workers: int, progress: 
     def apply(row: dict) -> dict:
         return {"i": row["i"], "result": json.dumps(fn(*json.loads(row["job"])))}
 
-    rows = ray.data.from_items(items).map(apply, concurrency=max(workers, 1)).take_all()
+    # One block per job, so the pool's tasks spread over the workers (the default puts few items in one block).
+    dataset = ray.data.from_items(items, override_num_blocks=len(items))
+    rows = dataset.map(apply, compute=ray.data.TaskPoolStrategy(size=max(workers, 1))).take_all()
     results: list[Any] = [None] * len(jobs)
     for row in rows:
         results[row["i"]] = json.loads(row["result"])
