@@ -15,8 +15,9 @@ Design:
   two) and its KV copied into the slot's columns just before the next write column, the slot's
   valid mask reset to exactly those columns.  Requests with identical prompt ids prefill once and
   each copies the result (copy-on-fork); the queue is grouped by prompt for that.
-- Each request draws its k-th sampled token with ``fold_in(key(seed), k)``, so samples do not depend
-  on batch composition, slot or order (up to float rounding of the batched matmuls).
+- Each request has its own random stream, the one ``generate_ids(seeds=...)`` gives a row: ``key(seed)``,
+  split once per token it samples.  So samples do not depend on batch composition, slot or order (up to
+  float rounding of the batched matmuls), and equal the current sampler's for the same seeds.
 - Stop strings are checked on the host once per chunk, EOS and length limits on the device; finish
   semantics are those of ``generate_ids`` and ``Generator._finish``.
 - Compiled shapes: one decode chunk, and prefill/insert per (prompt bucket, prefill batch bucket).
@@ -162,9 +163,9 @@ def _insert(state: dict, k, v, valid, logits, lengths, dst, src, limit, temperat
     new["logits"] = state["logits"].at[dst].set(logits[src], **put)
     new["pos"] = state["pos"].at[dst].set(lengths[src], **put)
     new["count"] = state["count"].at[dst].set(0, **put)
+    new["rng"] = state["rng"].at[dst].set(jax.vmap(lambda x: jax.random.key_data(jax.random.key(x)))(seed), **put)
     new["done"] = state["done"].at[dst].set(False, **put)
-    for name, value in (("limit", limit), ("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
-                        ("seed", seed)):
+    for name, value in (("limit", limit), ("temperature", temperature), ("top_p", top_p), ("top_k", top_k)):
         new[name] = state[name].at[dst].set(value, **put)
     return new
 
@@ -186,8 +187,8 @@ def _decode_chunk(config: ModelConfig, chunk: int, params, state: dict, eos_id, 
 
     def body(carry):
         i, s, out = carry
-        keys = jax.vmap(lambda seed, n: jax.random.fold_in(jax.random.key(seed), n))(s["seed"], s["count"])
-        token = sample_rows(s["logits"], keys, s["temperature"], s["top_p"], s["top_k"])
+        keys = jax.vmap(jax.random.split)(s["rng"])  # [S, 2, 2]: (carried, this token's) per slot
+        token = sample_rows(s["logits"], keys[:, 1], s["temperature"], s["top_p"], s["top_k"])
         live = ~s["done"]
         out = out.at[:, i].set(jnp.where(live, token, -1))
         count = s["count"] + live.astype(jnp.int32)
@@ -197,7 +198,8 @@ def _decode_chunk(config: ModelConfig, chunk: int, params, state: dict, eos_id, 
         logits, cache = model.apply({"params": params}, token[:, None], s["pos"][:, None],
                                     feed[:, None].astype(jnp.int32), cache=cache, attend_all_valid=True)
         s = dict(s, k=cache.k, v=cache.v, valid=cache.valid, logits=logits[:, -1].astype(jnp.float32),
-                 pos=s["pos"] + feed.astype(jnp.int32), count=count, done=done, step=s["step"] + 1)
+                 pos=s["pos"] + feed.astype(jnp.int32), count=count, done=done, step=s["step"] + 1,
+                 rng=jnp.where(live[:, None], keys[:, 0], s["rng"]))
         return i + 1, s, out
 
     out = jnp.full((slots, chunk), -1, jnp.int32)
@@ -267,7 +269,8 @@ class Engine:
                     logits=jnp.zeros((s, self.config.vocab_size), jnp.float32), pos=jnp.zeros((s,), jnp.int32),
                     count=jnp.zeros((s,), jnp.int32), limit=jnp.ones((s,), jnp.int32), done=jnp.ones((s,), bool),
                     temperature=jnp.zeros((s,), jnp.float32), top_p=jnp.ones((s,), jnp.float32),
-                    top_k=jnp.zeros((s,), jnp.int32), seed=jnp.zeros((s,), jnp.uint32), step=jnp.zeros((), jnp.int32))
+                    top_k=jnp.zeros((s,), jnp.int32), rng=jnp.zeros((s, 2), jnp.uint32),
+                    step=jnp.zeros((), jnp.int32))
 
     def _check(self, i: int, r: Request) -> None:
         n = len(r.prompt_ids)

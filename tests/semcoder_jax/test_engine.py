@@ -94,6 +94,18 @@ def test_sampled_outputs_do_not_depend_on_slots_or_order(tiny):
     assert runs[0]["greedy"] == generate_ids(params, config, [prompts[0]], max_new_tokens=8, eos_id=2)[0][0]
 
 
+def test_sampled_outputs_equal_the_current_samplers_for_the_same_seeds(tiny):
+    """A request's stream is generate_ids's per-row stream for its seed, so switching samplers keeps samples."""
+    config, params, _ = tiny
+    prompts = _prompts([5, 9, 14, 3], seed=4)
+    seeds = [11, 12, 13, 14]
+    expected = generate_ids(params, config, prompts, max_new_tokens=10, eos_id=2, temperature=0.8, top_p=0.9,
+                            seeds=seeds)
+    engine = Engine(params, config, slots=3, max_len=32, eos_id=2, chunk=4)
+    results = engine.generate_all([Request(p, 10, temperature=0.8, top_p=0.9, seed=s) for p, s in zip(prompts, seeds)])
+    assert [(r.token_ids, r.finish_reason) for r in results] == expected
+
+
 def test_sample_rows_applies_each_rows_own_parameters():
     logits = jnp.asarray(np.random.RandomState(0).randn(4, 50).astype(np.float32) * 3)
     greedy = np.asarray(logits).argmax(-1)
