@@ -213,9 +213,17 @@ class Generator:
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int | Sequence[int], temperature: float = 0.0,
                  top_p: float = 1.0, seed: int = 0, seeds: Sequence[int] | None = None, stop: Sequence[str] = (),
                  batch_size: int = 8, chunk: int = 64) -> list[Generation]:
-        """``max_new_tokens`` and ``seeds``: one each, or one per prompt (see ``generate_ids``)."""
+        """``max_new_tokens`` and ``seeds``: one each, or one per prompt (see ``generate_ids``).
+
+        Greedy decoding, or sampling with one seed per prompt, runs on the continuous-batching engine
+        (``semcoder_jax.engine``, ``batch_size`` slots): the same tokens as ``generate_ids`` (per-row random
+        streams), without waiting for a batch's slowest row and with one prefill per distinct prompt.
+        Sampling from one shared ``seed`` keeps the batched sampler, whose draws depend on the batch.
+        """
         encoded = [self.encode(p) for p in prompts]
         limits = np.broadcast_to(np.asarray(max_new_tokens, np.int64), (len(prompts),))
+        if encoded and (temperature <= 0.0 or seeds is not None):
+            return self._generate_on_engine(encoded, limits, temperature, top_p, seeds, stop, batch_size)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # less padding per batch
         results: list[Generation | None] = [None] * len(prompts)
         stop = [s for s in stop if s]
@@ -233,6 +241,30 @@ class Generator:
             for i, (ids, reason) in zip(rows, outputs):
                 results[i] = self._finish(ids, reason, stop)
         return results  # type: ignore[return-value]
+
+    def _generate_on_engine(self, encoded: list[list[int]], limits: np.ndarray, temperature: float, top_p: float,
+                            seeds: Sequence[int] | None, stop: Sequence[str], slots: int) -> list[Generation]:
+        from semcoder_jax.engine import Engine, Request
+
+        if any(len(p) == 0 for p in encoded):
+            raise UserError("every prompt must have at least one token")
+        longest = max(len(p) + int(n) for p, n in zip(encoded, limits))
+        max_len = max(256, 1 << (longest - 1).bit_length())  # a power of two: few compiled shapes
+        if longest > self.config.max_position_embeddings:
+            raise UserError(f"prompt + max_new_tokens ({longest} tokens) exceeds the model's "
+                            f"max_position_embeddings ({self.config.max_position_embeddings})")
+        max_len = min(max_len, self.config.max_position_embeddings)
+        key = (max(1, slots), max_len)
+        engines = self.__dict__.setdefault("_engines", {})
+        if key not in engines:
+            engines[key] = Engine(self.params, self.config, slots=key[0], max_len=max_len, eos_id=self.eos_id,
+                                  decode=self.tokenizer.decode)
+        stop = [s for s in stop if s]
+        requests = [Request(p, int(n), temperature=max(temperature, 0.0), top_p=top_p,
+                            seed=0 if seeds is None else int(seeds[i]), stop=tuple(stop), id=i)
+                    for i, (p, n) in enumerate(zip(encoded, limits))]
+        return [Generation(text=r.text, token_ids=list(r.token_ids), finish_reason=r.finish_reason)
+                for r in engines[key].generate_all(requests)]
 
     def _finish(self, ids: list[int], reason: FinishReason, stop: Sequence[str]) -> Generation:
         body = ids[:-1] if reason == "eos" else ids
