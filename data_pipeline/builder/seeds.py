@@ -119,11 +119,24 @@ UNSAFE_NAMES: frozenset[str] = frozenset({
 })
 
 # Attributes a seed may not touch: interpreter internals (sandbox escapes) and the clock / local time zone.
+# Also as string constants anywhere (``operator.attrgetter("f_back")``, ``"tb_frame"`` built up elsewhere is
+# caught by the ban on attrgetter/methodcaller below), and any dunder attribute outside ``SAFE_DUNDERS``: a
+# program in the sandbox shares its process with the trusted driver, and a frame reached through
+# ``e.__traceback__`` leads to the driver's ``emit``, with which it could forge its own trace.
 UNSAFE_ATTRS: frozenset[str] = frozenset({
     "__globals__", "__builtins__", "__code__", "__closure__", "__subclasses__", "__import__", "__loader__",
     "__spec__", "__getattribute__", "f_globals", "f_locals", "f_back", "f_code", "f_builtins", "gi_frame",
-    "gi_code", "cr_frame", "tb_frame", "now", "today", "utcnow", "fromtimestamp", "utcfromtimestamp",
-    "astimezone", "timestamp", "setcontext",
+    "gi_code", "cr_frame", "tb_frame", "tb_next", "ag_frame", "now", "today", "utcnow", "fromtimestamp",
+    "utcfromtimestamp", "astimezone", "timestamp", "setcontext", "attrgetter", "methodcaller",
+})
+
+# Dunder attributes a seed may use: names and the numeric / container protocol, nothing that reaches frames,
+# code, globals or the class hierarchy.
+SAFE_DUNDERS: frozenset[str] = frozenset({
+    "__name__", "__qualname__", "__doc__", "__module__", "__len__", "__index__", "__int__", "__float__",
+    "__abs__", "__neg__", "__str__", "__repr__", "__iter__", "__next__", "__contains__", "__getitem__",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__hash__", "__add__", "__sub__", "__mul__",
+    "__bool__", "__init__", "__class__",
 })
 
 _BUILTIN_NAMES = frozenset(n for n in dir(builtins) if not (n.startswith("__") and n.endswith("__"))) | {
@@ -677,8 +690,13 @@ def _code_filters(tree: ast.Module) -> tuple[str, str] | None:
             checks.append(("disallowed import", mod))
         elif isinstance(node, ast.Name) and node.id not in bound and node.id in UNSAFE_NAMES:
             checks.append(("unsafe name", node.id))
-        elif isinstance(node, ast.Attribute) and node.attr in UNSAFE_ATTRS:
+        elif isinstance(node, ast.Attribute) and (node.attr in UNSAFE_ATTRS or (
+                node.attr.startswith("__") and node.attr.endswith("__") and node.attr not in SAFE_DUNDERS)):
             checks.append(("unsafe name", "." + node.attr))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in UNSAFE_ATTRS:
+            checks.append(("unsafe name", repr(node.value)))
+        elif isinstance(node, ast.ImportFrom) and any(a.name in UNSAFE_ATTRS for a in node.names):
+            checks.append(("unsafe name", next(a.name for a in node.names if a.name in UNSAFE_ATTRS)))
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in bound \
                 and node.func.id in _DYNAMIC_ATTR_FUNCS:
             name = node.args[1] if len(node.args) > 1 else None

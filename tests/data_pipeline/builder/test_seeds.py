@@ -486,3 +486,56 @@ def test_nl_markup_sections_and_noun_phrase_summaries():
                  "Arguments:\n- `xs`: the values; must not be empty.\n- `w`: weights, same length.\n"
                  "Raises:\n- `ValueError`: if `xs` is empty.\n"
                  "For example, `wmean([1, 3], w=[1, 1])` should return `2.0`.")
+
+
+FORGE = '''
+import operator
+
+
+def f(x):
+    try:
+        raise ValueError("x")
+    except ValueError as e:
+        tb = e.__traceback__
+    frame = operator.attrgetter("tb_frame")(tb)
+    for _ in range(12):
+        if frame is None:
+            break
+        names = operator.attrgetter("f_locals")(frame)
+        if "emit" in names and "P" in names:
+            names["emit"](["trace", {"output": "42", "raised": None, "truncated": False, "steps": []}])
+            while True:
+                pass
+        frame = operator.attrgetter("f_back")(frame)
+    return x + 1
+'''
+
+
+def test_a_program_that_forges_its_own_trace_works_in_the_sandbox_but_is_never_a_seed(tmp_path):
+    """The attack: the program shares its process with the trusted tracer, walks from a traceback to the
+    driver's frame and sends a made-up trace (output 42 for f(1), which returns 2).  The sandbox cannot stop
+    that (it is the process's own data), so the static filter must: it drops the program, and each way in
+    (attrgetter, a dunder attribute, a frame attribute's name as a string) is dropped on its own too."""
+    from data_pipeline.builder.trace import trace_calls
+    from sandbox import Sandbox
+
+    forged = Seed(id="forge", code=FORGE, entry="f", params=("x",), origin="attack")
+    with Sandbox(workers=1) as sb:
+        assert trace_calls(sb, forged, ["1"], timeout_s=2.0)[0].output == "42"  # the forgery works in-process
+    (tmp_path / "forge.py").write_text(FORGE)
+    report = select_seeds([tmp_path / "forge.py"], min_lines=1)
+    assert report.counts["kept"] == 0 and report.removed[0]["reason"] == "unsafe name"
+    variants = {
+        "attrgetter": "from operator import attrgetter\n\ndef f(x):\n    get = attrgetter('real')\n    return get(x)\n",
+        "methodcaller": "import operator\n\ndef f(x):\n    return operator.methodcaller('bit_length')(x)\n",
+        "dunder": "def f(x):\n    try:\n        return 1 // x\n    except ZeroDivisionError as e:\n"
+                  "        return e.__traceback__\n",
+        "frame name": "def f(x):\n    key = 'f_back'\n    return key + str(x)\n",
+    }
+    for name, code in variants.items():
+        (tmp_path / f"{name}.py").write_text(code)
+        report = select_seeds([tmp_path / f"{name}.py"], min_lines=1)
+        assert report.counts["kept"] == 0, name
+        assert report.removed[0]["reason"] == "unsafe name", (name, report.removed)
+    (tmp_path / "fine.py").write_text("def f(x):\n    return type(x).__name__ + str(len(str(x)))\n")
+    assert select_seeds([tmp_path / "fine.py"], min_lines=1).counts["kept"] == 1
