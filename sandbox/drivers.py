@@ -33,16 +33,7 @@ LAMBDA_BUILTINS = ("abs", "all", "any", "bool", "chr", "dict", "divmod", "enumer
                    "frozenset", "int", "isinstance", "len", "list", "map", "max", "min", "ord", "pow", "range",
                    "reversed", "round", "set", "sorted", "str", "sum", "tuple", "zip", "True", "False", "None")
 
-RUN = r'''
-import sys as _sys
-
-
-NOT_NONE = "<not None>"
-_GUARDED_OS = ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
-               "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
-               "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir")
-
-
+WRITE_ONLY = r'''
 class _WriteOnly:
     """The reference scorers' swallow_io: writes vanish, reads raise OSError."""
 
@@ -65,7 +56,19 @@ class _WriteOnly:
 
     def isatty(self):
         return False
+'''
 
+RUN = r'''
+import sys as _sys
+
+
+NOT_NONE = "<not None>"
+_GUARDED_OS = ("kill", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork", "forkpty",
+               "killpg", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
+               "chroot", "lchflags", "lchmod", "lchown", "getcwd", "chdir")
+
+
+''' + WRITE_ONLY + r'''
 
 def _run(P, emit, emit_tagged, result_record, PlainDataError, describe):
     if P.get("swallow_io"):

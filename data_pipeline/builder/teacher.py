@@ -13,6 +13,7 @@ The prompts are written for this project from the paper's rules: problems that n
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 from collections.abc import Sequence
 from typing import Protocol
@@ -32,7 +33,9 @@ class BackendTeacher:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0) -> list[str]:
-        seeds = [(seed * 1_000_003 + i) % (2**31 - 1) for i in range(len(prompts))]
+        # A prompt's sampling seed is a function of the prompt and ``seed`` only, not of its place in the batch,
+        # so a resumed build (which asks only for the replies it has not cached) samples the same replies.
+        seeds = [int(hashlib.sha256(f"{seed}:{p}".encode()).hexdigest()[:8], 16) % (2**31 - 1) for p in prompts]
         out = self.backend.generate(list(prompts), max_new_tokens=max_new_tokens, temperature=temperature,
                                     seeds=seeds, batch_size=self.batch_size)
         return [g.text for g in out]

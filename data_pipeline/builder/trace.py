@@ -38,6 +38,7 @@ from typing import Any
 from data_pipeline.builder.coverage import Static, analyze
 from data_pipeline.builder.types import Seed, Step, Trace
 from sandbox import Job, Outcome, Sandbox
+from sandbox.drivers import WRITE_ONLY
 
 DEFAULT_MAX_STEPS = 1000
 DEFAULT_MAX_REPR = 200
@@ -166,25 +167,7 @@ import ast as _ast
 import sys as _sys
 
 
-class _Sink:
-    """Writes vanish, reads raise OSError (as the reference scorers' swallow_io)."""
-
-    def write(self, s):
-        return len(s)
-
-    def writelines(self, lines):
-        pass
-
-    def flush(self):
-        pass
-
-    def read(self, *args, **kwargs):
-        raise OSError("stdin is not readable")
-
-    readline = readlines = read
-
-    def isatty(self):
-        return False
+''' + WRITE_ONLY + r'''
 
 
 class _Abort(BaseException):
@@ -314,7 +297,7 @@ def _trace_call(fn, code, args, P, describe):
 
 
 def _main(P, emit, describe):
-    _sys.stdout = _sys.stderr = _sys.stdin = _Sink()
+    _sys.stdout = _sys.stderr = _sys.stdin = _WriteOnly()
     try:
         P["compiled"] = compile(P["code"], "<seed>", "exec")
     except BaseException as e:  # noqa: BLE001

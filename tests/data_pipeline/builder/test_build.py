@@ -286,3 +286,23 @@ def test_the_ray_data_runner_builds_the_same_bytes_as_the_process_pool(built, tm
     build(BuildConfig(seeds=(STDLIB_SEEDS,), out=str(out), limit=LIMIT, workers=2, runner="ray"), progress=False)
     for name in ("data/pyx.jsonl", "data/pyx_r.jsonl", "removed.jsonl"):
         assert (out / name).read_bytes() == (built / name).read_bytes(), name
+
+
+def test_a_backend_teachers_sampling_seed_depends_on_the_prompt_not_its_place_in_the_batch():
+    """A resumed build asks only for uncached replies: each prompt must draw the same sample either way."""
+    from data_pipeline.builder.teacher import BackendTeacher
+
+    class Recorder:
+        def generate(self, prompts, *, max_new_tokens, temperature, seeds, batch_size):
+            self.seeds = dict(zip(prompts, seeds))
+            return [type("G", (), {"text": p})() for p in prompts]
+
+    backend = Recorder()
+    teacher = BackendTeacher(backend)
+    teacher.generate(["a", "b", "c"], max_new_tokens=4, temperature=0.8, seed=3)
+    together = dict(backend.seeds)
+    teacher.generate(["c"], max_new_tokens=4, temperature=0.8, seed=3)
+    assert backend.seeds["c"] == together["c"]
+    assert len(set(together.values())) == 3
+    teacher.generate(["c"], max_new_tokens=4, temperature=0.8, seed=4)
+    assert backend.seeds["c"] != together["c"]
