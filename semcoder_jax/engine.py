@@ -31,13 +31,16 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
+from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig
 from semcoder_jax.errors import UserError
 from semcoder_jax.generate import FinishReason, Generator, _cut_at_stop
@@ -81,6 +84,8 @@ class EngineStats:
     compilations: int = 0
     prefills: int = 0
     prefills_saved: int = 0
+    prompt_tokens: int = 0
+    prefix_tokens_reused: int = 0
     decode_steps: int = 0
     chunks: int = 0
     tokens: int = 0
@@ -134,14 +139,56 @@ def sample_rows(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_
     return jax.lax.cond(jnp.any(temperature > 0), sampled, lambda: greedy)
 
 
-@functools.partial(jax.jit, static_argnums=(0,))
-def _prefill(config: ModelConfig, params, ids, valid):
-    """Left-padded prompts [B, P] -> their keys/values [L, B, P, ...] and next-token logits [B, V]."""
+def _constrain_kv(x: jax.Array, rows: str | None = "batch") -> jax.Array:
+    """Keys/values [layers, rows, columns, kv_heads, head_dim]: KV heads split like the attention weights,
+    rows (slots) like a batch; the prefix pool's rows (blocks) are replicated (``rows`` None)."""
+    return nn.with_logical_constraint(x, ("layers", rows, "length", "kv_heads", "head_dim"))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _prefill(config: ModelConfig, keep: int, params, pool_k, pool_v, table, prefix_len, ids, valid):
+    """Prompts' keys/values and next-token logits, reusing cached prefix blocks.
+
+    ``table`` [B, nb]: each row's cached prefix blocks in the pool (left-padded; ``prefix_len`` [B]
+    tokens of them are real), ``ids``/``valid`` [B, S]: the rest of each prompt, left-padded.  The
+    new tokens attend to the prefix and causally to each other.  Returns k/v [L, B, keep, ...] and
+    valid [B, keep] with each row's prompt right-aligned and contiguous (``keep`` >= every prompt),
+    and logits [B, V] float32.
+    """
+    layers, _, block, kv_heads, head_dim = pool_k.shape
     batch, length = ids.shape
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-    cache = KVCache.init(config, batch, length)
+    width = table.shape[1] * block
+
+    def gather(pool):
+        prefix = pool[:, table].reshape(layers, batch, width, kv_heads, head_dim)
+        return _constrain_kv(jnp.concatenate([prefix, jnp.zeros((layers, batch, length, kv_heads, head_dim),
+                                                                 pool.dtype)], axis=2))
+
+    prefix_valid = (jnp.arange(width)[None] >= width - prefix_len[:, None]).astype(jnp.int32)
+    cache = KVCache(k=gather(pool_k), v=gather(pool_v),
+                    valid=jnp.concatenate([prefix_valid, jnp.zeros((batch, length), jnp.int32)], axis=1),
+                    index=jnp.asarray(width, jnp.int32))
+    positions = prefix_len[:, None] + jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
     logits, cache = Decoder(config).apply({"params": params}, ids, positions, valid, cache=cache)
-    return cache.k, cache.v, logits[:, -1].astype(jnp.float32)
+    # Right-align each row's tokens (prefix, gap of suffix padding, suffix -> padding, prompt).
+    order = jnp.argsort(cache.valid, axis=1, stable=True)[:, -keep:]
+    take = functools.partial(jnp.take_along_axis, indices=order[None, :, :, None, None], axis=2)
+    return (_constrain_kv(take(cache.k)), _constrain_kv(take(cache.v)),
+            jnp.take_along_axis(cache.valid, order, axis=1), logits[:, -1].astype(jnp.float32))
+
+
+@functools.partial(jax.jit, donate_argnums=(0, 1))
+def _store_blocks(pool_k, pool_v, k, v, rows, starts, dst):
+    """Copies ``block`` columns from prefill row ``rows[e]`` at column ``starts[e]`` into pool block ``dst[e]``
+    (index ``num_blocks`` = unused entry, dropped)."""
+    block = pool_k.shape[2]
+
+    def blocks(kv):
+        one = lambda row, start: jax.lax.dynamic_slice_in_dim(kv[:, row], start, block, axis=1)  # noqa: E731
+        return jnp.moveaxis(jax.vmap(one)(rows, starts), 0, 1).astype(pool_k.dtype)  # [L, E, block, ...]
+
+    return (_constrain_kv(pool_k.at[:, dst].set(blocks(k), mode="drop"), rows=None),
+            _constrain_kv(pool_v.at[:, dst].set(blocks(v), mode="drop"), rows=None))
 
 
 @functools.partial(jax.jit, donate_argnums=(0,))
@@ -156,8 +203,8 @@ def _insert(state: dict, k, v, valid, logits, lengths, dst, src, limit, temperat
     cols = (state["step"] % max_len - width + jnp.arange(width)) % max_len
     put = dict(mode="drop")
     new = dict(state)
-    new["k"] = state["k"].at[:, dst[:, None], cols[None]].set(k[:, src].astype(state["k"].dtype), **put)
-    new["v"] = state["v"].at[:, dst[:, None], cols[None]].set(v[:, src].astype(state["v"].dtype), **put)
+    new["k"] = _constrain_kv(state["k"].at[:, dst[:, None], cols[None]].set(k[:, src].astype(state["k"].dtype), **put))
+    new["v"] = _constrain_kv(state["v"].at[:, dst[:, None], cols[None]].set(v[:, src].astype(state["v"].dtype), **put))
     rows_valid = jnp.zeros((dst.shape[0], max_len), jnp.int32).at[:, cols].set(valid[src])
     new["valid"] = state["valid"].at[dst].set(rows_valid, **put)
     new["logits"] = state["logits"].at[dst].set(logits[src], **put)
@@ -197,7 +244,7 @@ def _decode_chunk(config: ModelConfig, chunk: int, params, state: dict, eos_id, 
         cache = KVCache(k=s["k"], v=s["v"], valid=s["valid"], index=s["step"] % max_len)
         logits, cache = model.apply({"params": params}, token[:, None], s["pos"][:, None],
                                     feed[:, None].astype(jnp.int32), cache=cache, attend_all_valid=True)
-        s = dict(s, k=cache.k, v=cache.v, valid=cache.valid, logits=logits[:, -1].astype(jnp.float32),
+        s = dict(s, k=_constrain_kv(cache.k), v=_constrain_kv(cache.v), valid=cache.valid, logits=logits[:, -1].astype(jnp.float32),
                  pos=s["pos"] + feed.astype(jnp.int32), count=count, done=done, step=s["step"] + 1,
                  rng=jnp.where(live[:, None], keys[:, 0], s["rng"]))
         return i + 1, s, out
@@ -214,6 +261,69 @@ def _pow2_bucket(n: int, low: int, high: int) -> int:
     while size < n:
         size *= 2
     return min(size, high)
+
+
+class _PrefixIndex:
+    """Which pool block holds the keys/values of which prompt prefix (host side, LRU).
+
+    A block holds ``block`` tokens; its key is (the identity of the block before it, its tokens), so
+    a lookup walks a prompt block by block from its start.  A block's identity is (index,
+    generation): evicting a block bumps its generation, so blocks chained after it no longer match
+    and age out in turn.
+    """
+
+    def __init__(self, num_blocks: int, block: int):
+        self.block = block
+        self.num_blocks = num_blocks
+        self._index: collections.OrderedDict[tuple, int] = collections.OrderedDict()
+        self._generation = [0] * num_blocks
+        self._free = list(range(num_blocks - 1, -1, -1))
+
+    def _ident(self, block_id: int) -> tuple[int, int]:
+        return block_id, self._generation[block_id]
+
+    def lookup(self, prompt: tuple[int, ...]) -> list[int]:
+        """The pool blocks of the longest cached prefix, leaving at least one token to prefill."""
+        found: list[int] = []
+        parent = None
+        for j in range((len(prompt) - 1) // self.block):
+            key = (parent, prompt[j * self.block: (j + 1) * self.block])
+            block_id = self._index.get(key)
+            if block_id is None:
+                break
+            self._index.move_to_end(key)
+            found.append(block_id)
+            parent = self._ident(block_id)
+        return found
+
+    def allocate(self, prompt: tuple[int, ...], cached: list[int], taken: set[int]) -> list[tuple[int, int]]:
+        """(block number in the prompt, pool block) for each full block of ``prompt`` after ``cached``.
+
+        Evicts least recently used blocks, never one in ``taken`` (to be read by a pending prefill, or
+        written by the same store call: blocks touched since any other); stops when only those are left.
+        """
+        out = []
+        parent = self._ident(cached[-1]) if cached else None
+        for j in range(len(cached), len(prompt) // self.block):
+            key = (parent, prompt[j * self.block: (j + 1) * self.block])
+            if key in self._index:  # stored meanwhile (an identical prefix earlier in this batch)
+                block_id = self._index[key]
+                self._index.move_to_end(key)
+                parent = self._ident(block_id)
+                continue
+            if self._free:
+                block_id = self._free.pop()
+            else:
+                oldest = next(iter(self._index), None)
+                if oldest is None or self._index[oldest] in taken:
+                    break
+                block_id = self._index.pop(oldest)
+                self._generation[block_id] += 1
+            self._index[key] = block_id
+            taken.add(block_id)
+            out.append((j, block_id))
+            parent = self._ident(block_id)
+        return out
 
 
 class _DecodeOnly:
@@ -239,38 +349,95 @@ class Engine:
     """Continuous batching over ``slots`` rows and a ``max_len``-column ring KV cache.
 
     ``decode(ids) -> str`` (a tokenizer's decode) is needed for stop strings and fills ``Result.text``.
+    ``prefix_cache_tokens``: room for prompt-prefix keys/values kept between prefills, in blocks of
+    ``prefix_block`` tokens (default: a quarter of the ring cache's tokens; 0 turns it off).
+    ``mesh``: decode on a device mesh: weights, KV heads and the prefix pool split over ``tensor``
+    and slots over ``data``/``fsdp`` by ``rules`` (the training table); ``params`` are placed accordingly.
     Not thread-safe; one ``generate`` at a time.
     """
 
     def __init__(self, params, config: ModelConfig, *, slots: int, max_len: int, eos_id: int, chunk: int = 16,
-                 decode: Callable[[list[int]], str] | None = None, min_prompt_bucket: int = 16):
-        if slots < 1 or chunk < 1 or max_len < 2:
-            raise UserError(f"engine needs slots >= 1, chunk >= 1, max_len >= 2 (got {slots}, {chunk}, {max_len})")
+                 decode: Callable[[list[int]], str] | None = None, min_prompt_bucket: int = 16,
+                 prefix_block: int = 16, prefix_cache_tokens: int | None = None, mesh: Mesh | None = None,
+                 rules: Mapping[str, str | tuple[str, ...] | None] = shd.LOGICAL_AXIS_RULES):
+        if slots < 1 or chunk < 1 or max_len < 2 or prefix_block < 1:
+            raise UserError(f"engine needs slots >= 1, chunk >= 1, max_len >= 2, prefix_block >= 1 "
+                            f"(got {slots}, {chunk}, {max_len}, {prefix_block})")
         if max_len > config.max_position_embeddings:
             raise UserError(f"max_len {max_len} exceeds the model's max_position_embeddings "
                             f"({config.max_position_embeddings})")
+        self.mesh, self.rules = mesh, dict(rules)
+        self._batch_shards = 1 if mesh is None else shd.batch_shards(mesh)
+        if slots % self._batch_shards:
+            raise UserError(f"engine: {slots} slots do not split over the mesh's {self._batch_shards} data shards")
+        if mesh is not None:
+            from semcoder_jax.model import logical_axes
+
+            abstract = jax.eval_shape(lambda: params)
+            params = jax.device_put(params, shd.param_shardings(abstract, logical_axes(config), mesh, self.rules))
         self.params, self.config = params, config
         self.slots, self.max_len, self.eos_id, self.chunk = slots, max_len, int(eos_id), chunk
         self.decode = decode
         self.min_prompt_bucket = min_prompt_bucket
+        if prefix_cache_tokens is None:
+            prefix_cache_tokens = slots * max_len // 4
+        self.prefix_block = prefix_block
+        self._prefix_index = _PrefixIndex(prefix_cache_tokens // prefix_block, prefix_block)
         self.stats = EngineStats()
         self._prefill = _Counted(_prefill, self.stats)
+        self._store_blocks = _Counted(_store_blocks, self.stats)
         self._insert = _Counted(_insert, self.stats)
         self._decode_chunk = _Counted(_decode_chunk, self.stats)
         self._state: dict | None = None
+        self._pool: tuple[jax.Array, jax.Array] | None = None
         self._running = False
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Keys and values of one token over all layers, in the cache's dtype."""
+        cfg = self.config
+        return 2 * cfg.num_layers * cfg.num_kv_heads * cfg.resolved_head_dim * jnp.dtype(cfg.dtype).itemsize
+
+    @property
+    def kv_cache_bytes(self) -> dict[str, int]:
+        """Device memory of the ring cache (slots x max_len) and the prefix pool, whole (all devices)."""
+        return {"ring": self.slots * self.max_len * self.kv_bytes_per_token,
+                "prefix_pool": self._prefix_index.num_blocks * self.prefix_block * self.kv_bytes_per_token}
+
+    def _sharded(self):
+        """Binds the mesh and rules while jitted functions trace (a no-op without a mesh)."""
+        return shd.activation_sharding(self.mesh, self.rules)
+
+    def _put(self, x, logical: tuple[str | None, ...]):
+        if self.mesh is None:
+            return jnp.asarray(x)
+        spec = shd.logical_to_mesh_spec(logical, np.shape(x), self.mesh, self.rules)
+        return jax.device_put(x, NamedSharding(self.mesh, spec))
 
     # -- state ---------------------------------------------------------------------------------
     def _init_state(self) -> dict:
-        s = self.slots
-        cache = KVCache.init(self.config, s, self.max_len)
+        s, cfg = self.slots, self.config
+        kv_shape = (cfg.num_layers, s, self.max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+        kv_axes = ("layers", "batch", "length", "kv_heads", "head_dim")
+        dtype = jnp.dtype(cfg.dtype)
+        row = ("batch",)
         # Distinct buffers throughout: the state is donated, and one buffer may not be donated twice.
-        return dict(k=cache.k, v=cache.v, valid=cache.valid,
-                    logits=jnp.zeros((s, self.config.vocab_size), jnp.float32), pos=jnp.zeros((s,), jnp.int32),
-                    count=jnp.zeros((s,), jnp.int32), limit=jnp.ones((s,), jnp.int32), done=jnp.ones((s,), bool),
-                    temperature=jnp.zeros((s,), jnp.float32), top_p=jnp.ones((s,), jnp.float32),
-                    top_k=jnp.zeros((s,), jnp.int32), rng=jnp.zeros((s, 2), jnp.uint32),
-                    step=jnp.zeros((), jnp.int32))
+        return dict(k=self._put(np.zeros(kv_shape, dtype), kv_axes), v=self._put(np.zeros(kv_shape, dtype), kv_axes),
+                    valid=self._put(np.zeros((s, self.max_len), np.int32), ("batch", "length")),
+                    logits=self._put(np.zeros((s, cfg.vocab_size), np.float32), ("batch", None)),
+                    pos=self._put(np.zeros((s,), np.int32), row), count=self._put(np.zeros((s,), np.int32), row),
+                    limit=self._put(np.ones((s,), np.int32), row), done=self._put(np.ones((s,), bool), row),
+                    temperature=self._put(np.zeros((s,), np.float32), row),
+                    top_p=self._put(np.ones((s,), np.float32), row), top_k=self._put(np.zeros((s,), np.int32), row),
+                    rng=self._put(np.zeros((s, 2), np.uint32), ("batch", None)),
+                    step=self._put(np.zeros((), np.int32), ()))
+
+    def _init_pool(self) -> tuple[jax.Array, jax.Array]:
+        cfg = self.config
+        shape = (cfg.num_layers, self._prefix_index.num_blocks, self.prefix_block, cfg.num_kv_heads,
+                 cfg.resolved_head_dim)
+        axes = ("layers", None, "length", "kv_heads", "head_dim")
+        return (self._put(np.zeros(shape, cfg.dtype), axes), self._put(np.zeros(shape, cfg.dtype), axes))
 
     def _check(self, i: int, r: Request) -> None:
         n = len(r.prompt_ids)
@@ -290,30 +457,72 @@ class Engine:
 
     # -- prefill and insertion -----------------------------------------------------------------
     def _batch_bucket(self, n: int) -> int:
-        return _pow2_bucket(n, 1, self.slots)
+        return _pow2_bucket(max(n, self._batch_shards), self._batch_shards, self.slots)
 
     def _prefill_prompts(self, prompts: list[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[_Prefilled, int]]:
-        """Prefills distinct prompts, one call per length bucket; returns prompt -> (outputs, row)."""
+        """Prefills distinct prompts after their longest cached prefix, one call per shape bucket, and
+        stores their new full blocks; returns prompt -> (outputs, row)."""
         found: dict[tuple[int, ...], tuple[_Prefilled, int]] = {}
-        by_width: dict[int, list[tuple[int, ...]]] = collections.defaultdict(list)
+        block = self.prefix_block
+        groups: dict[tuple[int, int], list[tuple[tuple[int, ...], list[int]]]] = collections.defaultdict(list)
+        pinned: set[int] = set()  # blocks a later group will read: a store in between must not evict them
         for p in prompts:
-            by_width[_pow2_bucket(len(p), self.min_prompt_bucket, self.max_len)].append(p)
-        for width, group in by_width.items():
+            cached = self._prefix_index.lookup(p)
+            pinned.update(cached)
+            blocks = _pow2_bucket(len(cached), 1, 1 << 30) if cached else 0
+            rest = _pow2_bucket(len(p) - len(cached) * block, self.min_prompt_bucket, self.max_len)
+            groups[(blocks, rest)].append((p, cached))
+        if self._pool is None:
+            self._pool = self._init_pool()
+        for (blocks, width), group in groups.items():
+            keep = min(blocks * block + width, self.max_len)
             for start in range(0, len(group), self.slots):
                 part = group[start: start + self.slots]
                 batch = self._batch_bucket(len(part))
                 ids = np.zeros((batch, width), np.int32)
                 valid = np.zeros((batch, width), np.int32)
                 valid[:, -1] = 1  # filler rows: one token, so that no row is empty
-                for row, p in enumerate(part):
-                    ids[row, width - len(p):] = p
-                    valid[row, width - len(p):] = 1
-                k, v, logits = self._prefill(self.config, self.params, jnp.asarray(ids), jnp.asarray(valid))
-                out = _Prefilled(k, v, jnp.asarray(valid), logits, jnp.asarray(valid.sum(axis=1, dtype=np.int32)))
+                table = np.zeros((batch, blocks), np.int32)
+                prefix_len = np.zeros(batch, np.int32)
+                for row, (p, cached) in enumerate(part):
+                    rest = p[len(cached) * block:]
+                    ids[row, width - len(rest):] = rest
+                    valid[row, width - len(rest):] = 1
+                    table[row, blocks - len(cached):] = cached
+                    prefix_len[row] = len(cached) * block
+                with self._sharded():
+                    k, v, out_valid, logits = self._prefill(self.config, keep, self.params, *self._pool, table,
+                                                            prefix_len, ids, valid)
+                lengths = prefix_len + valid.sum(axis=1, dtype=np.int32)
+                out = _Prefilled(k, v, out_valid, logits, jnp.asarray(lengths))
                 self.stats.prefills += len(part)
-                for row, p in enumerate(part):
+                self.stats.prefix_tokens_reused += int(prefix_len[: len(part)].sum())
+                self.stats.prompt_tokens += sum(len(p) for p, _ in part)
+                for row, (p, _) in enumerate(part):
                     found[p] = (out, row)
+                self._store_new_blocks(part, out, keep, pinned)
         return found
+
+    def _store_new_blocks(self, part: list[tuple[tuple[int, ...], list[int]]], out: _Prefilled, keep: int,
+                          pinned: set[int]) -> None:
+        """Copies the full blocks of these prompts that the pool lacks into it (one call, bucketed),
+        evicting none of ``pinned``."""
+        if self._prefix_index.num_blocks == 0:
+            return
+        taken = set(pinned)
+        entries = []
+        for row, (p, cached) in enumerate(part):
+            for j, block_id in self._prefix_index.allocate(p, cached, taken):
+                entries.append((row, keep - len(p) + j * self.prefix_block, block_id))
+        if not entries:
+            return
+        size = _pow2_bucket(len(entries), 8, 1 << 30)
+        rows, starts = np.zeros(size, np.int32), np.zeros(size, np.int32)
+        dst = np.full(size, self._prefix_index.num_blocks, np.int32)
+        for e, (row, col, block_id) in enumerate(entries):
+            rows[e], starts[e], dst[e] = row, col, block_id
+        with self._sharded():
+            self._pool = self._store_blocks(*self._pool, out.k, out.v, rows, starts, dst)
 
     def _fill(self, state: dict, assignments: list[tuple[int, Request, tuple[int, ...]]],
               prefilled: dict[tuple[int, ...], tuple[_Prefilled, int]]) -> dict:
@@ -335,8 +544,9 @@ class Engine:
             for j, (slot, req, row) in enumerate(items):
                 dst[j], src[j], limit[j], top_k[j] = slot, row, req.max_new_tokens, req.top_k
                 temperature[j], top_p[j], seed[j] = req.temperature, req.top_p, req.seed % 2**32
-            state = self._insert(state, out.k, out.v, out.valid, out.logits, out.lengths, dst, src, limit,
-                                 temperature, top_p, top_k, seed)
+            with self._sharded():
+                state = self._insert(state, out.k, out.v, out.valid, out.logits, out.lengths, dst, src, limit,
+                                     temperature, top_p, top_k, seed)
         return state
 
     # -- the loop ------------------------------------------------------------------------------
@@ -397,8 +607,9 @@ class Engine:
                         remaining[p] -= 1
                         if remaining[p] == 0:
                             del retained[p]
-                state, out, steps = self._decode_chunk(self.config, self.chunk, self.params, state,
-                                                       jnp.int32(self.eos_id), jnp.bool_(bool(queue)))
+                with self._sharded():
+                    state, out, steps = self._decode_chunk(self.config, self.chunk, self.params, state,
+                                                           jnp.int32(self.eos_id), jnp.bool_(bool(queue)))
                 out, done = np.asarray(out), np.asarray(state["done"])
                 self.stats.decode_steps += int(steps)
                 self.stats.chunks += 1
@@ -429,12 +640,15 @@ class Engine:
             # An exception inside a call that donated ``state`` leaves deleted buffers: start afresh then.
             deleted = any(x.is_deleted() for x in jax.tree.leaves(state))
             self._state = None if deleted else state
+            if self._pool is not None and any(x.is_deleted() for x in self._pool):
+                self._pool = None
+                self._prefix_index = _PrefixIndex(self._prefix_index.num_blocks, self.prefix_block)
             self.stats.seconds += time.perf_counter() - t0
-            log.info("engine: %d requests, %d tokens in %.2fs, %d prefills (%d saved), %d decode steps, "
-                     "%d compilations", self.stats.requests - stats0.requests, self.stats.tokens - stats0.tokens,
-                     time.perf_counter() - t0, self.stats.prefills - stats0.prefills,
-                     self.stats.prefills_saved - stats0.prefills_saved,
-                     self.stats.decode_steps - stats0.decode_steps, self.stats.compilations - stats0.compilations)
+            d = {f.name: getattr(self.stats, f.name) - getattr(stats0, f.name) for f in dataclasses.fields(self.stats)}
+            log.info("engine: %d requests, %d tokens in %.2fs, %d prefills (%d saved, %d of %d prompt tokens from "
+                     "the prefix cache), %d decode steps, %d compilations", d["requests"], d["tokens"], d["seconds"],
+                     d["prefills"], d["prefills_saved"], d["prefix_tokens_reused"], d["prompt_tokens"],
+                     d["decode_steps"], d["compilations"])
 
     def _finish(self, index: int, req: Request, ids: list[int], reason: FinishReason, stop: list[str]) -> Result:
         rid = req.id if req.id is not None else index

@@ -186,3 +186,73 @@ def test_compilations_stay_bounded(tiny):
     engine.generate_all(workload(2))
     engine.generate_all(workload(6))
     assert engine.stats.compilations == warm
+
+
+def test_prompts_sharing_a_prefix_reuse_its_cached_blocks(tiny):
+    """A few-shot header is prefilled once, then read from the prefix pool; so is an earlier round's prompt."""
+    config, params, _ = tiny
+    header = _prompts([45], seed=5)[0]  # two full 16-token blocks and a partial one
+    bodies = _prompts([3, 9, 14, 6, 11], seed=6)
+    prompts = [header + b for b in bodies]
+    limits = [9, 4, 12, 7, 10]
+    expected = generate_ids(params, config, prompts, max_new_tokens=limits, eos_id=2)
+    engine = Engine(params, config, slots=2, max_len=96, eos_id=2, chunk=4, prefix_block=16, prefix_cache_tokens=256)
+    results = engine.generate_all([Request(p, m) for p, m in zip(prompts, limits)])
+    assert [(r.token_ids, r.finish_reason) for r in results] == expected
+    # The first prefill (two prompts) computes the header; the three after it reuse its 32 tokens.
+    assert engine.stats.prefix_tokens_reused == 3 * 32
+    assert engine.stats.prompt_tokens == sum(map(len, prompts))
+    # A refine round: the earlier prompt, its answer and feedback; all full blocks of it come cached.
+    second = prompts[2] + results[2].token_ids + _prompts([5], seed=7)[0]
+    before = engine.stats.prefix_tokens_reused
+    again = engine.generate_all([Request(second, 8)])
+    assert again[0].token_ids == generate_ids(params, config, [second], max_new_tokens=8, eos_id=2)[0][0]
+    assert engine.stats.prefix_tokens_reused - before == 48  # header + body of prompt 2: 59 tokens, 3 blocks
+
+
+def test_a_full_prefix_pool_evicts_and_stays_exact(tiny):
+    config, params, _ = tiny
+    heads = _prompts([20, 33, 18], seed=8)
+    prompts = [heads[i % 3] + b for i, b in enumerate(_prompts([4, 7, 2, 9, 5, 8, 3, 6, 1], seed=9))]
+    expected = generate_ids(params, config, prompts, max_new_tokens=6, eos_id=2)
+    # Room for 3 blocks of 8: the three headers' 2 + 4 + 2 blocks do not all fit.
+    engine = Engine(params, config, slots=2, max_len=64, eos_id=2, chunk=4, prefix_block=8, prefix_cache_tokens=24)
+    for _ in range(2):
+        results = engine.generate_all([Request(p, 6) for p in prompts])
+        assert [(r.token_ids, r.finish_reason) for r in results] == expected
+    assert engine.stats.prefix_tokens_reused > 0
+    off = Engine(params, config, slots=2, max_len=64, eos_id=2, chunk=4, prefix_cache_tokens=0)
+    assert [r.token_ids for r in off.generate_all([Request(p, 6) for p in prompts])] == [e[0] for e in expected]
+    assert off.stats.prefix_tokens_reused == 0
+
+
+def test_decoding_on_a_tensor_and_data_parallel_mesh_equals_one_device(tiny):
+    from semcoder_jax.sharding import build_mesh
+
+    config, params, _ = tiny
+    assert config.num_kv_heads % 2 == 0 and len(jax.devices()) >= 4
+    mesh = build_mesh({"data": 2, "tensor": 2}, jax.devices()[:4])
+    header = _prompts([20], seed=10)[0]
+    prompts = [header + b for b in _prompts([3, 12, 7, 5, 9], seed=11)]
+    requests = [Request(p, 10, temperature=0.7 * (i % 2), seed=i) for i, p in enumerate(prompts)]
+    single = Engine(params, config, slots=4, max_len=64, eos_id=2, chunk=4, prefix_block=8)
+    sharded = Engine(params, config, slots=4, max_len=64, eos_id=2, chunk=4, prefix_block=8, mesh=mesh)
+    assert [r.token_ids for r in sharded.generate_all(requests)] == [r.token_ids for r in single.generate_all(requests)]
+    # Weights and KV heads split over tensor, slots over data; the prefix pool's heads over tensor.
+    def spec(x):
+        return tuple(x.sharding.spec) + (None,) * (x.ndim - len(x.sharding.spec))
+
+    assert spec(sharded.params["layers"]["attention"]["q_proj"]) == (None, "tensor", None, None)
+    assert spec(sharded._state["k"]) == (None, "data", None, "tensor", None)
+    assert spec(sharded._pool[0]) == (None, None, None, "tensor", None)
+    assert sharded.stats.prefix_tokens_reused > 0
+    with pytest.raises(UserError, match="3 slots do not split over the mesh's 2 data shards"):
+        Engine(params, config, slots=3, max_len=64, eos_id=2, mesh=mesh)
+
+
+def test_kv_memory_is_reported_per_token_and_per_cache(tiny):
+    config, params, _ = tiny
+    engine = Engine(params, config, slots=4, max_len=64, eos_id=2, prefix_block=16)
+    per_token = 2 * config.num_layers * config.num_kv_heads * config.resolved_head_dim * 4  # float32
+    assert engine.kv_bytes_per_token == per_token
+    assert engine.kv_cache_bytes == {"ring": 4 * 64 * per_token, "prefix_pool": 64 * per_token}
