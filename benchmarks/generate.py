@@ -1,9 +1,15 @@
-"""KV-cache sampler throughput beside transformers' ``generate`` on the same random model.
+"""Decoding throughput beside transformers' ``generate`` on the same random model.
 
-Builds a random LLaMA model from a preset (``--layers`` to shrink it), then in one run measures
-greedy generation of ``--new-tokens`` tokens for ``--batch`` prompts with (a) our jitted sampler and
-(b) ``LlamaForCausalLM.generate`` (torch, same dtype, same device kind), after one warm-up each,
-and reports generated tokens per second and whether the greedy tokens agree.
+Builds a random LLaMA model from a preset (``--layers`` to shrink it); then, by ``--workload``:
+
+- ``fixed`` (default): greedy generation of ``--new-tokens`` tokens for ``--batch`` prompts with (a) the
+  batched sampler (``generate_ids``) and (b) ``LlamaForCausalLM.generate`` (torch, same dtype, same device
+  kind), after one warm-up each; generated tokens per second and whether the greedy tokens agree.
+- ``eval``: an evaluation-shaped workload (see ``generate_eval.py``): HumanEval prompts x 10 samples at
+  temperature 0.8 and CRUXEval-O monologue prompts greedy with stop ``[/ANSWER]``, through the
+  continuous-batching engine, the batched sampler and transformers, side by side.
+- ``roofline``: decode step time of the engine at several batch sizes against the time to read the
+  weights and the KV cache once at the device's memory bandwidth.
 
 ``--repeats N`` times both samplers N times over (each warmed up once, the order alternating);
 ``--record [NAME]`` writes the repeats' figures and the README table's row to
@@ -20,6 +26,8 @@ import re
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 import jax
 import numpy as np
 
@@ -31,6 +39,7 @@ from semcoder_jax.model import init_params
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workload", choices=("fixed", "eval", "roofline"), default="fixed")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--layers", type=int)
     parser.add_argument("--batch", type=int, default=8)
@@ -40,13 +49,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="time both samplers this many times over")
     parser.add_argument("--record", nargs="?", const="", metavar="NAME",
                         help="write benchmarks/results/NAME.json (default NAME: the script's name and the shape's tag)")
+    import generate_eval
+
+    generate_eval.add_arguments(parser)
     args = parser.parse_args()
+    if args.workload != "fixed":
+        return generate_eval.main(args, parser)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     record_name = args.record
     if record_name and re.sub(r"[^A-Za-z0-9_.-]", "-", record_name) != record_name:
         parser.error(f"--record {record_name!r}: use letters, digits, '.', '_' and '-' only")
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     import record
 
     started = record.machine()

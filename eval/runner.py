@@ -11,6 +11,7 @@ a function of (seed, task, sample, round), so samples do not depend on batch siz
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import sys
@@ -591,16 +592,28 @@ def _generate_and_score(config: EvalConfig, settings: dict[str, Any], bench: Ben
     assert backend is not None
     todo = [(p, s) for p in problems for s in range(settings["n_samples"]) if (p.task_id, s, 0) not in records.done]
     bar = _progress(len(todo), bench.name, progress)
-    for start in range(0, len(todo), chunk):
-        part = todo[start: start + chunk]
-        seeds = [sample_seed(config.seed, p.task_id, s, 0) for p, s in part]
-        generations = _generate(backend, [p.prompt for p, _ in part], seeds, settings,
-                                temperature=settings["temperature"], top_p=settings["top_p"],
-                                max_new_tokens=settings["max_new_tokens"], stop=bench.stop, batch_size=batch_size)
+
+    def score_and_record(part, seeds, generations):
         items = [(p, bench.extract(p, g.text)) for (p, _), g in zip(part, generations)]
         results = score(bench, sandbox, items, bar)
         records.add([_record(bench, p, s, 0, p.prompt, g.text, extracted, result, g.finish_reason, seed)
                      for (p, s), g, (_, extracted), result, seed in zip(part, generations, items, results, seeds)])
+
+    # A chunk is scored in the sandbox while the next one decodes (one scoring thread: records stay in order).
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="score") as scorer:
+        scoring: list[concurrent.futures.Future] = []
+        for start in range(0, len(todo), chunk):
+            part = todo[start: start + chunk]
+            seeds = [sample_seed(config.seed, p.task_id, s, 0) for p, s in part]
+            generations = _generate(backend, [p.prompt for p, _ in part], seeds, settings,
+                                    temperature=settings["temperature"], top_p=settings["top_p"],
+                                    max_new_tokens=settings["max_new_tokens"], stop=bench.stop, batch_size=batch_size)
+            for f in [f for f in scoring if f.done()]:
+                f.result()  # a scoring error surfaces now, not after every chunk has decoded
+                scoring.remove(f)
+            scoring.append(scorer.submit(score_and_record, part, seeds, generations))
+        for f in scoring:
+            f.result()
     if bar is not None:
         bar.close()
 

@@ -18,8 +18,12 @@ Design:
 - Each request has its own random stream, the one ``generate_ids(seeds=...)`` gives a row: ``key(seed)``,
   split once per token it samples.  So samples do not depend on batch composition, slot or order (up to
   float rounding of the batched matmuls), and equal the current sampler's for the same seeds.
-- Stop strings are checked on the host once per chunk, EOS and length limits on the device; finish
-  semantics are those of ``generate_ids`` and ``Generator._finish``.
+- Stop strings are checked on the host once per chunk (on the new tokens' text), EOS and length
+  limits on the device; finish semantics are those of ``generate_ids`` and ``Generator._finish``.
+- The host works while the device decodes: after dispatching a chunk it checks the previous
+  chunk's stop strings, decodes finished texts and yields results (a consumer that scores each
+  result, e.g. in the sandbox, runs then too).  A slot a stop string finishes decodes one chunk
+  more, dropped; slots EOS or a limit frees are refilled before the next chunk.
 - Compiled shapes: one decode chunk, and prefill/insert per (prompt bucket, prefill batch bucket).
   ``Engine.stats`` counts compilations (jit cache misses), prefills, decode steps and tokens.
 """
@@ -590,8 +594,12 @@ class Engine:
         state["done"] = jnp.ones((self.slots,), bool)
         slot_req: list[int | None] = [None] * self.slots
         slot_ids: list[list[int]] = [[] for _ in range(self.slots)]
+        # Host work of the last chunk, done while the next one runs: requests the device finished
+        # (slot already freed) and slots whose new tokens may complete a stop string.
+        to_finish: list[tuple[int, list[int], FinishReason]] = []
+        to_check: list[tuple[int, int]] = []  # (slot, tokens new in the last chunk)
         try:
-            while queue or any(r is not None for r in slot_req):
+            while queue or to_finish or to_check or any(r is not None for r in slot_req):
                 free = [s for s in range(self.slots) if slot_req[s] is None]
                 if free and queue:
                     assignments = []
@@ -607,35 +615,44 @@ class Engine:
                         remaining[p] -= 1
                         if remaining[p] == 0:
                             del retained[p]
-                with self._sharded():
-                    state, out, steps = self._decode_chunk(self.config, self.chunk, self.params, state,
-                                                           jnp.int32(self.eos_id), jnp.bool_(bool(queue)))
+                running = any(r is not None for r in slot_req)
+                if running:  # dispatched, not waited for: the host work below overlaps it
+                    with self._sharded():
+                        state, out, steps = self._decode_chunk(self.config, self.chunk, self.params, state,
+                                                               jnp.int32(self.eos_id), jnp.bool_(bool(queue)))
+                stopped = []
+                for slot, new_count in to_check:
+                    i = slot_req[slot]
+                    stop = [x for x in requests[i].stop if x]
+                    if self._hits_stop(slot_ids[slot], new_count, stop):
+                        stopped.append(slot)
+                        slot_req[slot] = None
+                        to_finish.append((i, slot_ids[slot], "stop"))
+                if stopped:  # they ran one more chunk meanwhile; its tokens are dropped below
+                    state["done"] = state["done"].at[np.asarray(stopped)].set(True)
+                finished, to_finish, to_check = to_finish, [], []
+                for i, ids, reason in finished:
+                    req = requests[i]
+                    result = self._finish(i, req, ids, reason, [x for x in req.stop if x])
+                    self.stats.tokens += len(ids)
+                    self.stats.requests += 1
+                    yield i, result
+                if not running:
+                    continue
                 out, done = np.asarray(out), np.asarray(state["done"])
                 self.stats.decode_steps += int(steps)
                 self.stats.chunks += 1
-                stopped = []
                 for slot, i in enumerate(slot_req):
                     if i is None:
                         continue
                     new_ids = out[slot][out[slot] >= 0].tolist()
                     slot_ids[slot].extend(new_ids)
                     ids = slot_ids[slot]
-                    req = requests[i]
-                    stop = [s for s in req.stop if s]
                     if done[slot]:
-                        reason: FinishReason = "eos" if ids and ids[-1] == self.eos_id else "length"
-                    elif stop and new_ids and _cut_at_stop(self.decode(ids), stop)[1]:
-                        reason = "stop"
-                        stopped.append(slot)
-                    else:
-                        continue
-                    slot_req[slot] = None
-                    result = self._finish(i, req, ids, reason, stop)
-                    self.stats.tokens += len(ids)
-                    self.stats.requests += 1
-                    yield i, result
-                if stopped:
-                    state["done"] = state["done"].at[np.asarray(stopped)].set(True)
+                        slot_req[slot] = None
+                        to_finish.append((i, ids, "eos" if ids and ids[-1] == self.eos_id else "length"))
+                    elif new_ids and any(requests[i].stop):
+                        to_check.append((slot, len(new_ids)))
         finally:
             # An exception inside a call that donated ``state`` leaves deleted buffers: start afresh then.
             deleted = any(x.is_deleted() for x in jax.tree.leaves(state))
@@ -649,6 +666,18 @@ class Engine:
                      "the prefix cache), %d decode steps, %d compilations", d["requests"], d["tokens"], d["seconds"],
                      d["prefills"], d["prefills_saved"], d["prefix_tokens_reused"], d["prompt_tokens"],
                      d["decode_steps"], d["compilations"])
+
+    def _hits_stop(self, ids: list[int], new_count: int, stop: list[str]) -> bool:
+        """Whether the last ``new_count`` tokens complete a stop string.
+
+        Decodes only the new tokens and enough before them to hold the longest stop string (a
+        token is at least one character), so a long generation costs O(new) per chunk, not O(length);
+        a hit is confirmed on the whole text.
+        """
+        window = new_count + max(map(len, stop)) + 8
+        if len(ids) > window and not _cut_at_stop(self.decode(ids[-window:]), stop)[1]:
+            return False
+        return _cut_at_stop(self.decode(ids), stop)[1]
 
     def _finish(self, index: int, req: Request, ids: list[int], reason: FinishReason, stop: list[str]) -> Result:
         rid = req.id if req.id is not None else index

@@ -196,8 +196,9 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
 class Generator:
     """A model plus its tokenizer, generating text for batches of prompts."""
 
-    def __init__(self, config: ModelConfig, params, tokenizer, *, add_bos: bool = True):
+    def __init__(self, config: ModelConfig, params, tokenizer, *, add_bos: bool = True, engine: bool = True):
         self.config = config
+        self.engine = engine  # False: every request on the batched sampler (``generate_ids``), as before the engine
         self.params = params
         self.tokenizer = tokenizer
         self.add_bos = add_bos
@@ -222,7 +223,7 @@ class Generator:
         """
         encoded = [self.encode(p) for p in prompts]
         limits = np.broadcast_to(np.asarray(max_new_tokens, np.int64), (len(prompts),))
-        if encoded and (temperature <= 0.0 or seeds is not None):
+        if encoded and self.engine and (temperature <= 0.0 or seeds is not None):
             return self._generate_on_engine(encoded, limits, temperature, top_p, seeds, stop, batch_size)
         order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))  # less padding per batch
         results: list[Generation | None] = [None] * len(prompts)
