@@ -32,7 +32,6 @@ import jax
 import numpy as np
 
 from semcoder_jax.config import get_preset
-from semcoder_jax.convert import numpy_to_torch
 from semcoder_jax.generate import generate_ids
 from semcoder_jax.model import init_params
 
@@ -76,25 +75,9 @@ def main() -> None:
     ours()
 
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from semcoder_jax.convert import mappings
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = getattr(torch, args.dtype)
-    fields = config.to_hf_dict()
-    fields.pop("model_type")
-    hf = LlamaForCausalLM(LlamaConfig(**fields)).to(torch_dtype)
-    state = {}
-    host = jax.tree.map(np.asarray, params)
-    for m in mappings(config):
-        leaf = host
-        for key in m.leaf:
-            leaf = leaf[key]
-        for i, name in enumerate(m.hf_names(config.num_layers)):
-            state[name] = numpy_to_torch((leaf[i] if m.per_layer else leaf).reshape(m.hf_shape))
-    hf.load_state_dict(state, strict=False)
-    hf = hf.to(device).eval()
+    hf = generate_eval.hf_model(config, params, args.dtype, device)
     ids = torch.tensor(prompts, device=device)
 
     def theirs():

@@ -102,15 +102,9 @@ def _prompts(args, parser) -> tuple[list[str], list[str]]:
 
 def _tokenizer(texts: list[str], vocab_size: int):
     """A byte-level BPE with <pad> 0, <s> 1, </s> 2, trained on the workload's own prompts."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from data_pipeline.sample.generate import train_byte_level_bpe
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    return tok
+    return train_byte_level_bpe(texts, vocab_size)
 
 
 def _workload(args, parser, config):
@@ -181,23 +175,16 @@ def _groups(requests, batch):
             yield part[start: start + batch]
 
 
-def _run_transformers(requests, config, params, args, tok) -> tuple[dict, dict]:
+def hf_model(config: ModelConfig, params, dtype: str, device: str):
+    """``LlamaForCausalLM`` holding ``params`` (the native layout mapped to HF's), in eval mode on ``device``."""
     import torch
-    from transformers import (
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-        StoppingCriteria,
-        StoppingCriteriaList,
-        StopStringCriteria,
-    )
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from semcoder_jax.convert import mappings, numpy_to_torch
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     fields = config.to_hf_dict()
     fields.pop("model_type")
-    hf = LlamaForCausalLM(LlamaConfig(**fields)).to(getattr(torch, args.dtype))
+    hf = LlamaForCausalLM(LlamaConfig(**fields)).to(getattr(torch, dtype))
     host = jax.tree.map(np.asarray, params)
     state = {}
     for m in mappings(config):
@@ -207,7 +194,21 @@ def _run_transformers(requests, config, params, args, tok) -> tuple[dict, dict]:
         for i, name in enumerate(m.hf_names(config.num_layers)):
             state[name] = numpy_to_torch((leaf[i] if m.per_layer else leaf).reshape(m.hf_shape))
     hf.load_state_dict(state, strict=False)
-    hf = hf.to(device).eval()
+    return hf.to(device).eval()
+
+
+def _run_transformers(requests, config, params, args, tok) -> tuple[dict, dict]:
+    import torch
+    from transformers import (
+        PreTrainedTokenizerFast,
+        StoppingCriteria,
+        StoppingCriteriaList,
+        StopStringCriteria,
+    )
+
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hf = hf_model(config, params, args.dtype, device)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>")
 
     class RowLimits(StoppingCriteria):

@@ -330,12 +330,10 @@ def _write_jsonl_gz(path: pathlib.Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def train_tokenizer(texts: list[str], directory: pathlib.Path, vocab_size: int = 1024) -> None:
-    """A byte-level BPE (``tokenizers``) with <s>, </s>, <pad>, saved for ``AutoTokenizer``."""
+def train_byte_level_bpe(texts: list[str], vocab_size: int = 1024):
+    """A byte-level BPE (a ``tokenizers.Tokenizer``) with <pad> 0, <s> 1, </s> 2, trained on ``texts``."""
     from tokenizers import Tokenizer as RustTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
-
-    from data_pipeline.tokenizer import HFTokenizer
 
     backend = RustTokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -343,6 +341,14 @@ def train_tokenizer(texts: list[str], directory: pathlib.Path, vocab_size: int =
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     backend.train_from_iterator(texts, trainer)
+    return backend
+
+
+def train_tokenizer(texts: list[str], directory: pathlib.Path, vocab_size: int = 1024) -> None:
+    """``train_byte_level_bpe``, saved for ``AutoTokenizer``."""
+    from data_pipeline.tokenizer import HFTokenizer
+
+    backend = train_byte_level_bpe(texts, vocab_size)
     found = {"pad": backend.token_to_id("<pad>"), "bos": backend.token_to_id("<s>"), "eos": backend.token_to_id("</s>")}
     HFTokenizer(backend, "sample tokenizer", found, {}).save(directory)
 
