@@ -338,7 +338,37 @@ def goals() -> str:
                            f"{claim.split(',')[2].strip()}): {_figure(ratios)}× → {_verdict(ratios, lambda v: v >= 1)}.")
     out.append("- at least 55 % MFU on one H100 for the 6.7B shape: no record yet (session 7 measured it once, see "
                "the GPU table below).")
+    out += _decoding_goals()
     return "\n".join(out) + "\n"
+
+
+def _decoding_goals() -> list[str]:
+    """Issue 19's goals: 5x transformers on the eval workload, and decode steps within 2x of the roofline at 64+
+    slots, both on a GPU; a CPU record is shown for what it is."""
+    out = []
+    for path in sorted(record.RESULTS.glob("generate_eval_*.json")):
+        rec = record.read(path.stem)
+        rows = [r for rep in rec["repeats"] for r in _rows(rec, rep) if r["baseline_label"].startswith("transformers")]
+        if not rows:
+            continue
+        ratios = [r["ours"]["tokens/s"] / r["baseline"]["tokens/s"] for r in rows]
+        if rec["machine"].get("accelerators"):
+            out.append(f"- eval-shaped decoding at least 5× transformers `generate` on a GPU: {_figure(ratios)}× "
+                       f"({_machine(rec)}) → {_verdict(ratios, lambda v: v >= 5)}.")
+        else:
+            out.append(f"- eval-shaped decoding at least 5× transformers `generate` on a GPU: no GPU record yet; on "
+                       f"this CPU with the tiny model {_figure(ratios)}× (the goal is for a GPU).")
+    roofline = [record.read(p.stem) for p in sorted(record.RESULTS.glob("generate_roofline_*.json"))]
+    gpu = [(rec, r) for rec in roofline if rec["machine"].get("accelerators")
+           for rep in rec["repeats"] for r in _rows(rec, rep) if int(r["claim"].split(" slots")[0].split()[-1]) >= 64]
+    if gpu:
+        ratios = [r["ours"]["ms"] / r["baseline"]["ms"] for _, r in gpu]
+        out.append(f"- decode steps within 2× of the memory roofline at 64 slots or more: {_figure(ratios)}× → "
+                   f"{_verdict(ratios, lambda v: v <= 2)}.")
+    else:
+        out.append("- decode steps within 2× of the memory roofline at 64 slots or more: no GPU record yet "
+                   "(`benchmarks/generate.py --workload roofline` on one).")
+    return out
 
 
 def _by_claim(rec: dict) -> dict[str, list[dict]]:

@@ -142,4 +142,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     print(format_table({k: v for k, v in summary.items() if k in names}))
     print(f"summary: {json.dumps(str(args.out))[1:-1]}/summary.json")
+    decoding = getattr(backend, "decoding_summary", None)
+    if decoding is not None and (line := decoding()) is not None:
+        print(line, file=sys.stderr)
     return 0

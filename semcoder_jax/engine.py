@@ -42,7 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig
@@ -260,6 +260,41 @@ def _decode_chunk(config: ModelConfig, chunk: int, params, state: dict, eos_id, 
 
 # ---- host side -------------------------------------------------------------------------------
 
+def state_layout(config: ModelConfig, slots: int, max_len: int) -> dict[str, tuple[tuple[int, ...], Any, tuple, Any]]:
+    """The decode state: name -> (shape, dtype, logical axes, initial value)."""
+    s, row = slots, ("batch",)
+    kv = ((config.num_layers, s, max_len, config.num_kv_heads, config.resolved_head_dim), jnp.dtype(config.dtype),
+          ("layers", "batch", "length", "kv_heads", "head_dim"), 0)
+    return dict(k=kv, v=kv, valid=((s, max_len), np.int32, ("batch", "length"), 0),
+                logits=((s, config.vocab_size), np.float32, ("batch", None), 0),
+                pos=((s,), np.int32, row, 0), count=((s,), np.int32, row, 0), limit=((s,), np.int32, row, 1),
+                done=((s,), bool, row, True), temperature=((s,), np.float32, row, 0),
+                top_p=((s,), np.float32, row, 1), top_k=((s,), np.int32, row, 0),
+                rng=((s, 2), np.uint32, ("batch", None), 0), step=((), np.int32, (), 0))
+
+
+def compile_decode(config: ModelConfig, *, slots: int, max_len: int, mesh: Mesh, chunk: int = 16,
+                   rules: Mapping[str, str | tuple[str, ...] | None] = shd.LOGICAL_AXIS_RULES):
+    """The engine's decode chunk compiled ahead of time for abstract parameters and cache laid out on
+    ``mesh`` (nothing allocated): whether a model serves on these chips, and its per-device memory
+    (``.memory_analysis()``) for any size, e.g. 6.7B on 8 chips checked from a laptop."""
+    from semcoder_jax.model import abstract_params, logical_axes
+
+    abstract = nn.meta.unbox(abstract_params(config))
+    shardings = shd.param_shardings(abstract, logical_axes(config), mesh, rules)
+    params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, shardings)
+
+    def spec(shape, dtype, axes):
+        sharding = NamedSharding(mesh, shd.logical_to_mesh_spec(axes, shape, mesh, rules))
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    state = {name: spec(shape, dtype, axes) for name, (shape, dtype, axes, _) in
+             state_layout(config, slots, max_len).items()}
+    scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=NamedSharding(mesh, PartitionSpec()))  # noqa: E731
+    with shd.activation_sharding(mesh, rules):
+        return _decode_chunk.lower(config, chunk, params, state, scalar(jnp.int32), scalar(jnp.bool_)).compile()
+
+
 def _pow2_bucket(n: int, low: int, high: int) -> int:
     size = low
     while size < n:
@@ -420,21 +455,9 @@ class Engine:
 
     # -- state ---------------------------------------------------------------------------------
     def _init_state(self) -> dict:
-        s, cfg = self.slots, self.config
-        kv_shape = (cfg.num_layers, s, self.max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
-        kv_axes = ("layers", "batch", "length", "kv_heads", "head_dim")
-        dtype = jnp.dtype(cfg.dtype)
-        row = ("batch",)
         # Distinct buffers throughout: the state is donated, and one buffer may not be donated twice.
-        return dict(k=self._put(np.zeros(kv_shape, dtype), kv_axes), v=self._put(np.zeros(kv_shape, dtype), kv_axes),
-                    valid=self._put(np.zeros((s, self.max_len), np.int32), ("batch", "length")),
-                    logits=self._put(np.zeros((s, cfg.vocab_size), np.float32), ("batch", None)),
-                    pos=self._put(np.zeros((s,), np.int32), row), count=self._put(np.zeros((s,), np.int32), row),
-                    limit=self._put(np.ones((s,), np.int32), row), done=self._put(np.ones((s,), bool), row),
-                    temperature=self._put(np.zeros((s,), np.float32), row),
-                    top_p=self._put(np.ones((s,), np.float32), row), top_k=self._put(np.zeros((s,), np.int32), row),
-                    rng=self._put(np.zeros((s, 2), np.uint32), ("batch", None)),
-                    step=self._put(np.zeros((), np.int32), ()))
+        return {name: self._put(np.full(shape, fill, dtype), axes)
+                for name, (shape, dtype, axes, fill) in state_layout(self.config, self.slots, self.max_len).items()}
 
     def _init_pool(self) -> tuple[jax.Array, jax.Array]:
         cfg = self.config

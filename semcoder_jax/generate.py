@@ -267,6 +267,20 @@ class Generator:
         return [Generation(text=r.text, token_ids=list(r.token_ids), finish_reason=r.finish_reason)
                 for r in engines[key].generate_all(requests)]
 
+    def decoding_summary(self) -> str | None:
+        """One line over every engine this generator used (None if none did): requests, tokens, prefills,
+        prefix-cache reuse, decode steps and compilations, e.g. for a CLI to print when it is done."""
+        engines = list(self.__dict__.get("_engines", {}).values())
+        if not engines:
+            return None
+        total = {f: sum(getattr(e.stats, f) for e in engines) for f in
+                 ("requests", "tokens", "seconds", "prefills", "prefills_saved", "prompt_tokens",
+                  "prefix_tokens_reused", "decode_steps", "compilations")}
+        return (f"decoding (jax engine): {total['requests']} requests, {total['tokens']} tokens in "
+                f"{total['seconds']:.1f} s; {total['prefills']} prefills ({total['prefills_saved']} requests shared "
+                f"another's), {total['prefix_tokens_reused']} of {total['prompt_tokens']} prompt tokens from the "
+                f"prefix cache; {total['decode_steps']} decode steps; {total['compilations']} compilations")
+
     def _finish(self, ids: list[int], reason: FinishReason, stop: Sequence[str]) -> Generation:
         body = ids[:-1] if reason == "eos" else ids
         text, hit = _cut_at_stop(self.tokenizer.decode(body), stop)

@@ -241,11 +241,15 @@ class Attention(nn.Module):
             k = apply_rope(k, cos, sin)
         new_cache = None
         if layer_cache is not None:
-            k_cache, v_cache, index = layer_cache
-            k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, index, 0, 0))
-            new_cache = (k, v)
-            k, v = k.astype(dt), v.astype(dt)
+            # The whole cache [layers, B, T, kv_heads, head_dim]: the new columns are written into it in
+            # place and this layer's slice read back, so a decode step moves one column per layer, not the
+            # cache (a scan that stacked per-layer caches as its outputs rewrote all of it every step).
+            k_all, v_all, layer, index = layer_cache
+            k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], (layer, 0, index, 0, 0))
+            v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], (layer, 0, index, 0, 0))
+            new_cache = (k_all, v_all)
+            k = jax.lax.dynamic_index_in_dim(k_all, layer, 0, keepdims=False).astype(dt)
+            v = jax.lax.dynamic_index_in_dim(v_all, layer, 0, keepdims=False).astype(dt)
             kv_slot = jnp.broadcast_to(jnp.arange(k.shape[1], dtype=jnp.int32), kv_segment.shape)
             query_blocks = 1
         else:
@@ -289,20 +293,26 @@ def constrain_activations(x: Array) -> Array:
 
 
 class DecoderLayer(nn.Module):
-    """One pre-norm block; written as a scan body: (carry, per-layer inputs) -> (carry, outputs)."""
+    """One pre-norm block; written as a scan body: (carry, broadcast inputs) -> (carry, None).
+
+    The carry is (hidden states, cache): the cache is None, or (k, v, this layer's index) with k/v
+    the whole [layers, ...] cache, updated in place (see ``Attention``).
+    """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, cos, sin, q_segment, q_slot, kv_segment, cache_index, layer_kv):
+    def __call__(self, carry, cos, sin, q_segment, q_slot, kv_segment, cache_index):
         cfg = self.config
+        x, kv = carry
         x = constrain_activations(x)
-        layer_cache = None if layer_kv is None else (layer_kv[0], layer_kv[1], cache_index)
+        layer_cache = None if kv is None else (*kv, cache_index)
         attn_out, new_kv = Attention(cfg, name="attention")(
             RMSNorm(cfg, name="attention_norm")(x), cos, sin, q_segment, q_slot, kv_segment, layer_cache)
         x = x + attn_out
         x = x + MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x))
-        return constrain_activations(x), new_kv
+        kv = None if kv is None else (*new_kv, kv[2] + 1)
+        return (constrain_activations(x), kv), None
 
 
 class Decoder(nn.Module):
@@ -358,6 +368,7 @@ class Decoder(nn.Module):
         # Query segments: with a cache, valid new tokens are segment 1 (the one sequence of the row).
         q_segment = segment_ids if cache is None else (segment_ids != 0).astype(jnp.int32)
         layer_inputs = (cos, sin, q_segment, q_slot, kv_segment, cache_index)
+        carry = (x, None if layer_kv is None else (*layer_kv, jnp.zeros((), jnp.int32)))
         if cfg.scan_layers or self.is_initializing():
             layer_cls = DecoderLayer
             if cfg.remat_policy != "none":
@@ -366,13 +377,14 @@ class Decoder(nn.Module):
                 layer_cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast,) * 6 + (0,),
+                in_axes=(nn.broadcast,) * 6,
                 length=cfg.num_layers,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )(cfg, name="layers")
-            x, new_kv = layers(x, *layer_inputs, layer_kv)
+            (x, kv), _ = layers(carry, *layer_inputs)
         else:
-            x, new_kv = _layer_loop(cfg, self.variables["params"]["layers"], x, layer_inputs, layer_kv)
+            x, kv = _layer_loop(cfg, self.variables["params"]["layers"], carry, layer_inputs)
+        new_kv = None if kv is None else kv[:2]
 
         x = RMSNorm(cfg, name="final_norm")(x)
         if hidden_only:
@@ -397,28 +409,22 @@ def _unstack(tree: Any, n: int) -> list[Any]:
     return [jax.tree.map(lambda p, i=i: p[i], parts, is_leaf=lambda p: isinstance(p, list)) for i in range(n)]
 
 
-def _layer_loop(cfg: ModelConfig, stacked_params: dict, x: Array, layer_inputs: tuple,
-                layer_kv: tuple[Array, Array] | None) -> tuple[Array, tuple[Array, Array] | None]:
+def _layer_loop(cfg: ModelConfig, stacked_params: dict, carry: tuple, layer_inputs: tuple) -> tuple:
     """The layers as a Python loop over slices of the scan's stacked parameters (``scan_layers=False``).
 
-    Computes what the scan computes, with the same remat policy per layer; the KV cache is
-    unstacked and restacked the same way.
+    Computes what the scan computes, with the same remat policy per layer and the same carry
+    (hidden states, whole cache updated in place).
     """
     layer = DecoderLayer(cfg, parent=None)
 
-    def apply_layer(params, x, layer_inputs, kv):
-        return layer.apply({"params": params}, x, *layer_inputs, kv)
+    def apply_layer(params, carry, layer_inputs):
+        return layer.apply({"params": params}, carry, *layer_inputs)[0]
 
     if cfg.remat_policy != "none":
         apply_layer = jax.checkpoint(apply_layer, policy=_REMAT_POLICIES[cfg.remat_policy])
-    per_layer_kv = [None] * cfg.num_layers if layer_kv is None else list(zip(*(_unstack(a, cfg.num_layers) for a in layer_kv)))
-    new_kv = []
-    for params, kv in zip(_unstack(stacked_params, cfg.num_layers), per_layer_kv):
-        x, layer_new_kv = apply_layer(params, x, layer_inputs, kv)
-        new_kv.append(layer_new_kv)
-    if layer_kv is None:
-        return x, None
-    return x, (jnp.stack([k for k, _ in new_kv]), jnp.stack([v for _, v in new_kv]))
+    for params in _unstack(stacked_params, cfg.num_layers):
+        carry = apply_layer(params, carry, layer_inputs)
+    return carry
 
 
 def _init_config(config: ModelConfig) -> ModelConfig:

@@ -71,4 +71,6 @@ def run(args: argparse.Namespace) -> int:
                               "finish_reason": result.finish_reason}))
         else:
             sys.stdout.write(result.text + "\n")
+    if (line := generator.decoding_summary()) is not None:
+        print(line, file=sys.stderr)
     return 0

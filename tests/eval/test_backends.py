@@ -4,6 +4,7 @@ limits, the model's content fingerprint, and the CLI end to end on CPU."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -146,8 +147,11 @@ def test_cli_on_cpu_hf_and_jax_backends_give_the_same_greedy_generations_and_sco
     for name, model, backend in (("hf", tiny_hf_model, "hf"), ("jax", native, "jax")):
         assert semcoder(["eval", "--model", str(model), "--backend", backend, *common,
                          "--out", str(tmp_path / name)]) == 0
-        printed = capsys.readouterr().out
+        printed, err = capsys.readouterr()
         assert "cruxeval-o" in printed and "pass@1" in printed
+        if backend == "jax":  # the engine says what decoding cost: requests, prefills, compilations
+            assert re.search(r"decoding \(jax engine\): 20 requests, \d+ tokens .* \d+ prefills .* "
+                             r"\d+ compilations", err), err
         assert json.loads((tmp_path / name / "summary.json").read_text())["cruxeval-o"]["total"] == 20
         runs[name] = _records(tmp_path / name)
     assert len(runs["hf"]) == 20 and all(r["prompt"].endswith("[MONOLOGUE]\n") for r in runs["hf"])

@@ -256,3 +256,19 @@ def test_kv_memory_is_reported_per_token_and_per_cache(tiny):
     per_token = 2 * config.num_layers * config.num_kv_heads * config.resolved_head_dim * 4  # float32
     assert engine.kv_bytes_per_token == per_token
     assert engine.kv_cache_bytes == {"ring": 4 * 64 * per_token, "prefix_pool": 64 * per_token}
+
+
+def test_the_6_7b_decode_compiles_on_eight_chips_with_the_cache_updated_in_place():
+    """Shapes only: deepseek-coder-6.7b, 16 slots x 2048 columns, tensor-parallel over 8 devices.  Each device
+    holds an eighth of the weights and of the KV cache, and a decode chunk needs almost no memory beside them
+    (a layer scan that stacked per-layer caches as outputs needed a second copy of the cache)."""
+    from semcoder_jax.config import get_preset
+    from semcoder_jax.engine import compile_decode
+    from semcoder_jax.sharding import build_mesh
+
+    config = get_preset("deepseek-coder-6.7b", dtype="float32", param_dtype="float32")
+    memory = compile_decode(config, slots=16, max_len=2048, mesh=build_mesh({"tensor": 8})).memory_analysis()
+    weights = config.num_params() * 4 / 8
+    kv = 16 * 2048 * (2 * 32 * 32 * 128 * 4) / 8  # slots x columns x (k and v, layers, kv heads, head_dim, fp32)
+    assert memory.argument_size_in_bytes == pytest.approx(weights + kv, rel=0.01)
+    assert memory.temp_size_in_bytes < 0.1 * kv
