@@ -1,0 +1,125 @@
+"""The GRPO loop as a library: rollouts on the engine, rewards in the sandbox, updates with the objective.
+
+Every random choice of a step is a function of (seed, step): which tasks it takes, and each sample's
+sampling seed.  A run that restarts from a step's parameters and optimizer state therefore repeats the
+same prompts, samples and results (the trainer's exact resume rests on this).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from semcoder_jax.config import ModelConfig
+from semcoder_jax.engine import Engine, Request
+from semcoder_jax.rl import step as rl_step
+from semcoder_jax.rl.objective import ObjectiveConfig
+from semcoder_jax.rl.rewards import RewardConfig, Task, score
+
+
+class Tokenizer(Protocol):
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+    """``prompts_per_step`` tasks, ``group_size`` samples each, ``updates_per_batch`` optimizer steps on
+    each rollout batch; sampling at ``temperature``/``top_p`` up to ``max_new_tokens``; ``slots`` of the
+    engine; ``bos_id`` prepended to each prompt (None: none); ``eos_id`` ends a response."""
+
+    prompts_per_step: int = 4
+    group_size: int = 4
+    updates_per_batch: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    slots: int = 16
+    eos_id: int = 2
+    bos_id: int | None = 1
+    seed: int = 0
+    objective: ObjectiveConfig = ObjectiveConfig()
+    rewards: RewardConfig = RewardConfig()
+
+    def __post_init__(self) -> None:
+        for name in ("prompts_per_step", "group_size", "updates_per_batch", "max_new_tokens", "slots"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rl.{name} must be at least 1, got {getattr(self, name)}")
+
+
+def _seed(*parts: Any) -> int:
+    """A 31-bit seed from its parts, stable across processes and Python versions."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little") >> 1
+
+
+def step_tasks(tasks: Sequence[Task], step: int, config: GRPOConfig) -> list[Task]:
+    """The step's tasks: epochs over a permutation seeded by (seed, epoch), taken in order."""
+    n, k = len(tasks), config.prompts_per_step
+    picked = []
+    for i in range(step * k, (step + 1) * k):
+        epoch, at = divmod(i, n)
+        order = np.random.default_rng(_seed(config.seed, "epoch", epoch)).permutation(n)
+        picked.append(tasks[int(order[at])])
+    return picked
+
+
+def run(params, model_config: ModelConfig, tokenizer: Tokenizer, tasks: Sequence[Task], sandbox,
+        optimizer: optax.GradientTransformation, config: GRPOConfig, steps: int, *, start_step: int = 0,
+        opt_state=None, ref_params=None, max_len: int | None = None,
+        on_step: Callable[[int, dict[str, float], Any, Any], None] | None = None) -> Iterator[dict[str, float]]:
+    """Runs ``steps`` GRPO steps from ``start_step``; yields each step's metrics (and calls ``on_step(step,
+    metrics, params, opt_state)``, e.g. to checkpoint).  ``ref_params``: the frozen reference, needed when
+    the objective's KL coefficient is non-zero."""
+    if config.objective.kl_coef > 0 and ref_params is None:
+        raise ValueError("rl.objective.kl_coef > 0 needs the reference parameters")
+    encoded = {t.id: ([config.bos_id] if config.bos_id is not None else []) + tokenizer.encode(t.prompt)
+               for t in tasks}
+    longest = max(len(ids) for ids in encoded.values()) + config.max_new_tokens
+    engine = Engine(params, model_config, slots=config.slots, max_len=max_len or longest, eos_id=config.eos_id,
+                    decode=tokenizer.decode)
+    opt_state = optimizer.init(params) if opt_state is None else opt_state
+    for step in range(start_step, start_step + steps):
+        t0 = time.perf_counter()
+        picked = step_tasks(tasks, step, config)
+        engine.params = params
+        requests = [Request(encoded[t.id], config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
+                            seed=_seed(config.seed, "sample", step, g, s), stop=("[/ANSWER]",), id=(g, s))
+                    for g, t in enumerate(picked) for s in range(config.group_size)]
+        results = {r.id: r for r in engine.generate_all(requests)}
+        t1 = time.perf_counter()
+        flat = [(t, results[(g, s)]) for g, t in enumerate(picked) for s in range(config.group_size)]
+        rewards = score(sandbox, [t for t, _ in flat], [r.text or "" for _, r in flat], config.rewards)
+        t2 = time.perf_counter()
+        values = np.array([r.value for r in rewards], np.float32).reshape(len(picked), config.group_size)
+        # A response is its tokens up to the stop string or EOS (the EOS included: the policy chose to end).
+        responses = [[results[(g, s)].token_ids or [config.eos_id] for s in range(config.group_size)]
+                     for g in range(len(picked))]
+        batch = rl_step.build_batch([encoded[t.id] for t in picked], responses, values, config.objective)
+        tokens, mask = jnp.asarray(batch.tokens), jnp.asarray(batch.mask)
+        ref = rl_step.logprobs(model_config, ref_params, tokens, mask) if config.objective.kl_coef > 0 else None
+        old = None
+        for _ in range(config.updates_per_batch):
+            params, opt_state, loss, metrics, old = rl_step.update(
+                model_config, config.objective, optimizer, params, opt_state, tokens, mask,
+                jnp.asarray(batch.advantages), jnp.asarray(batch.response_weight), old, ref)
+        loss = float(loss)
+        t3 = time.perf_counter()
+        out = {"step": step + 1, "loss": loss, **{k: float(v) for k, v in metrics.items()},
+               "reward_mean": float(values.mean()), "reward_std": float(values.std()),
+               "pass_rate": float(np.mean([r.correct for r in rewards])),
+               "response_tokens": float(np.mean([len(r.token_ids) for _, r in flat])),
+               "zero_variance_groups": int(np.sum(values.max(axis=1) == values.min(axis=1))),
+               "seconds_rollout": t1 - t0, "seconds_reward": t2 - t1, "seconds_update": t3 - t2}
+        for kind in sorted({t.kind for t in picked}):
+            mine = [r.correct for (t, _), r in zip(flat, rewards) if t.kind == kind]
+            out[f"pass_rate/{kind}"] = float(np.mean(mine))
+        if on_step is not None:
+            on_step(step + 1, out, params, opt_state)
+        yield out
