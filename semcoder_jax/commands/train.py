@@ -65,6 +65,25 @@ def run(args: argparse.Namespace) -> int:
     initialize_distributed(config.distributed)
     catch_sigterm_from_now()  # after JAX's preemption notifier: a TERM while starting or exiting is not lost
     result = train(config, overwrite_export=args.overwrite)
-    if result.final_step >= result.total_steps:
-        return 0
-    return EXIT_RESUMABLE if result.preempted else 1
+    if result.final_step < result.total_steps:
+        return EXIT_RESUMABLE if result.preempted else 1
+    if config.rl.tasks is not None:
+        import functools
+        import importlib
+
+        from semcoder_jax.rl.trainer import run_grpo
+        from semcoder_jax.train.loop import _export
+
+        # The application's top wires the evaluation layer's tasks and scorers into the library (as the
+        # dispatcher names its subcommands): semcoder_jax itself does not import eval.
+        rewards = importlib.import_module("eval.rewards")
+        r = config.rl
+        score = functools.partial(rewards.score, config=rewards.RewardConfig(
+            correct=r.reward_correct, wrong=r.reward_wrong, format_bonus=r.format_bonus))
+        grpo = run_grpo(config, result.run_dir, result.params, result.model, tasks=rewards.load_tasks(r.tasks),
+                        score=score)
+        if grpo.final_step < config.rl.steps:
+            return 1
+        if config.run.export_hf:
+            _export(grpo.params, result.model, config.run.export_hf, result.run_dir, config, True, args.overwrite)
+    return 0

@@ -21,12 +21,29 @@ from semcoder_jax.config import ModelConfig
 from semcoder_jax.engine import Engine, Request
 from semcoder_jax.rl import step as rl_step
 from semcoder_jax.rl.objective import ObjectiveConfig
-from semcoder_jax.rl.rewards import RewardConfig, Task, score
 
 
 class Tokenizer(Protocol):
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
+
+
+class Task(Protocol):
+    """A verifiable question (``eval.rewards.Task``): its ``id``, ``kind`` and ``prompt``."""
+
+    id: str
+    kind: str
+    prompt: str
+
+
+class Reward(Protocol):
+    value: float
+    correct: bool
+    status: str
+
+
+Scorer = Callable[[Sequence[Task], Sequence[str]], Sequence[Reward]]
+"""Rewards for (task, response) pairs, e.g. ``functools.partial(eval.rewards.score, sandbox)``."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +63,6 @@ class GRPOConfig:
     bos_id: int | None = 1
     seed: int = 0
     objective: ObjectiveConfig = ObjectiveConfig()
-    rewards: RewardConfig = RewardConfig()
 
     def __post_init__(self) -> None:
         for name in ("prompts_per_step", "group_size", "updates_per_batch", "max_new_tokens", "slots"):
@@ -70,12 +86,12 @@ def step_tasks(tasks: Sequence[Task], step: int, config: GRPOConfig) -> list[Tas
     return picked
 
 
-def run(params, model_config: ModelConfig, tokenizer: Tokenizer, tasks: Sequence[Task], sandbox,
+def run(params, model_config: ModelConfig, tokenizer: Tokenizer, tasks: Sequence[Task], score: Scorer,
         optimizer: optax.GradientTransformation, config: GRPOConfig, steps: int, *, start_step: int = 0,
         opt_state=None, ref_params=None, max_len: int | None = None,
         on_step: Callable[[int, dict[str, float], Any, Any], None] | None = None) -> Iterator[dict[str, float]]:
-    """Runs ``steps`` GRPO steps from ``start_step``; yields each step's metrics (and calls ``on_step(step,
-    metrics, params, opt_state)``, e.g. to checkpoint).  ``ref_params``: the frozen reference, needed when
+    """Runs ``steps`` GRPO steps from ``start_step``, rewarding responses with ``score``; yields each step's
+    metrics (and calls ``on_step(step, metrics, params, opt_state)``, e.g. to checkpoint).  ``ref_params``: the frozen reference, needed when
     the objective's KL coefficient is non-zero."""
     if config.objective.kl_coef > 0 and ref_params is None:
         raise ValueError("rl.objective.kl_coef > 0 needs the reference parameters")
@@ -95,7 +111,7 @@ def run(params, model_config: ModelConfig, tokenizer: Tokenizer, tasks: Sequence
         results = {r.id: r for r in engine.generate_all(requests)}
         t1 = time.perf_counter()
         flat = [(t, results[(g, s)]) for g, t in enumerate(picked) for s in range(config.group_size)]
-        rewards = score(sandbox, [t for t, _ in flat], [r.text or "" for _, r in flat], config.rewards)
+        rewards = score([t for t, _ in flat], [r.text or "" for _, r in flat])
         t2 = time.perf_counter()
         values = np.array([r.value for r in rewards], np.float32).reshape(len(picked), config.group_size)
         # A response is its tokens up to the stop string or EOS (the EOS included: the policy chose to end).
@@ -117,6 +133,8 @@ def run(params, model_config: ModelConfig, tokenizer: Tokenizer, tasks: Sequence
                "response_tokens": float(np.mean([len(r.token_ids) for _, r in flat])),
                "zero_variance_groups": int(np.sum(values.max(axis=1) == values.min(axis=1))),
                "seconds_rollout": t1 - t0, "seconds_reward": t2 - t1, "seconds_update": t3 - t2}
+        out["sample"] = {"task": flat[0][0].id, "response": (flat[0][1].text or "")[:300], "reward": rewards[0].value,
+                         "status": rewards[0].status}
         for kind in sorted({t.kind for t in picked}):
             mine = [r.correct for (t, _), r in zip(flat, rewards) if t.kind == kind]
             out[f"pass_rate/{kind}"] = float(np.mean(mine))

@@ -213,6 +213,45 @@ class DistributedSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class RLSection:
+    """Reinforcement learning with execution rewards (GRPO family) after the supervised steps.
+
+    With ``tasks`` set (a CRUXEval- or PyX-shaped JSON Lines file, see ``eval.rewards``), the
+    run's ``train.steps`` supervised steps on ``data`` are the warm-up, then ``steps`` GRPO steps run in
+    ``RUN_DIR/grpo`` (checkpoints, ``metrics.jsonl``, TensorBoard, as supervised training lays them out);
+    each takes ``prompts_per_step`` tasks, samples ``group_size`` responses to each on the engine with the
+    current parameters, scores them in the sandbox (``sandbox_workers`` processes) and makes
+    ``updates_per_batch`` Adam steps at ``learning_rate`` on the objective (``semcoder_jax.rl.objective``:
+    ``clip_low``/``clip_high``, ``kl_coef`` to the warm-up's weights, ``aggregation``, ``scale_by_std``,
+    ``drop_zero_variance_groups``).  Rewards: ``reward_correct``/``reward_wrong``, ``format_bonus``.
+    """
+
+    tasks: str | None = None
+    steps: int = 100
+    prompts_per_step: int = 4
+    group_size: int = 4
+    updates_per_batch: int = 1
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_p: float = 1.0
+    slots: int = 16
+    learning_rate: float = 1e-4
+    grad_clip: float | None = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    kl_coef: float = 0.0
+    aggregation: Literal["sequence", "token", "constant"] = "sequence"
+    scale_by_std: bool = True
+    drop_zero_variance_groups: bool = False
+    reward_correct: float = 1.0
+    reward_wrong: float = 0.0
+    format_bonus: float = 0.0
+    sandbox_workers: int = 2
+    checkpoint_every: int = 20
+    log_every: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
 class TrainRunConfig:
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
@@ -222,6 +261,7 @@ class TrainRunConfig:
     checkpoint: CheckpointSection = CheckpointSection()
     run: RunSection = RunSection()
     distributed: DistributedSection = DistributedSection()
+    rl: RLSection = RLSection()
 
     def validate(self, sources: Mapping[str, str] | None = None) -> None:
         """Cross-field and range checks that need no devices or files.  ``sources`` maps dotted keys to
@@ -314,6 +354,23 @@ class TrainRunConfig:
             raise fail("distributed.peer_timeout_s", f"must be >= 0 (0 = no watchdog), got {d.peer_timeout_s}")
         if d.heartbeat_timeout_s <= 0:
             raise fail("distributed.heartbeat_timeout_s", f"must be positive, got {d.heartbeat_timeout_s}")
+        r = self.rl
+        for key in ("steps", "prompts_per_step", "group_size", "updates_per_batch", "max_new_tokens", "slots",
+                    "sandbox_workers", "checkpoint_every", "log_every"):
+            if getattr(r, key) <= 0:
+                raise fail(f"rl.{key}", f"must be positive, got {getattr(r, key)}")
+        if r.temperature <= 0 or not 0 < r.top_p <= 1:
+            raise fail("rl.temperature" if r.temperature <= 0 else "rl.top_p",
+                       f"GRPO samples: needs temperature > 0 and 0 < top_p <= 1 (got {r.temperature}, {r.top_p})")
+        if not 0 < r.learning_rate < 3.4e38:
+            raise fail("rl.learning_rate", f"must be positive, got {r.learning_rate}")
+        if r.grad_clip is not None and r.grad_clip <= 0:
+            raise fail("rl.grad_clip", f"must be positive or null, got {r.grad_clip}")
+        for key in ("clip_low", "clip_high", "kl_coef", "format_bonus"):
+            if getattr(r, key) < 0:
+                raise fail(f"rl.{key}", f"must be >= 0, got {getattr(r, key)}")
+        if r.reward_correct <= r.reward_wrong:
+            raise fail("rl.reward_correct", f"must exceed rl.reward_wrong={r.reward_wrong}, got {r.reward_correct}")
         if m.init_from is not None:
             scheme = m.init_from.split(":", 1)[0]
             if ":" not in m.init_from or scheme not in ("hf", "orbax"):

@@ -55,6 +55,8 @@ class RunResult:
     total_steps: int
     preempted: bool
     history: list[dict[str, Any]]
+    params: Any = None
+    model: ModelConfig | None = None
 
 
 # ---- multi-host --------------------------------------------------------------------------------
@@ -573,11 +575,11 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
     log.close()
     if preempted and process0:
         print(f"semcoder train: stopped by SIGTERM after step {step}; checkpoint saved", file=sys.stderr, flush=True)
-    if export_hf and step == total and not preempted:
+    if export_hf and step == total and not preempted and config.rl.tasks is None:  # else after the RL phase
         enter(step, "export")
         _export(state.params, model, export_hf, run_dir, config, process0, overwrite_export)
     return RunResult(run_dir=run_dir, start_step=start, final_step=step, total_steps=total, preempted=preempted,
-                     history=history)
+                     history=history, params=state.params, model=model)
 
 
 def _write_profile(run_dir: str, report: profile_lib.StepProfile) -> None:

@@ -3,15 +3,17 @@ run resumed from a step's parameters and optimizer state continues exactly as th
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
 
+from eval.rewards import make_task, score
 from semcoder_jax.config import get_preset
 from semcoder_jax.model import init_params
 from semcoder_jax.rl import loop
-from semcoder_jax.rl.rewards import make_task
 
 
 class Chars:
@@ -48,7 +50,7 @@ def _run(setup, steps, start_step=0, params=None, opt_state=None, keep=None):
         if keep is not None:
             keep[step] = (jax.tree.map(jnp.array, p), jax.tree.map(jnp.array, o))
 
-    return list(loop.run(params, config, Chars(), TASKS, sandbox, optax.adam(1e-3), grpo, steps,
+    return list(loop.run(params, config, Chars(), TASKS, functools.partial(score, sandbox), optax.adam(1e-3), grpo, steps,
                          start_step=start_step, opt_state=opt_state, on_step=on_step))
 
 

@@ -9,7 +9,8 @@
   its return value is compared with the output here.
 
 These are the CRUXEval-O / -I scorers of ``eval.benchmarks.cruxeval`` (their attack tests apply), so a
-reward and a benchmark score agree on what "right" means.  Rewards (``RewardConfig``): ``correct`` for a
+reward and a benchmark score agree on what "right" means.  ``semcoder_jax.rl`` takes tasks and a scoring
+function as arguments; ``semcoder train`` passes these (the layers point down: eval stands on semcoder_jax).  Rewards (``RewardConfig``): ``correct`` for a
 right answer, ``wrong`` for a wrong one, and the same ``wrong`` for a timeout, an error, a missing
 ``[ANSWER]`` block or an unparsable answer (``status`` says which); ``format_bonus`` is added when the
 answer parses (an expression for forward, a call ``f(...)`` for backward), right or wrong: a shaping
@@ -27,6 +28,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from data_pipeline.prompts import render_prompt
 from eval.benchmarks import Problem
 from eval.benchmarks.cruxeval import CruxEval
 from eval.extract import cruxeval_answer
@@ -73,11 +75,14 @@ class Reward:
     message: str = ""
 
 
-def make_task(kind: str, id: str, code: str, input: str, output: str) -> Task:
-    """A task with the release's monologue prompt (``eval.prompts.cruxeval_prompt``, quotes as written)."""
+def make_task(kind: str, id: str, code: str, input: str, output: str, prompt: str | None = None) -> Task:
+    """A task; its prompt defaults to the release's CRUXEval monologue prompt (``eval.prompts.cruxeval_prompt``,
+    quotes as written)."""
     if kind not in TASK_KINDS:
         raise UserError(f"task {id}: kind must be one of {', '.join(TASK_KINDS)}, got {kind!r}")
-    prompt = cruxeval_prompt("o" if kind == "forward" else "i", "monologue", code, input, output, swap_quotes=False)
+    if prompt is None:
+        prompt = cruxeval_prompt("o" if kind == "forward" else "i", "monologue", code, input, output,
+                                 swap_quotes=False)
     return Task(kind, id, code, input, output, prompt)
 
 
@@ -91,8 +96,9 @@ def _literal(text: str, where: str) -> str:
 
 def tasks_from_record(record: dict, where: str) -> list[Task]:
     """Tasks of one JSON record: CRUXEval-shaped (``code``, ``input``, ``output``, ``id``: a forward and a
-    backward task) or PyX-shaped (``fwd_mnl`` with its verified ``response``, or ``bwd_mnl``; other PyX
-    records, NL→code and PyX-R, give none)."""
+    backward task, with the CRUXEval monologue prompts) or PyX-shaped (``fwd_mnl`` with its verified
+    ``response``, or ``bwd_mnl``, with the prompt supervised training renders for it; other PyX records,
+    NL→code and PyX-R, give none)."""
     if all(k in record for k in ("code", "input", "output")):
         rid = str(record.get("id", where))
         output = _literal(record["output"], where)
@@ -109,10 +115,11 @@ def tasks_from_record(record: dict, where: str) -> list[Task]:
             call, expected = assertion_parts(m.group("assert"))
         except ValueError as e:
             raise UserError(f"{where}: {field}: {e}") from None
+        prompt = render_prompt("exec_o" if kind == "forward" else "exec_i", question)  # as supervised training
         if kind == "forward":  # the output: the verified response's answer
             answer = cruxeval_answer(record.get("response", ""), "o", prompt=question)
-            return [make_task(kind, f"{rid}:forward", m.group("code"), call, _literal(answer, where))]
-        return [make_task(kind, f"{rid}:backward", m.group("code"), "", _literal(expected, where))]
+            return [make_task(kind, f"{rid}:forward", m.group("code"), call, _literal(answer, where), prompt)]
+        return [make_task(kind, f"{rid}:backward", m.group("code"), "", _literal(expected, where), prompt)]
     return []
 
 

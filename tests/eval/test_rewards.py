@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
+from data_pipeline.prompts import render_prompt
+from eval.rewards import RewardConfig, load_tasks, make_task, score, tasks_from_record
 from semcoder_jax.errors import UserError
-from semcoder_jax.rl.rewards import RewardConfig, load_tasks, make_task, score, tasks_from_record
 
 CODE = "def f(xs):\n    out = []\n    for x in xs:\n        if x % 2:\n            out.append(x * 3)\n    return out"
 FORWARD = make_task("forward", "t:forward", CODE, "[1, 2, 5]", "[3, 15]")
@@ -117,8 +118,11 @@ def test_pyx_and_cruxeval_records_become_tasks(tmp_path):
         ("forward", "fwd-1:forward", "[1, 2, 5]", "[3, 15]"), ("backward", "bwd-1:backward", "", "[3, 15]"),
         ("forward", "sample_0:forward", "[1, 2, 5]", "[3, 15]"),
         ("backward", "sample_0:backward", "[1, 2, 5]", "[3, 15]")]
-    assert tasks[0].prompt == FORWARD.prompt and tasks[1].prompt == BACKWARD.prompt
-    assert tasks[0].prompt.endswith("[MONOLOGUE]\n") and "assert f([1, 2, 5]) == ??" in tasks[0].prompt
+    # PyX records get the prompt supervised training renders for them; CRUXEval records the benchmark's
+    assert tasks[0].prompt == render_prompt("exec_o", pyx[0]["fwd_mnl"])
+    assert tasks[1].prompt == render_prompt("exec_i", pyx[1]["bwd_mnl"])
+    assert tasks[2].prompt == FORWARD.prompt and tasks[3].prompt == BACKWARD.prompt
+    assert tasks[2].prompt.endswith("[MONOLOGUE]\n") and "assert f([1, 2, 5]) == ??" in tasks[2].prompt
 
 
 def test_bad_task_files_name_the_line(tmp_path):

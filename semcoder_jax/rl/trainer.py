@@ -1,0 +1,112 @@
+"""The GRPO phase of ``semcoder train`` (``rl.tasks`` set): after the supervised warm-up, in ``RUN_DIR/grpo``.
+
+Layout, as supervised training's: ``grpo/checkpoints/STEP`` (parameters, Adam state, meta, manifest),
+``grpo/metrics.jsonl`` (one record per step: rewards, pass rates, objective, time split) and
+``grpo/tensorboard``.  Resume: a rerun restores the latest GRPO checkpoint, drops the metrics records
+after it, and continues with the same tasks and sampling seeds (``semcoder_jax.rl.loop``), so its
+records equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from semcoder_jax.config import ModelConfig
+from semcoder_jax.rl import loop
+from semcoder_jax.rl.objective import ObjectiveConfig
+from semcoder_jax.train import checkpoint as ckpt_lib
+from semcoder_jax.train.config import TrainRunConfig
+
+
+@dataclasses.dataclass
+class GRPOResult:
+    start_step: int
+    final_step: int
+    history: list[dict[str, Any]]
+    params: Any
+
+
+def grpo_config(config: TrainRunConfig, model: ModelConfig) -> loop.GRPOConfig:
+    r = config.rl
+    objective = ObjectiveConfig(clip_low=r.clip_low, clip_high=r.clip_high, kl_coef=r.kl_coef,
+                                aggregation=r.aggregation, scale_by_std=r.scale_by_std,
+                                drop_zero_variance_groups=r.drop_zero_variance_groups)
+    return loop.GRPOConfig(prompts_per_step=r.prompts_per_step, group_size=r.group_size,
+                           updates_per_batch=r.updates_per_batch, max_new_tokens=r.max_new_tokens,
+                           temperature=r.temperature, top_p=r.top_p, slots=r.slots, eos_id=model.eos_token_id,
+                           bos_id=model.bos_token_id, seed=config.train.seed, objective=objective)
+
+
+def optimizer(config: TrainRunConfig) -> optax.GradientTransformation:
+    r = config.rl
+    adam = optax.adam(r.learning_rate, b1=config.optimizer.b1, b2=config.optimizer.b2, eps=config.optimizer.eps)
+    return optax.chain(optax.clip_by_global_norm(r.grad_clip), adam) if r.grad_clip is not None else adam
+
+
+def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *, tasks: Sequence[loop.Task],
+             score: Callable[[Any, Sequence[loop.Task], Sequence[str]], Sequence[loop.Reward]],
+             stop_after: int | None = None) -> GRPOResult:
+    """Runs (or resumes) the GRPO phase from the warm-up's ``params`` on ``tasks``, rewarded by
+    ``score(sandbox, tasks, responses)`` (``eval.rewards``: ``semcoder train`` loads both); ``stop_after``
+    ends this call after that many steps, as a preemption would (tests)."""
+    from data_pipeline.tokenizer import load_tokenizer
+    from sandbox import Sandbox
+    from semcoder_jax.train.loop import MetricsLog
+
+    r = config.rl
+    tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"))
+    settings = grpo_config(config, model)
+    opt = optimizer(config)
+    out = os.path.join(run_dir, "grpo")
+    os.makedirs(out, exist_ok=True)
+    params = jax.tree.map(jnp.asarray, params)
+    reference = jax.tree.map(jnp.array, params) if r.kl_coef > 0 else None  # the warm-up's weights, frozen
+    opt_state = opt.init(params)
+    abstract = jax.eval_shape(lambda: (params, opt_state))
+    checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(out), keep=config.checkpoint.keep,
+                                         async_save=False)
+    log = MetricsLog(out, enabled=True, tensorboard=config.run.tensorboard)
+    start = 0
+    try:
+        if checkpointer.steps():
+            params, opt_state, meta = checkpointer.restore(checkpointer.steps()[-1], *abstract)
+            start = int(meta["step"])
+            print(f"semcoder train: GRPO resumes after step {start} of {r.steps}", file=sys.stderr, flush=True)
+        log.truncate_after(start)
+        todo = r.steps - start if stop_after is None else min(stop_after, r.steps - start)
+        history: list[dict[str, Any]] = []
+        final = start
+
+        def on_step(step: int, metrics: dict[str, float], p, o) -> None:
+            nonlocal final
+            final = step
+            history.append(metrics)
+            log.write(metrics)
+            if step % r.log_every == 0:
+                print(f"grpo step {step}/{r.steps}: reward {metrics['reward_mean']:.3f} (pass "
+                      f"{metrics['pass_rate']:.2f}), kl {metrics['kl']:.4f}, rollout {metrics['seconds_rollout']:.1f}s "
+                      f"reward {metrics['seconds_reward']:.1f}s update {metrics['seconds_update']:.1f}s", flush=True)
+            if step % r.checkpoint_every == 0 or step == start + todo:
+                checkpointer.save(step, p, o, {"step": step, "phase": "grpo"})
+                checkpointer.wait()
+
+        if todo > 0:
+            with Sandbox(workers=r.sandbox_workers) as sandbox:
+                for _ in loop.run(params, model, tokenizer, tasks, functools.partial(score, sandbox), opt, settings,
+                                  todo, start_step=start,
+                                  opt_state=opt_state, ref_params=reference, on_step=on_step):
+                    pass
+            params, opt_state, _ = checkpointer.restore(final, *abstract)  # the loop donated its buffers
+        return GRPOResult(start, final, history, params)
+    finally:
+        log.close()
+        checkpointer.close()

@@ -1,0 +1,65 @@
+"""``semcoder train`` with ``rl.tasks``: the supervised warm-up, then GRPO in RUN_DIR/grpo with the run's
+layout; a run stopped mid-way and run again ends with the same records as one that was never stopped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from semcoder_jax.train.config import load_config
+
+OVERRIDES = ["train.steps=20", "train.log_every=10", "checkpoint.every=20", "rl.steps=4", "rl.prompts_per_step=2",
+             "rl.group_size=3", "rl.max_new_tokens=12", "rl.slots=8", "rl.checkpoint_every=2", "rl.log_every=1",
+             "run.tensorboard=false", "rl.kl_coef=0.05"]
+
+
+def _config(run_dir, *extra):
+    return load_config("launch/configs/grpo_tiny_cpu.yaml", [*OVERRIDES, f"run.dir={run_dir}", *extra])
+
+
+def _grpo(config, result, **kwargs):
+    from eval.rewards import load_tasks, score
+    from semcoder_jax.rl.trainer import run_grpo
+
+    return run_grpo(config, result.run_dir, result.params, result.model, tasks=load_tasks(config.rl.tasks),
+                    score=score, **kwargs)
+
+
+def _records(run_dir):
+    lines = (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("seconds")} for line in lines]
+
+
+def test_a_stopped_grpo_phase_resumes_to_the_records_of_a_straight_run(tmp_path):
+    from semcoder_jax.train.loop import train
+
+    straight = tmp_path / "straight"
+    result = train(_config(straight))
+    done = _grpo(_config(straight), result)
+    assert (done.start_step, done.final_step) == (0, 4)
+    records = _records(straight)
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert {"reward_mean", "pass_rate", "pass_rate/forward", "kl", "clip_fraction", "response_tokens",
+            "zero_variance_groups", "sample"} <= set(records[0])
+    assert sorted(p.name for p in (straight / "grpo" / "checkpoints").iterdir()) == ["2", "4"]
+
+    stopped = tmp_path / "stopped"
+    first = train(_config(stopped))
+    part = _grpo(_config(stopped), first, stop_after=3)
+    assert part.final_step == 3
+    # A stop (as a preemption) saves its last step; the rerun restores step 3 and runs step 4.
+    again = train(_config(stopped))
+    assert again.start_step == again.final_step == 20  # the warm-up is finished: restored, not rerun
+    resumed = _grpo(_config(stopped), again)
+    assert (resumed.start_step, resumed.final_step) == (3, 4)
+    assert _records(stopped) == records
+
+
+def test_grpo_settings_are_checked_before_anything_runs(tmp_path):
+    from semcoder_jax.train.config import TrainConfigError
+
+    with pytest.raises(TrainConfigError, match="rl.group_size: must be positive, got 0"):
+        _config(tmp_path, "rl.group_size=0")
+    with pytest.raises(TrainConfigError, match="rl.reward_correct: must exceed rl.reward_wrong=1.0"):
+        _config(tmp_path, "rl.reward_wrong=1.0")
