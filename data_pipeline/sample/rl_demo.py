@@ -1,9 +1,10 @@
 """The GRPO demonstration's data: short string programs whose output the tiny model can learn to predict.
 
-Two files beside the PyX sample, PyX-shaped (``fwd_mnl`` + ``response``), from disjoint inputs:
-- ``rl_demo_sft.jsonl.gz``: the supervised warm-up, each response only the answer block
+Two files in ``data_pipeline/sample/rl_demo/`` (not beside the PyX sample: training on the bundled sample
+reads every file of its folder), PyX-shaped (``fwd_mnl`` + ``response``), from disjoint inputs:
+- ``sft.jsonl.gz``: the supervised warm-up, each response only the answer block
   (``[ANSWER]\\nassert f('abc') == 'cba'\\n[/ANSWER]``);
-- ``rl_demo_tasks.jsonl.gz``: the GRPO tasks, scored by execution (``eval.rewards``).
+- ``tasks.jsonl.gz``: the GRPO tasks, scored by execution (``eval.rewards``).
 
 Programs: a handful of one-line string functions (identity, reverse, upper case, doubling, first letter,
 ...) on random lowercase words of 2 to 4 letters.  Regenerate with ``python -m data_pipeline.sample.rl_demo``;
@@ -29,7 +30,7 @@ PROGRAMS = {
     "drop_first": "def f(s):\n    return s[1:]",
     "wrap": "def f(s):\n    return '(' + s + ')'",
 }
-DATA = Path(__file__).resolve().parent / "data"
+DATA = Path(__file__).resolve().parent / "rl_demo"
 
 
 def _run(code: str, arg: str) -> str:
@@ -70,8 +71,8 @@ def _write(path: Path, rows: list[dict]) -> None:
 def main(sft: int = 3000, tasks: int = 400, seed: int = 0) -> None:
     task_rows = records(tasks, seed + 1)
     used = {(r["family"], r["word"]) for r in task_rows}
-    _write(DATA / "rl_demo_tasks.jsonl.gz", task_rows)
-    _write(DATA / "rl_demo_sft.jsonl.gz", records(sft, seed, avoid=used))
+    _write(DATA / "tasks.jsonl.gz", task_rows)
+    _write(DATA / "sft.jsonl.gz", records(sft, seed, avoid=used))
 
 
 if __name__ == "__main__":
