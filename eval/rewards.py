@@ -182,7 +182,9 @@ def score(sandbox: Sandbox, tasks: Sequence[Task], responses: Sequence[str],
         for i, (task, response) in enumerate(zip(tasks, responses)):
             if task.kind != kind:
                 continue
-            if "[ANSWER]" not in task.prompt + response:
+            # The SemCoder templates name "[ANSWER]" in their instructions: only a prompt that opens the block
+            # itself (CRUXEval's direct mode) lets a response without one be an answer.
+            if "[ANSWER]" not in response and not task.prompt.rstrip().endswith("[ANSWER]"):
                 out[i] = Reward(config.wrong, False, "no_answer", "no [ANSWER] block")
                 continue
             problem = Problem(task.id, task.prompt, {"code": task.code, "input": task.input, "output": task.output,

@@ -88,6 +88,15 @@ def test_forged_input_predictions_earn_nothing(sandbox, attack):
     assert not reward.correct and reward.value == 0.0, reward
 
 
+def test_a_response_without_an_answer_block_is_reported_as_such(sandbox):
+    """Both prompt kinds mention "[ANSWER]" in their instructions; that does not count as the response's block."""
+    for task in (FORWARD, BACKWARD, tasks_from_record({"fwd_mnl": f"[PYTHON]\n{CODE}\nassert f([1]) == ??\n[/PYTHON]",
+                                                       "response": answer("assert f([1]) == [3]"), "id": "p"}, "x")[0]):
+        assert "[ANSWER]" in task.prompt
+        (reward,) = score(sandbox, [task], ["assert f([1, 2, 5]) == [3, 15]"])
+        assert (reward.value, reward.status) == (0.0, "no_answer")
+
+
 def test_a_response_that_never_returns_times_out_with_the_wrong_answer_reward(sandbox):
     (reward,) = score(sandbox, [FORWARD], [answer("assert f([1, 2, 5]) == [x for x in iter(int, 1)]")])
     assert (reward.value, reward.correct, reward.status) == (0.0, False, "timeout")
