@@ -312,7 +312,8 @@ def build(config: BuildConfig, teacher: teacher_lib.Teacher | None = None, *, pr
     refine_records, refine_counts = _refine(programs, executed, teacher, config, cache, bars, workers)
     report["stages"]["refine"] = refine_counts
 
-    # 7. decontamination of outputs
+    # 7. decontamination of outputs (NL -> code records get their program's executed calls as tests)
+    report["stages"]["nl_tests"] = _attach_tests(nl_records, programs, executed)
     pyx, out_counts = _decontaminate_outputs(nl_records, fwd, bwd, programs, executed, decon, removed)
     report["stages"]["decontam_outputs"] = out_counts
 
@@ -512,9 +513,42 @@ def _decontaminate_outputs(nl_records, fwd, bwd, programs, executed, decon, remo
             else:
                 dropped += 1
                 removed.append({"stage": "decontam_outputs", "id": r["id"], **dataclasses.asdict(match)})
+    tests_dropped = 0
+    for r in nl_records:
+        clean = [t for t in r["tests"] if decon.check_io(t["input"], t["output"]) is None]
+        tests_dropped += len(r["tests"]) - len(clean)
+        r["tests"] = clean
     rows = [{"nl": r["nl"], "fwd_mnl": r["fwd_mnl"], "bwd_mnl": r["bwd_mnl"], "response": r["response"],
-             "id": r["id"]} for r in (*nl_records, *kept_fwd, *kept_bwd)]
-    return rows, {"checked": len(fwd) + len(bwd), "removed_io_pairs": dropped}
+             "id": r["id"], **({"entry_point": r["entry_point"], "tests": r["tests"]} if r["nl"] else {})}
+            for r in (*nl_records, *kept_fwd, *kept_bwd)]
+    return rows, {"checked": len(fwd) + len(bwd), "removed_io_pairs": dropped, "removed_nl_tests": tests_dropped}
+
+
+def _attach_tests(nl_records: list[dict[str, Any]], programs: list[Program], executed: list[dict[str, Any]],
+                  limit: int = 10) -> dict[str, int]:
+    """Each NL -> code record gets ``entry_point`` and ``tests``: up to ``limit`` of its program's executed
+    calls that returned a literal value, as ``{"input": ARGS, "output": VALUE}`` sources (what the RL rewards
+    of ``eval.rewards`` run a solution on).  Calls that raised or whose trace was cut are not tests."""
+    by_id = {f"nl-{p.seed.id}": (p, e) for p, e in zip(programs, executed)}
+    counts = collections.Counter()
+    for r in nl_records:
+        program, result = by_id.get(r["id"], (None, None))
+        tests = []
+        for t in (result or {}).get("traces", []):
+            if t["output"] is None or t["truncated"]:
+                counts["calls_not_tests"] += 1
+                continue
+            try:
+                ast.literal_eval(t["output"])
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                counts["calls_not_tests"] += 1
+                continue
+            tests.append({"input": t["args"], "output": t["output"]})
+        r["entry_point"] = program.seed.entry if program is not None else ""
+        r["tests"] = tests[:limit]
+        counts["records_with_tests" if r["tests"] else "records_without_tests"] += 1
+        counts["tests"] += len(r["tests"])
+    return {k: counts[k] for k in ("records_with_tests", "records_without_tests", "tests", "calls_not_tests")}
 
 
 def _answer_of(response: str) -> tuple[str | None, str | None]:

@@ -303,19 +303,25 @@ class EvalPlus(CodeBenchmark):
         self._path: Path | None = None
 
     def load(self, data_dir: str | os.PathLike | None, limit: int | None = None) -> list[Problem]:
-        self._path = path = data_file(self.name, data_dir)
-        problems = []
-        for i, record in enumerate(read_jsonl(path)):
-            require_keys(record, ("task_id", "prompt", "entry_point", "canonical_solution", "base_input",
-                                  "plus_input", "atol"), f"{path}: record {i + 1}")
-            if self.dataset == "mbpp":
-                record["base_input"] = mbpp_deserialize_inputs(record["task_id"], record["base_input"])
-                record["plus_input"] = mbpp_deserialize_inputs(record["task_id"], record["plus_input"])
-                prompt, prefix = mbpp_prompt(record["prompt"])
-            else:
-                prompt, prefix = humaneval_prompt(record["prompt"])
-            problems.append(Problem(record["task_id"], prompt, record, prefix))
+        return self.load_file(data_file(self.name, data_dir), limit)
+
+    def load_file(self, path: str | os.PathLike, limit: int | None = None) -> list[Problem]:
+        """The problems of an EvalPlus-shaped JSON Lines file (this benchmark's dataset)."""
+        self._path = path = Path(path)
+        problems = [self.problem(record, f"{path}: record {i + 1}") for i, record in enumerate(read_jsonl(path))]
         return problems[:limit] if limit is not None else problems
+
+    def problem(self, record: dict, where: str) -> Problem:
+        """One release record -> a ``Problem`` with the release's prompt (``where`` names it in errors)."""
+        require_keys(record, ("task_id", "prompt", "entry_point", "canonical_solution", "base_input",
+                              "plus_input", "atol"), where)
+        if self.dataset == "mbpp":
+            record["base_input"] = mbpp_deserialize_inputs(record["task_id"], record["base_input"])
+            record["plus_input"] = mbpp_deserialize_inputs(record["task_id"], record["plus_input"])
+            prompt, prefix = mbpp_prompt(record["prompt"])
+        else:
+            prompt, prefix = humaneval_prompt(record["prompt"])
+        return Problem(record["task_id"], prompt, record, prefix)
 
     # -- ground truth, cached per data file ---------------------------------------------------------------
     def _cache_path(self) -> Path:
@@ -325,8 +331,12 @@ class EvalPlus(CodeBenchmark):
         parts = "+".join(self.parts)
         return self.gt_cache_dir / f"groundtruth-v{GROUND_TRUTH_FORMAT}-{self.dataset}-{parts}-{digest}-{version}.pkl"
 
-    def prepare(self, problems: list[Problem], workers: int | None = None) -> None:
-        """Expected outputs and timings of the canonical solutions for ``problems`` (cached on disk)."""
+    def prepare(self, problems: list[Problem], workers: int | None = None,
+                source: str | os.PathLike | None = None) -> None:
+        """Expected outputs and timings of the canonical solutions for ``problems`` (cached on disk, under the
+        digest of the file they came from: ``source``, else the file ``load`` read)."""
+        if source is not None:
+            self._path = Path(source)
         cache = self._cache_path()
         if cache.is_file():
             with open(cache, "rb") as f:

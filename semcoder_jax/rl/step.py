@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig
-from semcoder_jax.model import Decoder
+from semcoder_jax.model import Decoder, abstract_params, logical_axes
 from semcoder_jax.rl.objective import ObjectiveConfig, group_advantages, policy_loss, sequence_logprobs
 
 
@@ -59,19 +62,40 @@ def build_batch(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[S
                         np.repeat(np.asarray(weight), size), rewards)
 
 
-def token_logprobs(params, config: ModelConfig, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+def token_logprobs(params, config: ModelConfig, tokens: jax.Array, mask: jax.Array, *,
+                   with_entropy: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """log p(tokens[:, t + 1] | tokens[:, : t + 1]) [N, L - 1], float32; positions past a row's last
-    response token attend as padding (they are masked out of every use)."""
+    response token attend as padding (they are masked out of every use).  ``with_entropy``: also the
+    entropy of the whole next-token distribution at each position (nats, [N, L - 1])."""
     inputs = tokens[:, :-1]
     last = jnp.max(jnp.where(mask > 0, jnp.arange(mask.shape[1])[None], 0), axis=1)
     segment = (jnp.arange(inputs.shape[1])[None] <= last[:, None]).astype(jnp.int32)
     logits = Decoder(config).apply({"params": params}, inputs, segment_ids=segment)
-    return sequence_logprobs(logits, tokens[:, 1:])
+    logp = sequence_logprobs(logits, tokens[:, 1:])
+    if not with_entropy:
+        return logp
+    log_probs = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32), axis=-1)
+    return logp, -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
+def _update(config: ModelConfig, objective: ObjectiveConfig, optimizer: optax.GradientTransformation, params,
+            opt_state, tokens, mask, advantages, response_weight, old_logp=None, ref_logp=None):
+    def loss_fn(p):
+        logp, entropy = token_logprobs(p, config, tokens, mask, with_entropy=True)
+        old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
+        loss, metrics = policy_loss(logp, old, ref_logp, advantages, mask, objective, response_weight)
+        entropy = jnp.sum(jax.lax.stop_gradient(entropy) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+        return loss, (dict(metrics, entropy=entropy), old)
+
+    (loss, (metrics, old)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
+    return optax.apply_updates(params, updates), opt_state, loss, metrics, old
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
 def logprobs(config: ModelConfig, params, tokens, mask) -> jax.Array:
-    """``token_logprobs`` compiled: the sampling policy's (``old_logp``) and the reference's."""
+    """``token_logprobs`` compiled, on one device (or wherever its inputs live)."""
     return token_logprobs(params, config, tokens, mask)
 
 
@@ -82,15 +106,72 @@ def update(config: ModelConfig, objective: ObjectiveConfig, optimizer: optax.Gra
 
     ``old_logp`` None: the batch is fresh, sampled by these very parameters; their log-probs, taken from
     this step's own forward pass (so the ratio is exactly 1), come back for the batch's later updates.
+    Metrics: the objective's (``policy_loss``), ``entropy`` (mean over response tokens) and ``grad_norm``.
     """
+    return _update(config, objective, optimizer, params, opt_state, tokens, mask, advantages, response_weight,
+                   old_logp, ref_logp)
 
-    def loss_fn(p):
-        logp = token_logprobs(p, config, tokens, mask)
-        old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
-        loss, metrics = policy_loss(logp, old, ref_logp, advantages, mask, objective, response_weight)
-        return loss, (metrics, old)
 
-    (loss, (metrics, old)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
-    return optax.apply_updates(params, updates), opt_state, loss, metrics, old
+@dataclasses.dataclass(frozen=True)
+class ShardedUpdate:
+    """``update`` and ``logprobs`` compiled for a training mesh, as supervised training's step is: the
+    parameters and Adam moments split by the rules table (``shardings``), rollout rows over (data, fsdp),
+    the state donated.  ``place_batch`` turns a host ``RolloutBatch`` into global arrays (every process
+    passes the whole batch: rollouts are generated identically on each)."""
+
+    mesh: Mesh
+    param_shardings: object
+    opt_shardings: object
+    update: Callable
+    logprobs: Callable
+
+    def place_params(self, params):
+        return jax.device_put(params, self.param_shardings)
+
+    def place_opt_state(self, opt_state):
+        return jax.device_put(opt_state, self.opt_shardings)
+
+    def place_batch(self, batch: RolloutBatch) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        shards = shd.batch_shards(self.mesh)
+        if batch.tokens.shape[0] % shards:
+            raise ValueError(f"{batch.tokens.shape[0]} rollout rows do not split over the mesh's {shards} "
+                             "data x fsdp shards (rl.prompts_per_step x rl.group_size must be a multiple)")
+
+        def put(x):
+            x = np.asarray(x)
+            return jax.make_array_from_callback(x.shape, shd.batch_sharding(self.mesh, x.ndim), lambda i: x[i])
+
+        return put(batch.tokens), put(batch.mask), put(batch.advantages), put(batch.response_weight)
+
+
+def state_shardings(config: ModelConfig, optimizer: optax.GradientTransformation, mesh: Mesh,
+                    rules=shd.LOGICAL_AXIS_RULES) -> tuple[object, object]:
+    """(parameter, optimizer-state) NamedSharding trees: the rules table's layout, as supervised training's
+    state; the optimizer's counts are replicated."""
+    abstract = nn.unbox(abstract_params(config))
+    params_s = shd.param_shardings(abstract, logical_axes(config), mesh, rules)
+    opt_s = optax.tree_map_params(optimizer, lambda _, s: s, jax.eval_shape(optimizer.init, abstract), params_s,
+                                  transform_non_params=lambda _: shd.replicated(mesh))
+    return params_s, opt_s
+
+
+def compile_sharded_update(config: ModelConfig, objective: ObjectiveConfig, optimizer: optax.GradientTransformation,
+                           mesh: Mesh, rules=shd.LOGICAL_AXIS_RULES) -> ShardedUpdate:
+    """The GRPO update and log-prob pass jitted with explicit shardings on ``mesh`` (see ``ShardedUpdate``)."""
+    params_s, opt_s = state_shardings(config, optimizer, mesh, rules)
+    replicated = shd.replicated(mesh)
+    rows = shd.batch_sharding(mesh, 2)
+
+    def sharded_update(params, opt_state, tokens, mask, advantages, response_weight, old_logp, ref_logp):
+        with shd.activation_sharding(mesh, rules):
+            return _update(config, objective, optimizer, params, opt_state, tokens, mask, advantages,
+                           response_weight, old_logp, ref_logp)
+
+    def sharded_logprobs(params, tokens, mask):
+        with shd.activation_sharding(mesh, rules):
+            return token_logprobs(params, config, tokens, mask)
+
+    update_fn = jax.jit(sharded_update, out_shardings=(params_s, opt_s, replicated, replicated, rows),
+                        donate_argnums=(0, 1))
+    logprobs_fn = jax.jit(sharded_logprobs, out_shardings=rows)
+    return ShardedUpdate(mesh, params_s, opt_s, update_fn, logprobs_fn)

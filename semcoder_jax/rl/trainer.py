@@ -20,8 +20,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig
 from semcoder_jax.rl import loop
+from semcoder_jax.rl import step as rl_step
 from semcoder_jax.rl.objective import ObjectiveConfig
 from semcoder_jax.train import checkpoint as ckpt_lib
 from semcoder_jax.train.config import TrainRunConfig
@@ -68,13 +70,17 @@ def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *
     opt = optimizer(config)
     out = os.path.join(run_dir, "grpo")
     os.makedirs(out, exist_ok=True)
-    params = jax.tree.map(jnp.asarray, params)
-    reference = jax.tree.map(jnp.array, params) if r.kl_coef > 0 else None  # the warm-up's weights, frozen
-    opt_state = opt.init(params)
-    abstract = jax.eval_shape(lambda: (params, opt_state))
+    mesh = shd.build_mesh(config.mesh.as_dict())
+    params_s, opt_s = rl_step.state_shardings(model, opt, mesh)
+    params = jax.device_put(params, params_s)
+    # the warm-up's weights, frozen (a copy: the policy's buffers are donated to its updates)
+    reference = jax.tree.map(jnp.copy, params) if r.kl_coef > 0 else None
+    opt_state = jax.jit(opt.init, out_shardings=opt_s)(params)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            (params, opt_state), (params_s, opt_s))
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(out), keep=config.checkpoint.keep,
                                          async_save=False)
-    log = MetricsLog(out, enabled=True, tensorboard=config.run.tensorboard)
+    log = MetricsLog(out, enabled=jax.process_index() == 0, tensorboard=config.run.tensorboard)
     start = 0
     try:
         if checkpointer.steps():
@@ -85,13 +91,22 @@ def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *
         todo = r.steps - start if stop_after is None else min(stop_after, r.steps - start)
         history: list[dict[str, Any]] = []
         final = start
+        process0 = jax.process_index() == 0
+        bar = None
+        if process0 and config.run.progress and sys.stdout.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=r.steps, initial=start, file=sys.stdout, desc="grpo", dynamic_ncols=True)
 
         def on_step(step: int, metrics: dict[str, float], p, o) -> None:
             nonlocal final
             final = step
             history.append(metrics)
             log.write(metrics)
-            if step % r.log_every == 0:
+            if bar is not None:
+                bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", kl=f"{metrics['kl']:.4f}")
+                bar.update(1)
+            elif process0 and step % r.log_every == 0:
                 print(f"grpo step {step}/{r.steps}: reward {metrics['reward_mean']:.3f} (pass "
                       f"{metrics['pass_rate']:.2f}), kl {metrics['kl']:.4f}, rollout {metrics['seconds_rollout']:.1f}s "
                       f"reward {metrics['seconds_reward']:.1f}s update {metrics['seconds_update']:.1f}s", flush=True)
@@ -103,8 +118,10 @@ def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *
             with Sandbox(workers=r.sandbox_workers) as sandbox:
                 for _ in loop.run(params, model, tokenizer, tasks, functools.partial(score, sandbox), opt, settings,
                                   todo, start_step=start,
-                                  opt_state=opt_state, ref_params=reference, on_step=on_step):
+                                  opt_state=opt_state, ref_params=reference, mesh=mesh, on_step=on_step):
                     pass
+            if bar is not None:
+                bar.close()
             params, opt_state, _ = checkpointer.restore(final, *abstract)  # the loop donated its buffers
         return GRPOResult(start, final, history, params)
     finally:

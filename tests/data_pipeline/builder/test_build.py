@@ -64,7 +64,7 @@ def test_the_report_counts_every_stage_and_the_yields(built):
     report = json.loads((built / "build_report.json").read_text())
     stages = report["stages"]
     assert list(stages) == ["seeds", "decontam_seeds", "programs", "execute", "monologues", "refine",
-                            "decontam_outputs"]
+                            "nl_tests", "decontam_outputs"]
     assert stages["seeds"]["kept"] == LIMIT
     assert stages["execute"]["programs"] == LIMIT
     assert stages["execute"]["executable"] >= LIMIT // 2
@@ -100,6 +100,29 @@ def test_every_pyx_r_buggy_program_fails_its_test_and_every_patch_passes_it(buil
         fixed.append(patch + "\n" + test)
     assert not any(_passes(sandbox, buggy))
     assert all(_passes(sandbox, fixed))
+
+
+def test_every_record_is_an_rl_task_its_own_response_solves(built, sandbox):
+    """What GRPO reads: ``eval.rewards.load_tasks`` on the built file makes forward, backward and NL -> code tasks
+    (NL records carry their program's executed calls as tests), and each record's own response earns the reward."""
+    from eval.rewards import load_tasks, score
+
+    report = json.loads((built / "build_report.json").read_text())["stages"]["nl_tests"]
+    rows = [r for r in _read(built / "data" / "pyx.jsonl") if r["nl"]]
+    assert len(rows) == report["records_with_tests"] + report["records_without_tests"] and report["tests"] > 0
+    assert all(r["entry_point"].isidentifier() and len(r["tests"]) <= 10 for r in rows)
+    counts = {}
+    tasks = load_tasks(built / "data" / "pyx.jsonl", counts=counts)
+    assert counts["code"] == report["records_with_tests"] > 0
+    # every forward and backward record is a task too (their programs call their own names, not f)
+    assert counts["forward"] + counts["backward"] + counts.get("records_without_task", 0) == \
+        json.loads((built / "build_report.json").read_text())["records"]["fwd_mnl"] + \
+        json.loads((built / "build_report.json").read_text())["records"]["bwd_mnl"] + report["records_without_tests"]
+    assert any(t.entry_point not in ("", "f") for t in tasks if t.kind == "forward")
+    responses = {r["id"]: r["response"] for r in _read(built / "data" / "pyx.jsonl")}
+    rewards = score(sandbox, tasks, [responses[t.id.removesuffix(":forward").removesuffix(":backward")]
+                                     for t in tasks])
+    assert [(t.id, r.status, r.message) for t, r in zip(tasks, rewards) if not r.correct] == []
 
 
 def test_the_output_passes_data_check(built, capsys):
