@@ -79,9 +79,14 @@ def run(args: argparse.Namespace) -> int:
         rewards = importlib.import_module("eval.rewards")
         r = config.rl
         score = functools.partial(rewards.score, config=rewards.RewardConfig(
-            correct=r.reward_correct, wrong=r.reward_wrong, format_bonus=r.format_bonus))
-        grpo = run_grpo(config, result.run_dir, result.params, result.model, tasks=rewards.load_tasks(r.tasks),
-                        score=score)
+            correct=r.reward_correct, wrong=r.reward_wrong, format_bonus=r.format_bonus,
+            code_timeout_s=r.code_timeout_s))
+        counts: dict[str, int] = {}
+        tasks = rewards.load_tasks(r.tasks, counts=counts)
+        print(f"semcoder train: rl.tasks: {len(tasks)} tasks from {r.tasks} ("
+              + ", ".join(f"{k} {v}" for k, v in counts.items() if k != "records_without_task")
+              + f"; {counts.get('records_without_task', 0)} records give none)", file=sys.stderr, flush=True)
+        grpo = run_grpo(config, result.run_dir, result.params, result.model, tasks=tasks, score=score)
         if grpo.final_step < config.rl.steps:
             return 1
         if config.run.export_hf:

@@ -53,12 +53,13 @@ Scorer = Callable[[Sequence[Task], Sequence[str]], Sequence[Reward]]
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     """``prompts_per_step`` tasks, ``group_size`` samples each, ``updates_per_batch`` optimizer steps on
-    each rollout batch; sampling at ``temperature``/``top_p`` up to ``max_new_tokens``; ``slots`` of the
+    each rollout batch (gradients accumulated over ``micro_batches`` slices of it); sampling at ``temperature``/``top_p`` up to ``max_new_tokens``; ``slots`` of the
     engine; ``bos_id`` prepended to each prompt (None: none); ``eos_id`` ends a response."""
 
     prompts_per_step: int = 4
     group_size: int = 4
     updates_per_batch: int = 1
+    micro_batches: int = 1
     max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
@@ -69,7 +70,7 @@ class GRPOConfig:
     objective: ObjectiveConfig = ObjectiveConfig()
 
     def __post_init__(self) -> None:
-        for name in ("prompts_per_step", "group_size", "updates_per_batch", "max_new_tokens", "slots"):
+        for name in ("prompts_per_step", "group_size", "updates_per_batch", "micro_batches", "max_new_tokens", "slots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"rl.{name} must be at least 1, got {getattr(self, name)}")
 
@@ -156,13 +157,15 @@ def run(params, model_config: ModelConfig, tokenizer: Tokenizer, tasks: Sequence
     longest = max(len(ids) for ids in encoded.values()) + config.max_new_tokens
     opt_state = optimizer.init(params) if opt_state is None else opt_state
     if mesh is not None:
-        sharded = rl_step.compile_sharded_update(model_config, config.objective, optimizer, mesh)
+        sharded = rl_step.compile_sharded_update(model_config, config.objective, optimizer, mesh,
+                                                 micro_batches=config.micro_batches)
         params, opt_state = sharded.place_params(params), sharded.place_opt_state(opt_state)
         ref_params = None if ref_params is None else sharded.place_params(ref_params)
         update = sharded.update
         logprobs, place = sharded.logprobs, sharded.place_batch
     else:
-        update = functools.partial(rl_step.update, model_config, config.objective, optimizer)
+        update = functools.partial(rl_step.update, model_config, config.objective, optimizer,
+                                   micro_batches=config.micro_batches)
         logprobs = functools.partial(rl_step.logprobs, model_config)
 
         def place(batch: rl_step.RolloutBatch):

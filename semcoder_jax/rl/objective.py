@@ -116,6 +116,18 @@ def aggregate(per_token: Array, token_weight: Array, response_weight: Array, agg
     raise UserError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
 
 
+def aggregate_denominator(token_weight: Array, response_weight: Array, aggregation: str) -> Array:
+    """What ``aggregate`` divides by: a micro-batch's loss times its denominator over the whole batch's is
+    its exact share of the batch's loss (gradient accumulation)."""
+    if aggregation == "sequence":
+        return jnp.sum(response_weight)
+    if aggregation == "token":
+        return jnp.sum(token_weight)
+    if aggregation == "constant":
+        return jnp.sum((response_weight > 0).astype(jnp.float32)) * token_weight.shape[1]
+    raise UserError(f"aggregation must be one of {list(AGGREGATIONS)}, got {aggregation!r}")
+
+
 def policy_loss(logp: Array, old_logp: Array, ref_logp: Array | None, advantages: Array, mask: Array,
                 config: ObjectiveConfig, response_weight: Array | None = None) -> tuple[Array, dict[str, Array]]:
     """(loss, metrics) of the clipped surrogate (+ k3 KL) over N responses of T tokens; minimise the loss.

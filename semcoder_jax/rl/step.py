@@ -19,12 +19,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig
 from semcoder_jax.model import Decoder, abstract_params, logical_axes
-from semcoder_jax.rl.objective import ObjectiveConfig, group_advantages, policy_loss, sequence_logprobs
+from semcoder_jax.rl.objective import (
+    ObjectiveConfig,
+    aggregate_denominator,
+    group_advantages,
+    policy_loss,
+    sequence_logprobs,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,16 +84,71 @@ def token_logprobs(params, config: ModelConfig, tokens: jax.Array, mask: jax.Arr
     return logp, -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
 
 
-def _update(config: ModelConfig, objective: ObjectiveConfig, optimizer: optax.GradientTransformation, params,
-            opt_state, tokens, mask, advantages, response_weight, old_logp=None, ref_logp=None):
-    def loss_fn(p):
-        logp, entropy = token_logprobs(p, config, tokens, mask, with_entropy=True)
-        old = jax.lax.stop_gradient(logp) if old_logp is None else old_logp
-        loss, metrics = policy_loss(logp, old, ref_logp, advantages, mask, objective, response_weight)
-        entropy = jnp.sum(jax.lax.stop_gradient(entropy) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        return loss, (dict(metrics, entropy=entropy), old)
+def _split(x: jax.Array, k: int, mesh: Mesh | None) -> jax.Array:
+    """[N, ...] -> [k, N/k, ...]; micro-batch j holds rows j, j+k, ... (each device keeps its share of each)."""
+    y = jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
+    if mesh is not None:
+        spec = PartitionSpec(None, shd.BATCH_AXES, *([None] * (x.ndim - 1)))
+        y = jax.lax.with_sharding_constraint(y, NamedSharding(mesh, spec))
+    return y
 
-    (loss, (metrics, old)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+def _unsplit(y: jax.Array) -> jax.Array:
+    return jnp.swapaxes(y, 0, 1).reshape((y.shape[0] * y.shape[1],) + y.shape[2:])
+
+
+def _update(config: ModelConfig, objective: ObjectiveConfig, optimizer: optax.GradientTransformation, params,
+            opt_state, tokens, mask, advantages, response_weight, old_logp=None, ref_logp=None, *,
+            micro_batches: int = 1, mesh: Mesh | None = None):
+    """The update, its gradients summed over ``micro_batches`` slices of the rows in float32: each slice's
+    loss and metrics weighted by its share of the whole batch's denominators, so the sum is the batch's."""
+    token_weight = mask * response_weight[:, None]
+    loss_den = aggregate_denominator(token_weight, response_weight, objective.aggregation)
+    metric_den, entropy_den = jnp.sum(token_weight), jnp.sum(mask)
+
+    def share(part, whole):
+        return part / jnp.where(whole > 0, whole, 1.0)
+
+    def loss_fn(p, mb):
+        logp, entropy = token_logprobs(p, config, mb["tokens"], mb["mask"], with_entropy=True)
+        old = jax.lax.stop_gradient(logp) if mb.get("old") is None else mb["old"]
+        loss, metrics = policy_loss(logp, old, mb.get("ref"), mb["advantages"], mb["mask"], objective, mb["weight"])
+        tw = mb["mask"] * mb["weight"][:, None]
+        if micro_batches == 1:  # the whole batch: every share is exactly 1
+            scale, metric_scale, entropy_scale = 1.0, 1.0, 1.0
+        else:
+            scale = share(aggregate_denominator(tw, mb["weight"], objective.aggregation), loss_den)
+            metric_scale, entropy_scale = share(jnp.sum(tw), metric_den), share(jnp.sum(mb["mask"]), entropy_den)
+        entropy = jnp.sum(jax.lax.stop_gradient(entropy) * mb["mask"]) / jnp.maximum(jnp.sum(mb["mask"]), 1.0)
+        metrics = {k: v * metric_scale for k, v in metrics.items()}
+        metrics["entropy"] = entropy * entropy_scale
+        return loss * scale, (metrics, old)
+
+    batch = {"tokens": tokens, "mask": mask, "advantages": advantages, "weight": response_weight}
+    if old_logp is not None:
+        batch["old"] = old_logp
+    if ref_logp is not None:
+        batch["ref"] = ref_logp
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if micro_batches == 1:
+        (loss, (metrics, old)), grads = grad_fn(params, batch)
+    else:
+        if tokens.shape[0] % micro_batches:
+            raise ValueError(f"{tokens.shape[0]} rollout rows do not split into {micro_batches} micro-batches")
+
+        def body(carry, mb):
+            acc, loss_acc, metrics_acc = carry
+            (loss, (metrics, old)), g = grad_fn(params, mb)
+            acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), acc, g)
+            return (acc, loss_acc + loss, jax.tree.map(jnp.add, metrics_acc, metrics)), old
+
+        zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
+        names = ("clip_fraction", "kl", "ratio_mean", "entropy")
+        init = (zeros, jnp.zeros((), jnp.float32), {k: jnp.zeros((), jnp.float32) for k in names})
+        (grads, loss, metrics), old = jax.lax.scan(body, init,
+                                                   {k: _split(v, micro_batches, mesh) for k, v in batch.items()})
+        old = _unsplit(old)
+        grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     return optax.apply_updates(params, updates), opt_state, loss, metrics, old
@@ -99,17 +160,19 @@ def logprobs(config: ModelConfig, params, tokens, mask) -> jax.Array:
     return token_logprobs(params, config, tokens, mask)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2), donate_argnums=(3, 4))
+@functools.partial(jax.jit, static_argnums=(0, 1, 2), static_argnames=("micro_batches",), donate_argnums=(3, 4))
 def update(config: ModelConfig, objective: ObjectiveConfig, optimizer: optax.GradientTransformation, params,
-           opt_state, tokens, mask, advantages, response_weight, old_logp=None, ref_logp=None):
+           opt_state, tokens, mask, advantages, response_weight, old_logp=None, ref_logp=None, *,
+           micro_batches: int = 1):
     """One optimizer step on the objective; returns (params, opt_state, loss, metrics, old_logp).
 
     ``old_logp`` None: the batch is fresh, sampled by these very parameters; their log-probs, taken from
     this step's own forward pass (so the ratio is exactly 1), come back for the batch's later updates.
     Metrics: the objective's (``policy_loss``), ``entropy`` (mean over response tokens) and ``grad_norm``.
+    ``micro_batches``: gradient accumulation over that many slices of the rows (same result, less memory).
     """
     return _update(config, objective, optimizer, params, opt_state, tokens, mask, advantages, response_weight,
-                   old_logp, ref_logp)
+                   old_logp, ref_logp, micro_batches=micro_batches)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,7 +219,7 @@ def state_shardings(config: ModelConfig, optimizer: optax.GradientTransformation
 
 
 def compile_sharded_update(config: ModelConfig, objective: ObjectiveConfig, optimizer: optax.GradientTransformation,
-                           mesh: Mesh, rules=shd.LOGICAL_AXIS_RULES) -> ShardedUpdate:
+                           mesh: Mesh, rules=shd.LOGICAL_AXIS_RULES, *, micro_batches: int = 1) -> ShardedUpdate:
     """The GRPO update and log-prob pass jitted with explicit shardings on ``mesh`` (see ``ShardedUpdate``)."""
     params_s, opt_s = state_shardings(config, optimizer, mesh, rules)
     replicated = shd.replicated(mesh)
@@ -165,7 +228,7 @@ def compile_sharded_update(config: ModelConfig, objective: ObjectiveConfig, opti
     def sharded_update(params, opt_state, tokens, mask, advantages, response_weight, old_logp, ref_logp):
         with shd.activation_sharding(mesh, rules):
             return _update(config, objective, optimizer, params, opt_state, tokens, mask, advantages,
-                           response_weight, old_logp, ref_logp)
+                           response_weight, old_logp, ref_logp, micro_batches=micro_batches, mesh=mesh)
 
     def sharded_logprobs(params, tokens, mask):
         with shd.activation_sharding(mesh, rules):

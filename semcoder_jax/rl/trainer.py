@@ -22,6 +22,7 @@ import optax
 
 from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig
+from semcoder_jax.errors import UserError
 from semcoder_jax.rl import loop
 from semcoder_jax.rl import step as rl_step
 from semcoder_jax.rl.objective import ObjectiveConfig
@@ -43,7 +44,8 @@ def grpo_config(config: TrainRunConfig, model: ModelConfig) -> loop.GRPOConfig:
                                 aggregation=r.aggregation, scale_by_std=r.scale_by_std,
                                 drop_zero_variance_groups=r.drop_zero_variance_groups)
     return loop.GRPOConfig(prompts_per_step=r.prompts_per_step, group_size=r.group_size,
-                           updates_per_batch=r.updates_per_batch, max_new_tokens=r.max_new_tokens,
+                           updates_per_batch=r.updates_per_batch, micro_batches=r.micro_batches,
+                           max_new_tokens=r.max_new_tokens,
                            temperature=r.temperature, top_p=r.top_p, slots=r.slots, eos_id=model.eos_token_id,
                            bos_id=model.bos_token_id, seed=config.train.seed, objective=objective)
 
@@ -67,6 +69,16 @@ def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *
     r = config.rl
     tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"))
     settings = grpo_config(config, model)
+    max_len = None
+    if r.max_prompt_tokens is not None:
+        bos = 0 if model.bos_token_id is None else 1
+        kept = [t for t in tasks if len(tokenizer.encode(t.prompt)) + bos <= r.max_prompt_tokens]
+        if len(kept) < len(tasks) and jax.process_index() == 0:
+            print(f"semcoder train: rl.max_prompt_tokens={r.max_prompt_tokens} leaves out {len(tasks) - len(kept)} of "
+                  f"{len(tasks)} tasks (longer prompts)", file=sys.stderr, flush=True)
+        if not kept:
+            raise UserError(f"rl.max_prompt_tokens={r.max_prompt_tokens}: every task's prompt is longer")
+        tasks, max_len = kept, r.max_prompt_tokens + r.max_new_tokens
     opt = optimizer(config)
     out = os.path.join(run_dir, "grpo")
     os.makedirs(out, exist_ok=True)
@@ -118,7 +130,8 @@ def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *
             with Sandbox(workers=r.sandbox_workers) as sandbox:
                 for _ in loop.run(params, model, tokenizer, tasks, functools.partial(score, sandbox), opt, settings,
                                   todo, start_step=start,
-                                  opt_state=opt_state, ref_params=reference, mesh=mesh, on_step=on_step):
+                                  opt_state=opt_state, ref_params=reference, max_len=max_len, mesh=mesh,
+                                  on_step=on_step):
                     pass
             if bar is not None:
                 bar.close()

@@ -223,7 +223,11 @@ class RLSection:
     current parameters, scores them in the sandbox (``sandbox_workers`` processes) and makes
     ``updates_per_batch`` Adam steps at ``learning_rate`` on the objective (``semcoder_jax.rl.objective``:
     ``clip_low``/``clip_high``, ``kl_coef`` to the warm-up's weights, ``aggregation``, ``scale_by_std``,
-    ``drop_zero_variance_groups``).  Rewards: ``reward_correct``/``reward_wrong``, ``format_bonus``.
+    ``drop_zero_variance_groups``), accumulating gradients over ``micro_batches`` slices of the rollouts.
+    Rewards: ``reward_correct``/``reward_wrong``, ``format_bonus``; an NL -> code solution gets
+    ``code_timeout_s`` for its tests.  ``max_prompt_tokens``: prompts longer than this are left out (counted);
+    with it, the engine's cache length is fixed at ``max_prompt_tokens + max_new_tokens`` (null: the longest
+    task prompt; ``semcoder plan`` then assumes ``data.seq_len``).
     """
 
     tasks: str | None = None
@@ -231,6 +235,8 @@ class RLSection:
     prompts_per_step: int = 4
     group_size: int = 4
     updates_per_batch: int = 1
+    micro_batches: int = 1
+    max_prompt_tokens: int | None = None
     max_new_tokens: int = 128
     temperature: float = 1.0
     top_p: float = 1.0
@@ -246,6 +252,7 @@ class RLSection:
     reward_correct: float = 1.0
     reward_wrong: float = 0.0
     format_bonus: float = 0.0
+    code_timeout_s: float = 10.0
     sandbox_workers: int = 2
     checkpoint_every: int = 20
     log_every: int = 1
@@ -355,8 +362,8 @@ class TrainRunConfig:
         if d.heartbeat_timeout_s <= 0:
             raise fail("distributed.heartbeat_timeout_s", f"must be positive, got {d.heartbeat_timeout_s}")
         r = self.rl
-        for key in ("steps", "prompts_per_step", "group_size", "updates_per_batch", "max_new_tokens", "slots",
-                    "sandbox_workers", "checkpoint_every", "log_every"):
+        for key in ("steps", "prompts_per_step", "group_size", "updates_per_batch", "micro_batches", "max_new_tokens",
+                    "slots", "sandbox_workers", "checkpoint_every", "log_every", "code_timeout_s"):
             if getattr(r, key) <= 0:
                 raise fail(f"rl.{key}", f"must be positive, got {getattr(r, key)}")
         if r.temperature <= 0 or not 0 < r.top_p <= 1:
@@ -369,6 +376,11 @@ class TrainRunConfig:
         for key in ("clip_low", "clip_high", "kl_coef", "format_bonus"):
             if getattr(r, key) < 0:
                 raise fail(f"rl.{key}", f"must be >= 0, got {getattr(r, key)}")
+        if r.max_prompt_tokens is not None and r.max_prompt_tokens <= 0:
+            raise fail("rl.max_prompt_tokens", f"must be positive or null, got {r.max_prompt_tokens}")
+        if r.prompts_per_step * r.group_size % r.micro_batches:
+            raise fail("rl.micro_batches", f"must divide rl.prompts_per_step x rl.group_size = "
+                       f"{r.prompts_per_step * r.group_size}, got {r.micro_batches}")
         if r.reward_correct <= r.reward_wrong:
             raise fail("rl.reward_correct", f"must exceed rl.reward_wrong={r.reward_wrong}, got {r.reward_correct}")
         if m.init_from is not None:

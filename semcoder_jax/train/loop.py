@@ -309,10 +309,10 @@ def _check_geometry(config: TrainRunConfig, mesh) -> None:
         raise shd.MeshError(f"train.global_batch={t.global_batch} is not divisible by the "
                             f"{jax.process_count()} processes")
     r = config.rl
-    if r.tasks is not None and (r.prompts_per_step * r.group_size % shards or r.slots % shards):
-        raise shd.MeshError(f"rl.prompts_per_step x rl.group_size = {r.prompts_per_step * r.group_size} and "
-                            f"rl.slots = {r.slots} must both be multiples of data x fsdp = {shards} (the GRPO "
-                            "phase splits its rollouts and engine slots over them)")
+    if r.tasks is not None and (r.prompts_per_step * r.group_size % (shards * r.micro_batches) or r.slots % shards):
+        raise shd.MeshError(f"rl.prompts_per_step x rl.group_size = {r.prompts_per_step * r.group_size} must be a "
+                            f"multiple of data x fsdp x rl.micro_batches = {shards} x {r.micro_batches} and rl.slots = "
+                            f"{r.slots} of data x fsdp (the GRPO phase splits its rollouts and engine slots over them)")
 
 
 def _report_truncation(config: TrainRunConfig, lengths, process0: bool) -> None:

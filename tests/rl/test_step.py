@@ -138,3 +138,29 @@ def test_the_update_on_a_mesh_matches_the_update_on_one_device(tiny):
     assert jax.tree.leaves(jax.tree.map(lambda x, s: x.sharding.is_equivalent_to(s, x.ndim), mesh_params, expected))
     split = [x for x in jax.tree.leaves(mesh_params) if not x.sharding.is_fully_replicated]
     assert split  # the rules table did split weights over the mesh
+
+
+@pytest.mark.parametrize("aggregation", ["sequence", "token", "constant"])
+def test_micro_batches_accumulate_to_the_whole_batch_update(tiny, aggregation):
+    """Rows split into 2 or 3 micro-batches (their own response counts and token counts) give the same loss,
+    metrics, old log-probs and parameters as one pass over the batch."""
+    config, init = tiny
+    objective = ObjectiveConfig(kl_coef=0.05, aggregation=aggregation, drop_zero_variance_groups=True)
+    rewards = np.array([[1.0, 0.0, 0.5], [0.0, 0.0, 0.0]] * 2)  # groups 2 and 4 weigh 0
+    batch = build_batch(PROMPTS * 2, RESPONSES * 2, rewards, objective)
+    tokens, mask = jnp.asarray(batch.tokens), jnp.asarray(batch.mask)
+    ref = logprobs(config, jax.tree.map(jnp.array, init), tokens, mask)
+    optimizer = optax.sgd(0.05)
+    outs = {}
+    for k in (1, 2, 3):
+        params = jax.tree.map(jnp.array, init)
+        params, _, loss, metrics, old = update(config, objective, optimizer, params, optimizer.init(params), tokens,
+                                               mask, jnp.asarray(batch.advantages), jnp.asarray(batch.response_weight),
+                                               None, ref, micro_batches=k)
+        outs[k] = (float(loss), {m: float(v) for m, v in metrics.items()}, np.asarray(old), params)
+    for k in (2, 3):
+        assert outs[k][0] == pytest.approx(outs[1][0], rel=1e-5, abs=1e-7)
+        assert outs[k][1] == pytest.approx(outs[1][1], rel=1e-5, abs=1e-7)
+        np.testing.assert_allclose(outs[k][2], outs[1][2], rtol=1e-6, atol=1e-6)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), outs[k][3], outs[1][3])
+    assert outs[1][1]["grad_norm"] > 0

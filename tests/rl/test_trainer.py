@@ -12,7 +12,7 @@ from semcoder_jax.train.config import load_config
 OVERRIDES = ["train.steps=20", "train.log_every=10", "checkpoint.every=20", "rl.steps=4", "rl.prompts_per_step=2",
              "rl.group_size=4", "rl.max_new_tokens=12", "rl.slots=8", "rl.checkpoint_every=2", "rl.log_every=1",
              "run.tensorboard=false", "rl.kl_coef=0.05",
-             "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]  # the sharded update and rollouts on 8 CPU devices
+             "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "rl.micro_batches=2"]  # sharded, accumulating: 8 CPU devices
 
 
 def _config(run_dir, *extra):
@@ -64,12 +64,14 @@ def test_grpo_settings_are_checked_before_anything_runs(tmp_path):
         _config(tmp_path, "rl.group_size=0")
     with pytest.raises(TrainConfigError, match="rl.reward_correct: must exceed rl.reward_wrong=1.0"):
         _config(tmp_path, "rl.reward_wrong=1.0")
+    with pytest.raises(TrainConfigError, match=r"rl.micro_batches: must divide rl.prompts_per_step x rl.group_size = 8, got 3"):
+        _config(tmp_path, "rl.micro_batches=3")
 
 
 def test_rollouts_that_do_not_split_over_the_mesh_stop_the_run_before_the_warm_up(tmp_path):
     from semcoder_jax.sharding import MeshError
     from semcoder_jax.train.loop import train
 
-    with pytest.raises(MeshError, match=r"rl.prompts_per_step x rl.group_size = 6 .* data x fsdp = 4"):
+    with pytest.raises(MeshError, match=r"rl.prompts_per_step x rl.group_size = 6 must be a multiple of data x fsdp x rl.micro_batches = 4 x 2"):
         train(_config(tmp_path / "run", "rl.group_size=3"))
     assert not (tmp_path / "run").exists()
