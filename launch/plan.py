@@ -483,6 +483,162 @@ def _plan_traced(config: TrainRunConfig, devices: int, kind: DeviceKind, mfu: fl
         compile_seconds=compile_seconds, compiler=target.compiler, topology=target.topology, notes=notes)
 
 
+# ---- the GRPO phase ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GRPOPlanReport:
+    """Per-device bytes of the GRPO phase (``rl.tasks`` set): what stays resident (policy, Adam moments,
+    the frozen reference, the engine's prefix pool) and the two compiled programs that alternate on it: the
+    engine's decode chunk (with its ring KV cache) and the sharded update.  The peak is the larger phase."""
+
+    devices: int
+    device_kind: str
+    mesh: dict[str, int]
+    rows: int
+    micro_batches: int
+    rollout_tokens: int
+    slots: int
+    cache_len: int
+    params_bytes: int
+    optimizer_bytes: int
+    reference_bytes: int
+    kv_cache_bytes: int
+    prefix_pool_bytes: int
+    rollout_peak_bytes: int
+    update_peak_bytes: int
+    usable_bytes: int
+    memory_bytes: int
+    compile_seconds: float
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.rollout_peak_bytes, self.update_peak_bytes)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.usable_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "peak_bytes": self.peak_bytes, "fits": self.fits}
+
+    def format(self) -> str:
+        g = lambda b: f"{b / GIB:8.2f} GiB"  # noqa: E731
+        mesh = " x ".join(f"{k}={v}" for k, v in self.mesh.items())
+        lines = [
+            f"plan (GRPO phase): {self.devices} x {self.device_kind}, mesh {mesh}; {self.rows} rollouts of up to "
+            f"{self.rollout_tokens} tokens per update in {self.micro_batches} micro-batch(es); engine {self.slots} "
+            f"slots x {self.cache_len} tokens",
+            "  per device, resident:",
+            f"    policy parameters {g(self.params_bytes)}",
+            f"    optimizer state   {g(self.optimizer_bytes)}",
+            f"    reference         {g(self.reference_bytes)}   (rl.kl_coef > 0: a frozen copy of the warm-up)",
+            f"    prefix pool       {g(self.prefix_pool_bytes)}",
+            f"  rollout peak        {g(self.rollout_peak_bytes)}   (decode chunk, ring KV cache {self.kv_cache_bytes / GIB:.2f}"
+            " GiB, + optimizer state and reference)",
+            f"  update peak         {g(self.update_peak_bytes)}   (compiled update + reference + prefix pool)",
+            f"  usable              {g(self.usable_bytes)}   ({USABLE_FRACTION:.0%} of {self.memory_bytes / GIB:.0f} GiB)",
+        ]
+        margin = self.usable_bytes - self.peak_bytes
+        if self.fits:
+            lines.append(f"  FITS with {margin / GIB:.2f} GiB to spare")
+        else:
+            lines.append(f"  DOES NOT FIT: {-margin / GIB:.2f} GiB over (more rl.micro_batches, fewer rl.slots, "
+                         "or more fsdp)")
+        lines += [f"  note: {note}" for note in self.notes]
+        lines.append(f"  (compiled for {self.devices} simulated CPU devices in {self.compile_seconds:.1f} s)")
+        return "\n".join(lines)
+
+
+def plan_grpo(config: TrainRunConfig, *, devices: int, device_kind: str) -> GRPOPlanReport:
+    """Compiles the GRPO phase's two programs (the engine's decode chunk and the sharded update) for
+    ``devices`` simulated CPU devices on the run's mesh and reports the memory per device.  Rollouts are
+    ``rl.max_prompt_tokens + rl.max_new_tokens`` long (``data.seq_len`` when the former is null), rounded
+    up to 64 as ``semcoder_jax.rl.step.build_batch`` pads them."""
+    if device_kind not in DEVICE_KINDS:
+        raise PlanError(f"--device-kind {device_kind!r}: unknown (known: {', '.join(DEVICE_KINDS)})")
+    if config.rl.tasks is None:
+        raise PlanError("rl.tasks is not set: the run has no GRPO phase to plan")
+    kind = DEVICE_KINDS[device_kind]
+    impl = config.model.attention_impl
+    if impl == "cpu":
+        raise PlanError("model.attention_impl='cpu' is the CPU kernel; plan TPU/GPU runs with xla, "
+                        "splash (TPU) or cudnn (GPU)")
+    with _fused_attention_stand_in(impl) if impl != "xla" else contextlib.nullcontext():
+        return _plan_grpo_traced(config, devices, kind)
+
+
+def _plan_grpo_traced(config: TrainRunConfig, devices: int, kind: DeviceKind) -> GRPOPlanReport:
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from semcoder_jax import sharding as shd
+    from semcoder_jax.engine import compile_decode
+    from semcoder_jax.model import abstract_params, trace_for_platform
+    from semcoder_jax.rl import step as rl_step
+    from semcoder_jax.rl.trainer import grpo_config, optimizer
+
+    config.validate()
+    r = config.rl
+    model = resolve_plan_model(config)
+    compiled_model = cpu_stand_in(model)
+    mesh = shd.build_mesh(config.mesh.as_dict(), Target("cpu").devices(devices))
+    rows, shards = r.prompts_per_step * r.group_size, shd.batch_shards(mesh)
+    if rows % (shards * r.micro_batches) or r.slots % shards:
+        raise shd.MeshError(f"rl.prompts_per_step x rl.group_size = {rows} must be a multiple of data x fsdp x "
+                            f"rl.micro_batches = {shards} x {r.micro_batches} and rl.slots = {r.slots} of data x fsdp")
+    notes = []
+    if r.max_prompt_tokens is None:
+        cache_len = config.data.seq_len
+        notes.append(f"rl.max_prompt_tokens is null: rollouts planned at data.seq_len = {cache_len} tokens")
+    else:
+        cache_len = r.max_prompt_tokens + r.max_new_tokens
+    length = -(-cache_len // 64) * 64
+    settings = grpo_config(config, compiled_model)
+    tx = optimizer(config)
+    params_s, opt_s = rl_step.state_shardings(compiled_model, tx, mesh)
+    abstract = nn.unbox(abstract_params(compiled_model))
+    params = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), abstract, params_s)
+    opt_state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                             jax.eval_shape(tx.init, abstract), opt_s)
+    rows_2d = shd.batch_sharding(mesh, 2)
+    rows_1d = shd.batch_sharding(mesh, 1)
+    tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32, sharding=rows_2d)
+    per_token = jax.ShapeDtypeStruct((rows, length - 1), jnp.float32, sharding=rows_2d)
+    per_row = jax.ShapeDtypeStruct((rows,), jnp.float32, sharding=rows_1d)
+    ref = per_token if r.kl_coef > 0 else None
+    sharded = rl_step.compile_sharded_update(compiled_model, settings.objective, tx, mesh,
+                                             micro_batches=r.micro_batches)
+    start = time.perf_counter()
+    with trace_for_platform(kind.platform):
+        update = _memory(sharded.update.lower(params, opt_state, tokens, per_token, per_row, per_row, None, ref)
+                         .compile())
+        decode = _memory(compile_decode(compiled_model, slots=r.slots, max_len=cache_len, mesh=mesh))
+    compile_seconds = time.perf_counter() - start
+    params_bytes = _leaf_bytes_per_device(params, params_s)
+    opt_bytes = _leaf_bytes_per_device(opt_state, opt_s)
+    reference = params_bytes if r.kl_coef > 0 else 0
+    per_token_kv = 2 * model.num_layers * model.num_kv_heads * model.resolved_head_dim * jnp.dtype(model.dtype).itemsize
+    tensor = mesh.shape["tensor"] if model.num_kv_heads % mesh.shape["tensor"] == 0 else 1
+    kv_cache = r.slots * cache_len * per_token_kv // (shards * tensor)
+    pool_tokens = r.prefix_cache_tokens if r.prefix_cache_tokens is not None else r.slots * cache_len // 4
+    pool = pool_tokens // 16 * 16 * per_token_kv // tensor  # the engine's pool: 16-token blocks, heads split
+    rollout_peak = (decode.argument_size_in_bytes + decode.temp_size_in_bytes + decode.output_size_in_bytes
+                    - decode.alias_size_in_bytes + opt_bytes + reference + pool)
+    update_peak = (update.argument_size_in_bytes + update.temp_size_in_bytes + update.output_size_in_bytes
+                   - update.alias_size_in_bytes + reference + pool)
+    notes.insert(0, "temporaries are XLA:CPU's buffer assignment of the same partitioned programs")
+    return GRPOPlanReport(
+        devices=devices, device_kind=kind.name, mesh=shd.mesh_shape(mesh), rows=rows, micro_batches=r.micro_batches,
+        rollout_tokens=length, slots=r.slots, cache_len=cache_len, params_bytes=params_bytes,
+        optimizer_bytes=opt_bytes, reference_bytes=reference, kv_cache_bytes=kv_cache, prefix_pool_bytes=pool,
+        rollout_peak_bytes=int(rollout_peak), update_peak_bytes=int(update_peak),
+        usable_bytes=int(kind.memory_bytes * USABLE_FRACTION), memory_bytes=kind.memory_bytes,
+        compile_seconds=compile_seconds, notes=notes)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Memory:
     argument_size_in_bytes: int

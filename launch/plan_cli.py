@@ -10,7 +10,10 @@ slice's topology and its buffer assignment is the answer:
 
     semcoder plan --config launch/configs/semcoder_6.7b_v5p-32.yaml --devices 16 --device-kind v5p --compiler tpu
 
-Exit status: 0 fits, 3 does not fit, 1 error.
+A config with ``rl.tasks`` (a GRPO run) also gets the GRPO phase planned: policy, Adam moments, the frozen
+reference, the engine's KV cache and the sharded update (``launch.plan.plan_grpo``).
+
+Exit status: 0 fits (both phases), 3 does not fit, 1 error.
 """
 
 from __future__ import annotations
@@ -95,8 +98,19 @@ def run(args: argparse.Namespace) -> int:
         return _rerun_in_subprocess(_argv_of(args), args.devices)
     report = plan(config, devices=args.devices, device_kind=args.device_kind, mfu=args.mfu,
                   suggest=not args.no_suggest, compiler=args.compiler, topology=args.topology)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format(), flush=True)
-    return 0 if report.fits else NOT_FIT_EXIT
+    grpo = None
+    if config.rl.tasks is not None:  # the run's GRPO phase: policy, reference, KV cache and its update
+        from launch.plan import plan_grpo
+
+        grpo = plan_grpo(config, devices=args.devices, device_kind=args.device_kind)
+    if args.json:
+        out = report.to_dict()
+        if grpo is not None:
+            out["grpo"] = grpo.to_dict()
+        print(json.dumps(out, indent=2), flush=True)
+    else:
+        print(report.format() + ("" if grpo is None else "\n" + grpo.format()), flush=True)
+    return 0 if report.fits and (grpo is None or grpo.fits) else NOT_FIT_EXIT
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,8 @@ Scorer = Callable[[Sequence[Task], Sequence[str]], Sequence[Reward]]
 class GRPOConfig:
     """``prompts_per_step`` tasks, ``group_size`` samples each, ``updates_per_batch`` optimizer steps on
     each rollout batch (gradients accumulated over ``micro_batches`` slices of it); sampling at ``temperature``/``top_p`` up to ``max_new_tokens``; ``slots`` of the
-    engine; ``bos_id`` prepended to each prompt (None: none); ``eos_id`` ends a response."""
+    engine (``prefix_cache_tokens`` its prefix pool, None: the engine's default); ``bos_id`` prepended to
+    each prompt (None: none); ``eos_id`` ends a response."""
 
     prompts_per_step: int = 4
     group_size: int = 4
@@ -64,6 +65,7 @@ class GRPOConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     slots: int = 16
+    prefix_cache_tokens: int | None = None
     eos_id: int = 2
     bos_id: int | None = 1
     seed: int = 0
@@ -173,7 +175,7 @@ def run(params, model_config: ModelConfig, tokenizer: Tokenizer, tasks: Sequence
                     jnp.asarray(batch.response_weight))
 
     engine = Engine(params, model_config, slots=config.slots, max_len=max_len or longest, eos_id=config.eos_id,
-                    decode=tokenizer.decode, mesh=mesh)
+                    decode=tokenizer.decode, mesh=mesh, prefix_cache_tokens=config.prefix_cache_tokens)
     for step in range(start_step, start_step + steps):
         t0 = time.perf_counter()
         picked = step_tasks(tasks, step, config)

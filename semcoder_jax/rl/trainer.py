@@ -46,7 +46,8 @@ def grpo_config(config: TrainRunConfig, model: ModelConfig) -> loop.GRPOConfig:
     return loop.GRPOConfig(prompts_per_step=r.prompts_per_step, group_size=r.group_size,
                            updates_per_batch=r.updates_per_batch, micro_batches=r.micro_batches,
                            max_new_tokens=r.max_new_tokens,
-                           temperature=r.temperature, top_p=r.top_p, slots=r.slots, eos_id=model.eos_token_id,
+                           temperature=r.temperature, top_p=r.top_p, slots=r.slots,
+                           prefix_cache_tokens=r.prefix_cache_tokens, eos_id=model.eos_token_id,
                            bos_id=model.bos_token_id, seed=config.train.seed, objective=objective)
 
 

@@ -227,7 +227,9 @@ class RLSection:
     Rewards: ``reward_correct``/``reward_wrong``, ``format_bonus``; an NL -> code solution gets
     ``code_timeout_s`` for its tests.  ``max_prompt_tokens``: prompts longer than this are left out (counted);
     with it, the engine's cache length is fixed at ``max_prompt_tokens + max_new_tokens`` (null: the longest
-    task prompt; ``semcoder plan`` then assumes ``data.seq_len``).
+    task prompt; ``semcoder plan`` then assumes ``data.seq_len``).  ``prefix_cache_tokens``: the engine's
+    prefix pool (null: its default, a quarter of slots x cache length; a group's samples share their
+    prompt's prefill without it, so GRPO needs little).
     """
 
     tasks: str | None = None
@@ -238,6 +240,7 @@ class RLSection:
     micro_batches: int = 1
     max_prompt_tokens: int | None = None
     max_new_tokens: int = 128
+    prefix_cache_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     slots: int = 16
@@ -376,8 +379,9 @@ class TrainRunConfig:
         for key in ("clip_low", "clip_high", "kl_coef", "format_bonus"):
             if getattr(r, key) < 0:
                 raise fail(f"rl.{key}", f"must be >= 0, got {getattr(r, key)}")
-        if r.max_prompt_tokens is not None and r.max_prompt_tokens <= 0:
-            raise fail("rl.max_prompt_tokens", f"must be positive or null, got {r.max_prompt_tokens}")
+        for key in ("max_prompt_tokens", "prefix_cache_tokens"):
+            if getattr(r, key) is not None and getattr(r, key) <= 0:
+                raise fail(f"rl.{key}", f"must be positive or null, got {getattr(r, key)}")
         if r.prompts_per_step * r.group_size % r.micro_batches:
             raise fail("rl.micro_batches", f"must divide rl.prompts_per_step x rl.group_size = "
                        f"{r.prompts_per_step * r.group_size}, got {r.micro_batches}")

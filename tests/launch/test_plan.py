@@ -272,3 +272,58 @@ def test_the_attention_stand_in_is_saved_by_remat_minimal_attention_as_the_real_
 
     assert saved("minimal") == [(2, 16, 4, 8)]  # q only: the forward runs again in the backward
     assert saved("minimal_attention") == [(2, 16, 4), (2, 16, 4, 8), (2, 16, 4, 8)]  # + statistics, output
+
+
+# ---- the GRPO phase ----------------------------------------------------------------------------
+
+def grpo(*overrides: str):
+    return tiny("model.vocab_size=1024", "mesh.data=2", "mesh.fsdp=4", "rl.tasks=tasks.jsonl", "rl.prompts_per_step=4",
+                "rl.group_size=8", "rl.slots=16", "rl.max_prompt_tokens=96", "rl.max_new_tokens=32", *overrides)
+
+
+def test_the_grpo_plan_holds_policy_adam_reference_and_the_engines_kv_cache():
+    base = plan_lib.plan_grpo(grpo("rl.kl_coef=0.0"), devices=8, device_kind="h100")
+    kl = plan_lib.plan_grpo(grpo("rl.kl_coef=0.05"), devices=8, device_kind="h100")
+    model = plan_lib.resolve_plan_model(grpo())
+    n = model.num_params()
+    # float32 policy + two Adam moments, split over fsdp = 4 (data replicates them) where a dimension allows
+    assert n * 4 / 4 <= base.params_bytes <= n * 4 / 4 * 1.05
+    assert base.optimizer_bytes == pytest.approx(2 * base.params_bytes, rel=0.01)
+    assert base.reference_bytes == 0 and kl.reference_bytes == base.params_bytes  # a frozen copy only for KL
+    assert kl.update_peak_bytes > base.update_peak_bytes + base.params_bytes * 0.9
+    # the ring: 16 slots x 128 tokens x (k, v) x layers x kv heads x head_dim x 4 bytes (float32), slots over 8
+    per_token = 2 * model.num_layers * model.num_kv_heads * model.resolved_head_dim * 4
+    assert (base.cache_len, base.rollout_tokens) == (128, 128)
+    assert base.kv_cache_bytes == 16 * 128 * per_token // 8
+    assert base.rows == 32 and base.fits
+
+
+def test_micro_batches_lower_the_grpo_update_peak():
+    one = plan_lib.plan_grpo(grpo("rl.max_prompt_tokens=480", "data.seq_len=512"), devices=8, device_kind="h100")
+    four = plan_lib.plan_grpo(grpo("rl.max_prompt_tokens=480", "data.seq_len=512", "rl.micro_batches=4"), devices=8,
+                              device_kind="h100")
+    assert four.update_peak_bytes < one.update_peak_bytes
+    assert four.rollout_peak_bytes == one.rollout_peak_bytes
+
+
+def test_the_grpo_plan_refuses_rollouts_that_do_not_split_over_the_mesh():
+    from semcoder_jax.sharding import MeshError
+
+    with pytest.raises(MeshError, match="rl.prompts_per_step x rl.group_size = 12 must be a multiple of data x fsdp"):
+        plan_lib.plan_grpo(grpo("rl.group_size=3"), devices=8, device_kind="h100")
+    with pytest.raises(plan_lib.PlanError, match="rl.tasks is not set"):
+        plan_lib.plan_grpo(tiny(), devices=8, device_kind="h100")
+
+
+@pytest.mark.slow
+def test_the_6_7b_grpo_config_plans_both_phases_and_fits_8_h100s():
+    proc = subprocess.run([sys.executable, "-m", "semcoder_jax.cli", "plan", "--config",
+                           "launch/configs/grpo_6.7b_8xh100.yaml", "--devices", "8", "--device-kind", "h100", "--json"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    g = report["grpo"]
+    assert g["params_bytes"] == pytest.approx(4 * report["num_params"] / 8, rel=0.01)
+    assert g["reference_bytes"] == g["params_bytes"]  # kl_coef 0.01
+    assert g["kv_cache_bytes"] == 128 * 2048 * 512 * 1024 // 8  # 512 KiB per token in bf16
+    assert report["fits"] and g["fits"]
