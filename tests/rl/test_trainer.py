@@ -75,3 +75,46 @@ def test_rollouts_that_do_not_split_over_the_mesh_stop_the_run_before_the_warm_u
     with pytest.raises(MeshError, match=r"rl.prompts_per_step x rl.group_size = 6 must be a multiple of data x fsdp x rl.micro_batches = 4 x 2"):
         train(_config(tmp_path / "run", "rl.group_size=3"))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_grpo_run_resumes_to_the_records_of_a_straight_run(tmp_path):
+    """SIGKILL mid-GRPO (no chance to save): the rerun restores the last periodic checkpoint, drops the
+    records after it and ends with exactly the straight run's records."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from semcoder_jax.train.loop import train
+
+    extra = ["rl.steps=6"]
+    straight = tmp_path / "straight"
+    _grpo(_config(straight, *extra), train(_config(straight, *extra)))
+    expected = _records(straight)
+    assert [r["step"] for r in expected] == [1, 2, 3, 4, 5, 6]
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "semcoder_jax.cli", "train", "--config", "launch/configs/grpo_tiny_cpu.yaml",
+               *OVERRIDES, *extra, f"run.dir={killed}"]
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    metrics = killed / "grpo" / "metrics.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = len(metrics.read_text().splitlines())
+    assert 3 <= at_kill < 6
+
+    rerun = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "GRPO resumes after step" in rerun.stderr
+    assert _records(killed) == expected
