@@ -40,6 +40,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help="semcoder: the release's generation settings per benchmark (see docs/eval.md)")
     p.add_argument("--mode", choices=CRUXEVAL_MODES, default=None, help="CRUXEval prompt mode (default monologue)")
+    p.add_argument("--release-version", default=None,
+                   help="LiveCodeBench release_version: release_v1 .. release_v6, v5 (one release's new problems), "
+                        "release_latest (default)")
+    p.add_argument("--start-date", default=None, metavar="YYYY-MM-DD",
+                   help="LiveCodeBench: only problems whose contest date is on or after this (after a model's cutoff)")
+    p.add_argument("--end-date", default=None, metavar="YYYY-MM-DD", help="LiveCodeBench: ... on or before this")
     p.add_argument("--limit", type=int, default=None,
                    help="only the first N problems of each benchmark (also the tasks --predictions must cover)")
     p.add_argument("--n-samples", type=int, default=None, help="samples per task (default 1)")
@@ -121,7 +127,8 @@ def main(args: argparse.Namespace) -> int:
                         refine_top_p=args.refine_top_p, refine_max_new_tokens=args.refine_max_new_tokens,
                         refine_trace=args.refine_trace, protocol=args.protocol,
                         missing_as_failed=args.missing_as_failed, model=args.model,
-                        backend=args.backend if args.model else None, predictions=args.predictions)
+                        backend=args.backend if args.model else None, predictions=args.predictions,
+                        release_version=args.release_version, start_date=args.start_date, end_date=args.end_date)
     backend = None
     if args.model:
         from dataclasses import replace

@@ -74,7 +74,9 @@ SEMCODER_REFINE: dict[str, Setting] = {
 
 
 def family(name: str) -> str:
-    return "cruxeval" if name.startswith("cruxeval") else "evalplus"
+    """``cruxeval``: an answer predicted from a prompt with a mode (CRUXEval, LiveCodeBench execution and
+    test output, REval); ``evalplus``: code generation (EvalPlus, LiveCodeBench code generation)."""
+    return "cruxeval" if name.startswith(("cruxeval", "reval-", "lcb-execution", "lcb-testoutput")) else "evalplus"
 
 
 def release_settings(name: str, self_refine: int = 0) -> dict[str, Any]:
@@ -99,6 +101,9 @@ def resolve(name: str, explicit: dict[str, Any], protocol: str | None, self_refi
     protocol's, else the defaults.  Under a protocol an explicit value that differs is an error."""
     if protocol is not None and protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    if protocol is not None and name not in RELEASE_TASKS:
+        raise UserError(f"--protocol {protocol}: the release's scripts have no settings for {name}; drop --protocol "
+                        "and give the generation flags")
     keys = [k for k in GENERATION_KEYS if k != "mode" or family(name) == "cruxeval"]
     refine = bool(self_refine) and family(name) == "evalplus"
     if refine:

@@ -77,6 +77,9 @@ class EvalConfig:
     dtype: str | None = None
     model_fingerprint: str | None = None
     predictions: str | None = None
+    release_version: str | None = None  # LiveCodeBench's release_version (None: release_latest)
+    start_date: str | None = None       # LiveCodeBench contest-date window, YYYY-MM-DD, inclusive
+    end_date: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def settings(self, name: str) -> dict[str, Any]:
@@ -93,6 +96,9 @@ def read_predictions(path: str | os.PathLike, bench: Benchmark, problems: list[P
     path = Path(path)
     if not path.is_file():
         raise UserError(f"--predictions {path}: no such file")
+    official = bench.read_predictions(path, problems)
+    if official is not None:
+        return official
     by_id = {p.task_id: p for p in problems}
     out: dict[str, list[dict]] = defaultdict(list)
     text = path.read_text(encoding="utf-8")
@@ -176,7 +182,8 @@ def score(bench: Benchmark, sandbox: Sandbox, items: Sequence[tuple[Problem, Ext
 # ---- summary -----------------------------------------------------------------------------------------------
 
 def summarise(bench: Benchmark, records: list[dict], n_problems: int, refine_rounds: int = 0, *,
-              n_samples: int | None = None, expected: Sequence[str] = (), missing_as_failed: bool = False) -> dict:
+              n_samples: int | None = None, expected: Sequence[str] = (), missing_as_failed: bool = False,
+              problems: Sequence[Problem] = ()) -> dict:
     """pass@k over tasks from round 0 (per part for multi-part sets): the headline is never a refined
     figure.  Self-refine rounds 1..``refine_rounds`` each get their own key, ``pass@1 refine-<k>`` (a
     sample counts as passed after round k when it passed in round k or before), and ``self_refine`` lists
@@ -216,6 +223,7 @@ def summarise(bench: Benchmark, records: list[dict], n_problems: int, refine_rou
         summary["base"] = stats(lambda r: r["parts"]["base"]["status"] == "passed")
         summary["plus"] = stats(lambda r: r["status"] == "passed")
     summary.update(stats(lambda r: r["status"] == "passed"))
+    summary.update(bench.summary_extras(problems, list(first.values())))
     if refine_rounds:
         curve = []
         for k in range(refine_rounds + 1):
@@ -320,6 +328,8 @@ def _source(config: EvalConfig) -> dict[str, Any]:
 def _benchmark_entry(config: EvalConfig, name: str) -> dict[str, Any]:
     """The settings of benchmark ``name`` that decide its records (refine settings under ``refine``)."""
     entry: dict[str, Any] = {"release_quotes": config.release_quotes}
+    if name.startswith("lcb-"):  # the problem set itself
+        entry.update(release_version=config.release_version, start_date=config.start_date, end_date=config.end_date)
     if config.predictions:
         if protocol.family(name) == "cruxeval":
             entry["mode"] = config.mode or protocol.DEFAULTS["mode"]
@@ -439,7 +449,10 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
         for name in config.benchmarks:
             settings = {} if config.predictions else config.settings(name)
             mode = settings.get("mode") or config.mode or protocol.DEFAULTS["mode"]
-            bench = get_benchmark(name, mode=mode, release_quotes=config.release_quotes, gt_cache_dir=gt_cache_dir)
+            bench = get_benchmark(name, mode=mode, release_quotes=config.release_quotes, gt_cache_dir=gt_cache_dir,
+                                  **{k: v for k, v in (("release_version", config.release_version),
+                                                       ("start_date", config.start_date),
+                                                       ("end_date", config.end_date)) if v is not None})
             problems = bench.load(data_dir, config.limit)
             bench.prepare(problems)
             records = _Records(out / f"{name.replace('+', 'plus')}.jsonl")
@@ -458,7 +471,7 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
             summary[name] = summarise(bench, [r for r in records.records if r["task_id"] in wanted],
                                       len(problems), 0 if config.predictions else config.self_refine,
                                       n_samples=settings.get("n_samples"), expected=[p.task_id for p in problems],
-                                      missing_as_failed=config.missing_as_failed)
+                                      missing_as_failed=config.missing_as_failed, problems=problems)
             summary[name].update(_provenance(config, name, settings, source))
             summary[name].update(sandbox.describe())
             tmp = summary_path.with_suffix(".json.tmp")

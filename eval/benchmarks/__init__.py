@@ -37,6 +37,15 @@ DATA_FILES: dict[str, str] = {
     "mbpp+": "mbppplus/MbppPlus-v0.2.0.jsonl.gz",
     "cruxeval-i": "cruxeval/cruxeval.jsonl",
     "cruxeval-o": "cruxeval/cruxeval.jsonl",
+    # LiveCodeBench: local exports of the official HF datasets (eval.benchmarks.livecodebench)
+    "lcb-codegen": "livecodebench/code_generation_lite",
+    "lcb-execution": "livecodebench/execution-v2",
+    "lcb-testoutput": "livecodebench/test_generation",
+    # REval (DREval): never bundled (no licence file); from the data dir only (eval.benchmarks.reval)
+    "reval-coverage": "reval/DREval_data.jsonl",
+    "reval-state": "reval/DREval_data.jsonl",
+    "reval-path": "reval/DREval_data.jsonl",
+    "reval-output": "reval/DREval_data.jsonl",
 }
 BENCHMARK_NAMES = tuple(DATA_FILES)
 
@@ -136,6 +145,16 @@ class Benchmark(ABC):
         """The problem statement used in the self-refine prompt."""
         return problem.record.get("prompt", "")
 
+    def summary_extras(self, problems: Sequence[Problem], first: Sequence[dict]) -> dict[str, Any]:
+        """Extra ``summary.json`` keys for this benchmark from its round-0 records (``task_id``, ``sample``,
+        ``status``, ...) and its problems, e.g. pass@1 per difficulty.  Default: none."""
+        return {}
+
+    def read_predictions(self, path: Path, problems: Sequence[Problem]) -> dict[str, list[dict]] | None:
+        """``task_id -> [{"raw": str} | {"extracted": str}, ...]`` from this benchmark's official output
+        format, or None when ``path`` is not in it (the runner then reads the generic formats)."""
+        return None
+
     def primary_part(self) -> str:
         """Which part's pass rate is this benchmark's headline number."""
         return self.parts[-1]
@@ -157,9 +176,19 @@ class CodeBenchmark(Benchmark):
 
 
 def get_benchmark(name: str, **options: Any) -> Benchmark:
-    """The benchmark called ``name`` (see ``BENCHMARK_NAMES``)."""
+    """The benchmark called ``name`` (see ``BENCHMARK_NAMES``); ``options`` it does not take are ignored."""
     from eval.benchmarks.cruxeval import CruxEval
     from eval.benchmarks.evalplus import EvalPlus
+
+    if name.startswith("lcb-"):
+        from eval.benchmarks.livecodebench import LiveCodeBench
+
+        return LiveCodeBench(name, **{k: v for k, v in options.items()
+                                      if k in ("mode", "release_version", "start_date", "end_date")})
+    if name.startswith("reval-"):
+        from eval.benchmarks.reval import REval
+
+        return REval(name, **{k: v for k, v in options.items() if k in ("mode",)})
 
     if name in ("humaneval", "humaneval+", "mbpp", "mbpp+"):
         return EvalPlus(name, **{k: v for k, v in options.items() if k in ("gt_cache_dir",)})
