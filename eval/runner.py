@@ -246,7 +246,10 @@ def format_table(summary: dict[str, dict]) -> str:
     rounds = max((len(s.get("self_refine", [])) - 1 for s in summary.values()), default=0)
     refine_columns = [f"pass@1 refine-{k}" for k in range(1, rounds + 1)]
     rows = [("benchmark", "pass@1", "passed", "total", *refine_columns, "notes")]
+    scores = {name: s for name, s in summary.items() if "passed" not in s}  # cross-benchmark scores (REval's IC)
     for name, s in summary.items():
+        if name in scores:
+            continue
         notes = []
         if "base" in s:
             notes.append(f"base {100 * s['base'].get('pass@1', 0):.1f}")
@@ -269,6 +272,9 @@ def format_table(summary: dict[str, dict]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    for name, s in scores.items():
+        lines.append(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in s.items() if isinstance(v, int | float | str)))
     return "\n".join(lines)
 
 
@@ -446,6 +452,7 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
     # possible under their reliability guard, which removes os.putenv, which numpy's import calls)
     with Sandbox(workers=workers, limits=limits or Limits(), mode=sandbox_mode, require_isolation=require_isolation,
                  hide=hidden_paths(data_dir, gt_cache_dir), preload=("numpy",)) as sandbox:
+        reval_runs: dict[str, tuple[list[dict], list[Problem]]] = {}
         for name in config.benchmarks:
             settings = {} if config.predictions else config.settings(name)
             mode = settings.get("mode") or config.mode or protocol.DEFAULTS["mode"]
@@ -474,10 +481,21 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
                                       missing_as_failed=config.missing_as_failed, problems=problems)
             summary[name].update(_provenance(config, name, settings, source))
             summary[name].update(sandbox.describe())
+            if name in REVAL_TASKS:
+                reval_runs[name] = ([r for r in records.records if r["task_id"] in wanted and r["round"] == 0],
+                                    problems)
+            if len(reval_runs) == len(REVAL_TASKS):  # all four REval tasks: their Incremental Consistency
+                from eval.benchmarks.reval import incremental_consistency
+
+                summary["reval-consistency"] = incremental_consistency(
+                    {k: v[0] for k, v in reval_runs.items()}, {k: v[1] for k, v in reval_runs.items()})
             tmp = summary_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(summary, indent=2))
             os.replace(tmp, summary_path)
     return summary
+
+
+REVAL_TASKS = ("reval-coverage", "reval-state", "reval-path", "reval-output")
 
 
 def _validate(config: EvalConfig) -> None:
