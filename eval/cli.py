@@ -39,7 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"comma-separated: {', '.join(BENCHMARK_NAMES)}")
     p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help="semcoder: the release's generation settings per benchmark (see docs/eval.md)")
-    p.add_argument("--mode", choices=CRUXEVAL_MODES, default=None, help="CRUXEval prompt mode (default monologue)")
+    p.add_argument("--mode", choices=CRUXEVAL_MODES, default=None,
+                   help="prompt mode of CRUXEval, LiveCodeBench execution / test output and REval (default: "
+                        "monologue where SemCoder has one: CRUXEval, lcb-execution; else direct)")
     p.add_argument("--release-version", default=None,
                    help="LiveCodeBench release_version: release_v1 .. release_v6, v5 (one release's new problems), "
                         "release_latest (default)")

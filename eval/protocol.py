@@ -28,6 +28,13 @@ FLAGS = {"mode": "--mode", "n_samples": "--n-samples", "temperature": "--tempera
 DEFAULTS: dict[str, Any] = {"mode": "monologue", "n_samples": 1, "temperature": 0.0, "top_p": 1.0,
                             "max_new_tokens": 1024, "max_length": None, "refine_max_new_tokens": 512,
                             "refine_trace": False}
+def default_mode(name: str) -> str:
+    """The prompt mode a benchmark runs in without ``--mode``: the forward monologue where SemCoder's prompt
+    exists (CRUXEval, LiveCodeBench execution), else the benchmark's own direct prompt (LiveCodeBench test
+    output has only that; REval's official prompts are direct and CoT)."""
+    return "direct" if name.startswith(("reval-", "lcb-testoutput")) else DEFAULTS["mode"]
+
+
 RELEASE_TASKS = {"humaneval": 164, "humaneval+": 164, "mbpp": 378, "mbpp+": 378, "cruxeval-i": 800, "cruxeval-o": 800}
 
 
@@ -118,6 +125,8 @@ def resolve(name: str, explicit: dict[str, Any], protocol: str | None, self_refi
                                 "drop --protocol to choose every setting yourself")
         return {key: preset[key] for key in keys}
     out = {key: explicit.get(key) if explicit.get(key) is not None else DEFAULTS.get(key) for key in keys}
+    if "mode" in out and explicit.get("mode") is None:
+        out["mode"] = default_mode(name)
     if explicit.get("max_new_tokens") is None and out["max_length"] is not None:
         out["max_new_tokens"] = None  # a prompt + output limit alone
     if refine:

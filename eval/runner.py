@@ -338,7 +338,7 @@ def _benchmark_entry(config: EvalConfig, name: str) -> dict[str, Any]:
         entry.update(release_version=config.release_version, start_date=config.start_date, end_date=config.end_date)
     if config.predictions:
         if protocol.family(name) == "cruxeval":
-            entry["mode"] = config.mode or protocol.DEFAULTS["mode"]
+            entry["mode"] = config.mode or protocol.default_mode(name)
         return entry
     settings = config.settings(name)
     entry.update({k: v for k, v in settings.items() if k not in protocol.REFINE_KEYS})
@@ -455,7 +455,7 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
         reval_runs: dict[str, tuple[list[dict], list[Problem]]] = {}
         for name in config.benchmarks:
             settings = {} if config.predictions else config.settings(name)
-            mode = settings.get("mode") or config.mode or protocol.DEFAULTS["mode"]
+            mode = settings.get("mode") or config.mode or protocol.default_mode(name)
             bench = get_benchmark(name, mode=mode, release_quotes=config.release_quotes, gt_cache_dir=gt_cache_dir,
                                   **{k: v for k, v in (("release_version", config.release_version),
                                                        ("start_date", config.start_date),
