@@ -149,7 +149,10 @@ def main(args: argparse.Namespace) -> int:
                       sandbox_mode=args.sandbox_mode, require_isolation=args.require_isolation)
     except SandboxUnavailable as e:
         raise UserError(str(e)) from None
-    print(format_table({k: v for k, v in summary.items() if k in names}))
+    from eval.runner import REVAL_TASKS
+
+    shown = set(names) | ({"reval-consistency"} if set(REVAL_TASKS) <= set(names) else set())
+    print(format_table({k: v for k, v in summary.items() if k in shown}))
     print(f"summary: {json.dumps(str(args.out))[1:-1]}/summary.json")
     decoding = getattr(backend, "decoding_summary", None)
     if decoding is not None and (line := decoding()) is not None:

@@ -125,6 +125,8 @@ def read_predictions(path: str | os.PathLike, bench: Benchmark, problems: list[P
             task_id = rec.get("task_id")
             if not isinstance(task_id, str):
                 raise UserError(f"{path}:{lineno}: missing string key 'task_id'")
+            if rec.get("benchmark", bench.name) != bench.name:
+                continue  # the harness's own records name their benchmark: one file may hold several
             if rec.get("round", 0) != 0:
                 continue  # self-refine rounds of the harness's own file: score round 0 again
             if "raw" in rec:  # the harness's own per-sample file
@@ -498,10 +500,21 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
 REVAL_TASKS = ("reval-coverage", "reval-state", "reval-path", "reval-output")
 
 
+def _names_benchmarks(path: str) -> bool:
+    """Whether a predictions file is JSON Lines whose first record names its ``benchmark``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        return isinstance(json.loads(first), dict) and "benchmark" in json.loads(first)
+    except (OSError, ValueError):
+        return False
+
+
 def _validate(config: EvalConfig) -> None:
     """Errors in ``config`` that need no data or model: conflicts with the protocol, misplaced options."""
-    if config.predictions and len(config.benchmarks) != 1:
-        raise UserError("--predictions scores exactly one --benchmark")
+    if config.predictions and len(config.benchmarks) != 1 and not _names_benchmarks(config.predictions):
+        raise UserError("--predictions scores exactly one --benchmark, unless it is this harness's per-sample JSONL "
+                        "whose records name their benchmark (several sets share task ids: REval's four tasks)")
     if config.predictions and config.protocol:
         raise UserError("--protocol sets how generations are made; it does not apply to --predictions")
     for name in config.benchmarks:
@@ -534,6 +547,11 @@ def _provenance(config: EvalConfig, name: str, settings: dict[str, Any], source:
                              "missing_as_failed": config.missing_as_failed},
                 "protocol": {"requested": None, "release": None, "source": protocol.RELEASE,
                              "differences": ["generations read from --predictions: how they were made is unknown"]}}
+    if name not in protocol.RELEASE_TASKS:  # a set the release did not score with its own scripts
+        return {"source": source["source"],
+                "settings": {**settings, "seed": config.seed, "limit": config.limit, "self_refine": config.self_refine},
+                "protocol": {"requested": None, "release": None, "source": protocol.RELEASE,
+                             "differences": [f"the release's scripts have no settings for {name}"]}}
     differences = protocol.differences(name, settings, self_refine=config.self_refine, limit=config.limit)
     return {"source": source["source"],
             "settings": {**settings, "seed": config.seed, "limit": config.limit, "self_refine": config.self_refine,

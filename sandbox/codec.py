@@ -86,7 +86,12 @@ def _numpy_types_of(module: Any) -> tuple[dict[type, str], type]:
     can only exist once the program has imported it, so the encoder looks at what is loaded."""
     key = _id(module)
     if key not in _numpy_types:
-        _numpy_types[key] = ({_type(module.dtype(n).type(0)): n for n in NUMPY_DTYPES}, module.ndarray)
+        try:
+            _numpy_types[key] = ({_type(module.dtype(n).type(0)): n for n in NUMPY_DTYPES}, module.ndarray)
+        except (AttributeError, TypeError):
+            # Half imported (another thread is running ``import numpy`` in the harness) or not numpy at all:
+            # no value of its types can have come from it yet.  Not cached: the next encoder looks again.
+            return {}, None
     return _numpy_types[key]
 
 

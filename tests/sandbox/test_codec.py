@@ -110,3 +110,14 @@ def test_large_values_travel_as_a_digest_that_tells_types_apart():
     assert codec.digest([1, "a"]) != codec.digest([1.0, "a"])                   # elsewhere types count
     with pytest.raises(PlainDataError):
         codec.digest([AlwaysEqual()] * (codec.INLINE_MAX_NODES + 1))
+
+
+def test_a_half_imported_numpy_in_the_harness_does_not_break_encoding(monkeypatch):
+    """While one harness thread runs ``import numpy``, sys.modules already holds the half-made module; another
+    thread encoding a payload must treat it as absent (no numpy value can exist yet), not crash on it."""
+    import sys
+    import types
+
+    half = types.ModuleType("numpy")  # what ``import numpy`` has put in sys.modules before its body ran
+    monkeypatch.setitem(sys.modules, "numpy", half)
+    assert codec.decode(codec.encode({"a": [1, 2.5, "x"]})) == {"a": [1, 2.5, "x"]}
