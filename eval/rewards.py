@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import gzip
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -36,7 +34,7 @@ from pathlib import Path
 
 from data_pipeline.builder.trace import parse_args
 from data_pipeline.prompts import render_prompt
-from eval.benchmarks import DataError, Extracted, Problem
+from eval.benchmarks import DataError, Extracted, Problem, iter_jsonl
 from eval.benchmarks.cruxeval import CruxEval
 from eval.benchmarks.evalplus import EvalPlus
 from eval.extract import code_extract, cruxeval_answer, sanitize
@@ -223,25 +221,15 @@ def load_tasks(path: str | os.PathLike, limit: int | None = None,
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: task file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
     tasks: list[Task] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise UserError(f"{path}:{n}: expected a JSON object")
-            found = tasks_from_record(record, f"{path}:{n}")
-            tasks += found
-            if counts is not None and not found:
-                counts["records_without_task"] = counts.get("records_without_task", 0) + 1
-            if limit is not None and len(tasks) >= limit:
-                tasks = tasks[:limit]
-                break
+    for n, record in iter_jsonl(path):
+        found = tasks_from_record(record, f"{path}:{n}")
+        tasks += found
+        if counts is not None and not found:
+            counts["records_without_task"] = counts.get("records_without_task", 0) + 1
+        if limit is not None and len(tasks) >= limit:
+            tasks = tasks[:limit]
+            break
     if not tasks:
         raise UserError(f"{path}: no task in the file (see eval.rewards.tasks_from_record for the shapes read)")
     for name, benchmark in _EVALPLUS.items():

@@ -16,7 +16,7 @@ import gzip
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,19 +92,27 @@ def data_file(name: str, data_dir: str | os.PathLike | None) -> Path:
     return path
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """All records of a (possibly gzipped) JSON Lines file; a bad line is an error naming file:line."""
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of each JSON object of a (possibly gzipped) JSON Lines file; blank lines are
+    skipped, and a line that is not a JSON object is a ``DataError`` naming file:line."""
+    path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    records = []
     with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-    return records
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object")
+            yield lineno, record
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """All records of a (possibly gzipped) JSON Lines file; a bad line is an error naming file:line."""
+    return [record for _, record in iter_jsonl(path)]
 
 
 def require_keys(record: dict, keys: tuple[str, ...], where: str) -> None:

@@ -47,7 +47,6 @@ from __future__ import annotations
 import ast
 import base64
 import binascii
-import gzip
 import io
 import json
 import os
@@ -61,7 +60,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from eval.benchmarks import DATA_FILES, Benchmark, DataError, Extracted, Problem, resolve_data_dir
+from eval.benchmarks import DATA_FILES, Benchmark, DataError, Extracted, Problem, iter_jsonl, resolve_data_dir
 from eval.prompts import cruxeval_prompt
 from sandbox import Sandbox, function_tests
 from sandbox.function_tests import Digest, Program, TestResult, Verdict
@@ -126,20 +125,7 @@ def _records_of(path: Path) -> list[tuple[str, dict]]:
         except Exception as e:  # noqa: BLE001 - any pyarrow failure is a bad file
             raise DataError(f"{path}: not a readable Parquet file ({e})") from None
         return [(f"{path}: row {i + 1}", row) for i, row in enumerate(rows)]
-    opener = gzip.open if path.suffix == ".gz" else open
-    out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            out.append((f"{path}:{lineno}", record))
-    return out
+    return [(f"{path}:{lineno}", record) for lineno, record in iter_jsonl(path)]
 
 
 def _is_data_file(path: Path) -> bool:

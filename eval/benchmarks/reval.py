@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from data_pipeline.builder.trace import _CANON
-from eval.benchmarks import Benchmark, DataError, Extracted, Problem, data_file
+from eval.benchmarks import Benchmark, DataError, Extracted, Problem, data_file, iter_jsonl
 from eval.benchmarks.cruxeval import LAMBDA_NODES
 from sandbox import Job, Sandbox
 from sandbox.drivers import LAMBDA_BUILTINS, WRITE_ONLY
@@ -300,20 +300,11 @@ _main(PAYLOAD)
 def _read_lines(path: Path, keys: tuple[str, ...]) -> list[tuple[int, dict]]:
     """(line number, record) of a JSON Lines file; a bad line or a missing key is an error naming file:line."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            missing = [k for k in keys if k not in rec]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
-            out.append((lineno, rec))
+    for lineno, rec in iter_jsonl(path):
+        missing = [k for k in keys if k not in rec]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
+        out.append((lineno, rec))
     return out
 
 

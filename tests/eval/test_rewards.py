@@ -143,7 +143,7 @@ def test_pyx_and_cruxeval_records_become_tasks(tmp_path):
 def test_bad_task_files_name_the_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"code": CODE, "input": "1", "output": "[3, 15]"}) + "\n{oops\n")
-    with pytest.raises(UserError, match=r"bad.jsonl:2: not JSON"):
+    with pytest.raises(UserError, match=r"bad.jsonl:2: not valid JSON"):
         load_tasks(bad)
     bad.write_text(json.dumps({"code": CODE, "input": "1", "output": "<object>"}) + "\n")
     with pytest.raises(UserError, match=r"bad.jsonl:1: the output '<object>' is not a Python literal"):
