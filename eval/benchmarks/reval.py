@@ -761,6 +761,8 @@ def _literal(text: str) -> Any:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CONSTRUCTORS \
                 and not node.keywords and len(node.args) <= 1:
             args = [ast.literal_eval(a) for a in node.args]
+            if node.func.id in ("bytes", "bytearray") and any(isinstance(a, int) for a in args):
+                raise ValueError(text)  # the size form: an answer must not make the harness allocate at will
             return _CONSTRUCTORS[node.func.id](*args)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, OverflowError):
         pass

@@ -371,3 +371,13 @@ def test_malformed_lines_name_file_and_line(tmp_path):
     (folder / "DREval_tasks.jsonl").write_text("".join(tasks[:4]) + json.dumps(entry) + "\n" + "".join(tasks[5:]))
     with pytest.raises(DataError, match=r"DREval_tasks\.jsonl:5: malformed task entry"):
         REval("reval-state").load(tmp_path)
+
+
+def test_a_state_answer_cannot_make_the_harness_allocate():
+    """``bytes(N)`` / ``bytearray(N)`` would allocate N bytes here, in the scorer's process: refused as unreadable."""
+    from eval.benchmarks.reval import _literal
+
+    assert _literal("bytearray(b'h')") == bytearray(b"h") and _literal("set()") == set()
+    for answer in ("bytes(10**12)", "bytearray(99999999999999)", "bytes(99999999999999)"):
+        with pytest.raises(ValueError):
+            _literal(answer)
