@@ -36,6 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Flags (argparse dests) that name files or directories, across the subcommands.
+LOCATION_FLAGS = ("config", "run_dir", "export_hf", "model", "out", "data_dir", "predictions", "hf", "ckpt",
+                  "tokenizer", "tokenizer_out", "gt_cache_dir", "teacher")
+
+
+def _refuse_object_store_flags(args: argparse.Namespace) -> None:
+    """An object-store URL in any location flag is refused here, before the subcommand does any work
+    (``semcoder_jax.locations``); config keys are checked by the config's own validation."""
+    from semcoder_jax.locations import require_local
+
+    for dest in LOCATION_FLAGS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            require_local(f"--{dest.replace('_', '-')}", value)
+    for value in getattr(args, "seeds", None) or ():
+        if isinstance(value, str):
+            require_local("--seeds", value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -53,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        _refuse_object_store_flags(args)
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"semcoder {args.command}: error: {e}", file=sys.stderr)

@@ -157,7 +157,8 @@ check_run() {
   need NAME ZONE CONFIG RUN_DIR
   [[ -f $CONFIG ]] || die "--config $CONFIG: no such file"
   case $RUN_DIR in
-    /*|gs://*) ;;
+    /*) ;;
+    *://*) die "--run-dir $RUN_DIR: object-store run directories are not supported yet (docs/object_storage.md); use the bucket's gcsfuse mount on the workers, e.g. /mnt/gcs/BUCKET/runs/NAME" ;;
     *) die "--run-dir $RUN_DIR: give an absolute path on the workers (e.g. /mnt/gcs/BUCKET/runs/NAME) so a re-created slice finds the checkpoints" ;;
   esac
   local semcoder=${SEMCODER:-semcoder}

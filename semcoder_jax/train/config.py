@@ -281,6 +281,14 @@ class TrainRunConfig:
         def fail(key: str, message: str) -> TrainConfigError:
             return TrainConfigError(f"{sources.get(key, '')}{key}: {message}")
 
+        from semcoder_jax.locations import object_store_scheme, unsupported
+
+        for key, value in (("run.dir", self.run.dir), ("run.export_hf", self.run.export_hf),
+                           ("data.path", self.data.path), ("data.eval_path", self.data.eval_path),
+                           ("data.tokenizer", self.data.tokenizer), ("rl.tasks", self.rl.tasks),
+                           ("model.init_from", (self.model.init_from or "").partition(":")[2] or None)):
+            if object_store_scheme(value):
+                raise TrainConfigError(sources.get(key, "") + unsupported(key + ":", value))
         t = self.train
         if (t.steps is None) == (t.epochs is None):
             key = "train.steps" if "train.steps" in sources else "train.epochs"

@@ -224,6 +224,8 @@ def test_missing_options_and_relative_run_dirs_are_refused_before_any_call(fake)
     assert proc.returncode == 2 and "--name is required" in proc.stderr
     proc = fake.run("bash", POD, "run", *COMMON, "--config", CONFIG, "--run-dir", "runs/x", check=False)
     assert proc.returncode == 2 and "absolute path" in proc.stderr
+    proc = fake.run("bash", POD, "run", *COMMON, "--config", CONFIG, "--run-dir", "gs://b/runs/x", check=False)
+    assert proc.returncode == 2 and "object-store run directories are not supported yet" in proc.stderr
     assert fake.calls() == []
 
 
