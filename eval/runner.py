@@ -504,8 +504,8 @@ def _names_benchmarks(path: str) -> bool:
     """Whether a predictions file is JSON Lines whose first record names its ``benchmark``."""
     try:
         with open(path, encoding="utf-8") as f:
-            first = next((line for line in f if line.strip()), "")
-        return isinstance(json.loads(first), dict) and "benchmark" in json.loads(first)
+            first = json.loads(next((line for line in f if line.strip()), ""))
+        return isinstance(first, dict) and "benchmark" in first
     except (OSError, ValueError):
         return False
 

@@ -606,28 +606,21 @@ class REval(Benchmark):
         if not (isinstance(head, dict) and "generation" in head and "task_id" in head):
             return None
         out: dict[str, list[dict]] = {}
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if "generation" not in rec:
-                    continue  # the closing metrics line
-                try:
-                    for gen in rec["generation"]:
-                        results = gen["results"]
-                        if self.task == "output":
-                            out.setdefault(f"{rec['task_id']}/{gen['input_idx']}", []).append(
-                                {"raw": results[0]["generated"]})
-                            continue
-                        for q, res in enumerate(results):
-                            out.setdefault(f"{rec['task_id']}/{gen['input_idx']}/{q}", []).append(
-                                {"raw": res["generated"]})
-                except (KeyError, TypeError, IndexError):
-                    raise DataError(f"{path}:{lineno}: not an official REval generation record") from None
+        for lineno, rec in iter_jsonl(path):
+            if "generation" not in rec:
+                continue  # the closing metrics line
+            try:
+                for gen in rec["generation"]:
+                    results = gen["results"]
+                    if self.task == "output":
+                        out.setdefault(f"{rec['task_id']}/{gen['input_idx']}", []).append(
+                            {"raw": results[0]["generated"]})
+                        continue
+                    for q, res in enumerate(results):
+                        out.setdefault(f"{rec['task_id']}/{gen['input_idx']}/{q}", []).append(
+                            {"raw": res["generated"]})
+            except (KeyError, TypeError, IndexError):
+                raise DataError(f"{path}:{lineno}: not an official REval generation record") from None
         wanted = {p.task_id for p in problems}
         return {k: v for k, v in out.items() if k in wanted}
 
