@@ -39,20 +39,30 @@ def build_parser() -> argparse.ArgumentParser:
 # Flags (argparse dests) that name files or directories, across the subcommands.
 LOCATION_FLAGS = ("config", "run_dir", "export_hf", "model", "out", "data_dir", "predictions", "hf", "ckpt",
                   "tokenizer", "tokenizer_out", "gt_cache_dir", "teacher")
+# (subcommand, flag) pairs that take object-store URLs (semcoder_jax.locations); the others read or write
+# with local file APIs only, and a URL there is refused before any work.
+REMOTE_CAPABLE = {("train", "config"), ("train", "run_dir"), ("train", "export_hf"), ("eval", "model"),
+                  ("eval", "out"), ("convert", "hf"), ("convert", "ckpt"), ("convert", "out"),
+                  ("convert", "tokenizer"), ("checkpoint", "run_dir"), ("generate", "model")}
 
 
-def _refuse_object_store_flags(args: argparse.Namespace) -> None:
-    """An object-store URL in any location flag is refused here, before the subcommand does any work
-    (``semcoder_jax.locations``); config keys are checked by the config's own validation."""
-    from semcoder_jax.locations import require_local
+def _check_location_flags(args: argparse.Namespace) -> None:
+    """Every location flag is checked here, before the subcommand does any work: an object-store URL must
+    name a served scheme and a bucket (``semcoder_jax.locations.check``), and only the flags in
+    ``REMOTE_CAPABLE`` take one.  Config keys are checked by the config's own validation."""
+    from semcoder_jax import locations
 
-    for dest in LOCATION_FLAGS:
-        value = getattr(args, dest, None)
-        if isinstance(value, str):
-            require_local(f"--{dest.replace('_', '-')}", value)
-    for value in getattr(args, "seeds", None) or ():
-        if isinstance(value, str):
-            require_local("--seeds", value)
+    named = [(dest, getattr(args, dest, None)) for dest in LOCATION_FLAGS]
+    named += [("seeds", value) for value in getattr(args, "seeds", None) or ()]
+    for dest, value in named:
+        if not isinstance(value, str) or not locations.is_remote(value):
+            continue
+        flag = f"--{dest.replace('_', '-')}"
+        locations.check(flag, value)
+        if (args.command, dest) not in REMOTE_CAPABLE:
+            raise locations.LocationError(
+                f"{flag} {value}: semcoder {args.command} reads and writes {flag} with local file APIs only; copy "
+                "it to local disk (gcloud storage cp -r) or use a gcsfuse mount path")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        _refuse_object_store_flags(args)
+        _check_location_flags(args)
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"semcoder {args.command}: error: {e}", file=sys.stderr)

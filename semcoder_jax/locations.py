@@ -1,19 +1,67 @@
-"""User-given locations: which ones this installation can serve.
+"""User-given locations: local paths and object-store URLs (``gs://BUCKET/...``) through one path layer.
 
-Every run directory, dataset, tokenizer, checkpoint and export is read and written with local file APIs,
-so a URL of an object store (``gs://``, ``s3://``, ...) is refused before any work, in one line naming
-the setting, instead of becoming a local folder called ``gs:`` that fails at the first checkpoint.  A
-mounted bucket (gcsfuse) is a local path and works.  Native object storage is issue 26; what the stack
-does against a GCS emulator is in docs/object_storage.md.
+Every run directory, dataset, tokenizer, checkpoint and export a user names goes through ``path()``, an
+``etils.epath.Path``: the ``os`` backend for local paths and fsspec (gcsfs) for ``gs://``.  Orbax uses the
+same layer for its step directories, commit markers and cleanup, and TensorStore writes the arrays, so one
+set of settings governs the whole stack.  Another scheme is a registration away (``register_scheme``: an
+fsspec implementation epath routes to, and what to install).
+
+Before a run does any work its locations are checked (``check``: a known scheme, installed, with a bucket)
+and a remote run directory is probed with a small write and delete (``probe_writable``), so a missing
+bucket, missing credentials or a missing permission is one line naming what to do, not a traceback after
+the first checkpoint interval.
+
+``configure_environment`` sets what the stack needs for gs:// (``EPATH_USE_TF=false``, so epath does not
+hand gs:// to TensorFlow's GCS client, which cannot be pointed at an emulator; gcsfs's zonal-bucket probe
+off) and, when ``STORAGE_EMULATOR_HOST`` names a local emulator, points TensorStore at it and keeps the
+credential lookups off the network.  Object stores have no rename and no append: ``write_text`` writes a
+whole object (a single upload is atomic), and callers that append (metrics) rewrite instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import importlib.util
+import os
 import re
+import shutil
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
 
 from semcoder_jax.errors import UserError
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+
+
+class LocationError(UserError):
+    """A location that cannot be used: unknown scheme, no bucket, missing bucket, credentials, permission."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scheme:
+    """An object store the path layer serves: the module that implements it and how to install it."""
+
+    name: str
+    module: str
+    install: str
+    credentials: str
+
+
+SCHEMES: dict[str, Scheme] = {
+    "gs": Scheme("gs", "gcsfs", "pip install gcsfs google-cloud-storage (both in semcoder-jax's dependencies)",
+                 "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service "
+                 "account key file (a TPU or GCE VM uses its service account)"),
+}
+
+
+def register_scheme(scheme: Scheme) -> None:
+    """Serves ``scheme.name://`` through epath's fsspec backend (the module must implement it for fsspec)."""
+    SCHEMES[scheme.name] = scheme
 
 
 def object_store_scheme(value: str | None) -> str | None:
@@ -22,14 +70,291 @@ def object_store_scheme(value: str | None) -> str | None:
     return match.group(1) if match else None
 
 
-def unsupported(what: str, value: str) -> str:
-    """The one-line refusal for ``what`` (a setting or flag) set to the URL ``value``."""
-    return (f"{what} {value}: {object_store_scheme(value)}:// locations are not supported yet (runs, data and "
-            "exports go through local file APIs; docs/object_storage.md); mount the bucket (gcsfuse, as "
-            "launch/tpu/pod.sh does) and give the mount path")
+def is_remote(value: Any) -> bool:
+    return object_store_scheme(str(value) if value is not None else None) is not None
 
 
-def require_local(what: str, value: str | None) -> None:
-    """Raises ``UserError`` when ``value`` is an object-store URL."""
-    if object_store_scheme(value):
-        raise UserError(unsupported(what, value or ""))
+def split(value: str) -> tuple[str, str, str]:
+    """(scheme, bucket, key) of ``scheme://bucket/key``."""
+    scheme = object_store_scheme(value) or ""
+    rest = value[len(scheme) + 3:]
+    bucket, _, key = rest.partition("/")
+    return scheme, bucket, key
+
+
+def check(what: str, value: str | None) -> None:
+    """Raises ``LocationError`` (one line naming ``what`` and the value) for a URL this installation cannot
+    serve: an unregistered scheme, its module not installed, or no bucket.  Local paths always pass."""
+    scheme = object_store_scheme(value)
+    if scheme is None:
+        return
+    entry = SCHEMES.get(scheme)
+    if entry is None:
+        served = ", ".join(f"{s}://" for s in sorted(SCHEMES))
+        raise LocationError(f"{what} {value}: {scheme}:// is not a storage this installation serves ({served} is; "
+                            "another fsspec scheme is added with semcoder_jax.locations.register_scheme), or mount "
+                            "it and give the mount path")
+    if importlib.util.find_spec(entry.module) is None:
+        raise LocationError(f"{what} {value}: {scheme}:// needs the {entry.module} package: {entry.install}")
+    _, bucket, _ = split(value)
+    if not bucket:
+        raise LocationError(f"{what} {value}: no bucket name (write {scheme}://BUCKET/path)")
+    if scheme == "gs" and not _BUCKET.match(bucket):
+        raise LocationError(f"{what} {value}: {bucket!r} is not a valid bucket name (3-222 characters: lowercase "
+                            "letters, digits, '-', '_' and '.', starting and ending with a letter or digit)")
+
+
+_CLOSED_LOOPBACK = "127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
+
+
+def configure_environment() -> None:
+    """Sets (as defaults, never over a user's value) the variables the gs:// stack needs; idempotent.
+
+    Always: ``EPATH_USE_TF=false`` and ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` (gcsfs reads it at import;
+    on, each bucket-layout probe waits out a 60 s timeout where the call is not supported).  With
+    ``STORAGE_EMULATOR_HOST`` set: ``TENSORSTORE_GCS_HTTP_URL`` (TensorStore's gcs driver has no endpoint
+    setting and reads this once per process), and google-auth kept from the metadata server
+    (``NO_GCE_CHECK=true``, ``GCE_METADATA_HOST``/``ROOT``/``IP`` on a closed loopback port), else each
+    credential lookup waits out its retries against a server that is not there.
+    """
+    if os.environ.setdefault("EPATH_USE_TF", "false") == "false":
+        gpath = sys.modules.get("etils.epath.gpath")
+        cached = getattr(gpath, "_is_tf_installed", None)
+        if cached is not None and hasattr(cached, "cache_clear"):  # epath caches its choice on first use
+            cached.cache_clear()
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    if emulator and emulator != "default":
+        url = emulator if emulator.startswith(("http://", "https://")) else f"http://{emulator}"
+        os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
+        os.environ.setdefault("NO_GCE_CHECK", "true")
+        for key in ("GCE_METADATA_HOST", "GCE_METADATA_ROOT", "GCE_METADATA_IP"):
+            os.environ.setdefault(key, _CLOSED_LOOPBACK)
+
+
+def path(value: str | os.PathLike, what: str = "location"):
+    """The ``epath.Path`` of a user-given location (a local one made absolute); checked first."""
+    from etils import epath
+
+    text = os.fspath(value)
+    if is_remote(text):
+        check(what, text)
+        configure_environment()
+        return epath.Path(text)
+    return epath.Path(os.path.abspath(text))
+
+
+def absolute(value: str) -> str:
+    """A local path made absolute; a URL unchanged."""
+    return value if is_remote(value) else os.path.abspath(value)
+
+
+def join(base: str, *parts: str) -> str:
+    """``os.path.join`` for local paths, ``/`` joins for URLs (no ``\\`` on any platform)."""
+    if is_remote(base):
+        return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(base, *parts)
+
+
+def write_text(target: str | os.PathLike, text: str) -> None:
+    """Writes a file whole or not at all: locally through a temporary file and a rename; on an object
+    store as one upload (an object appears only once it is complete)."""
+    write_bytes(target, text.encode("utf-8"))
+
+
+def write_bytes(target: str | os.PathLike, data: bytes) -> None:
+    text = os.fspath(target)
+    if is_remote(text):
+        path(text).write_bytes(data)
+        return
+    tmp = f"{text}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, text)
+
+
+def upload_tree(local_dir: str, target: str) -> int:
+    """Copies every file under ``local_dir`` to ``target`` (a URL or local directory); returns the bytes."""
+    total = 0
+    for root, _, files in os.walk(local_dir):
+        for name in sorted(files):
+            src = os.path.join(root, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            dst = path(join(target, rel))
+            if not is_remote(target):
+                dst.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as f_in, dst.open("wb") as f_out:
+                shutil.copyfileobj(f_in, f_out, 16 << 20)
+            total += os.path.getsize(src)
+    return total
+
+
+def download_tree(source: str, local_dir: str) -> int:
+    """Copies every object (or file) under ``source`` into ``local_dir``; returns the bytes."""
+    if not is_remote(source):
+        shutil.copytree(source, local_dir, dirs_exist_ok=True)
+        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(local_dir) for f in fs)
+    fs = filesystem(source)
+    scheme, bucket, key = split(source.rstrip("/"))
+    prefix = f"{bucket}/{key}".rstrip("/")
+    total = 0
+    for name in fs.find(prefix):
+        rel = name[len(prefix):].lstrip("/")
+        if not rel:
+            continue
+        dst = os.path.join(local_dir, *rel.split("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        fs.get_file(name, dst)
+        total += os.path.getsize(dst)
+    return total
+
+
+def filesystem(value: str):
+    """The fsspec filesystem serving a URL (the instance epath uses, so both share connections)."""
+    check("location", value)
+    configure_environment()
+    from etils.epath import backend as backend_lib
+
+    return backend_lib.fsspec_backend.fs(value)
+
+
+@contextlib.contextmanager
+def local_copy(value: str, what: str = "location") -> Iterator[str]:
+    """A local path holding ``value``'s files: ``value`` itself when local, else a temporary download
+    (removed on exit) — for readers that only take local files (transformers' ``from_pretrained``)."""
+    if not is_remote(value):
+        yield value
+        return
+    if not path(value, what).exists():
+        raise LocationError(f"{what} {value}: not found")
+    with tempfile.TemporaryDirectory(prefix="semcoder-remote-") as tmp:
+        download_tree(value, tmp)
+        yield tmp
+
+
+# ---- errors a cloud user meets, as one line -------------------------------------------------------------
+
+
+def _status(exc: BaseException) -> int | None:
+    for attr in ("code", "status"):
+        value = getattr(exc, attr, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    text = str(exc)
+    for code in (401, 403, 404):
+        if f"{code}" in text and (("Forbidden" in text) or ("Unauthorized" in text) or ("NOT_FOUND" in text)
+                                  or ("PERMISSION_DENIED" in text) or f" {code}" in text):
+            return code
+    return None
+
+
+def _credentials_method(value: str) -> str | None:
+    """How gcsfs authenticated for ``value`` (``anon`` = no credentials found)."""
+    with contextlib.suppress(Exception):
+        from etils.epath import backend as backend_lib
+
+        fs = backend_lib.fsspec_backend.fs(value)
+        return getattr(getattr(fs, "credentials", None), "method", None)
+    return None
+
+
+def explain(exc: BaseException, what: str, value: str) -> str | None:
+    """One line for an object-store failure on ``value`` (missing bucket, credentials, permission), or None
+    when ``exc`` is not one."""
+    scheme, bucket, _ = split(value)
+    entry = SCHEMES.get(scheme)
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    for e in chain:
+        status = _status(e)
+        text = str(e)
+        if status == 401 or "Unauthorized" in text:
+            if _credentials_method(value) == "anon":
+                how = entry.credentials if entry else "set up credentials for this storage"
+                return f"{what} {value}: no credentials were found for {scheme}:// ({how})"
+            return f"{what} {value}: the credentials were refused (401 Unauthorized); refresh or replace them"
+        if status == 403 or "Forbidden" in text or "PERMISSION_DENIED" in text:
+            return (f"{what} {value}: permission denied (403) writing to bucket {bucket}: the account needs "
+                    f"storage.objects.create, .get, .list and .delete there (e.g. roles/storage.objectAdmin)")
+        if (isinstance(e, FileNotFoundError) or status == 404 or "NOT_FOUND" in text
+                or "bucket does not exist" in text.lower()):
+            return (f"{what} {value}: bucket {bucket} does not exist (create it, e.g. `gcloud storage buckets "
+                    f"create {scheme}://{bucket}`, or fix the name)")
+    return None
+
+
+def probe_writable(what: str, value: str) -> None:
+    """Writes and deletes a small object under ``value`` (a URL; local paths are left to the caller), so a
+    missing bucket, missing credentials or a missing permission stops the run before any work."""
+    if not is_remote(value):
+        return
+    check(what, value)
+    configure_environment()
+    scheme, bucket, _ = split(value)
+    probe = join(value, f".semcoder-write-probe-{uuid.uuid4().hex}")
+    try:
+        with _quiet_client_logs():
+            _bucket_exists(scheme, bucket, value)
+            target = path(probe)
+            target.write_bytes(b"probe")
+            target.unlink()
+    except LocationError:
+        raise
+    except Exception as e:  # noqa: BLE001 - classified by explain; anything else propagates unchanged
+        line = explain(e, what, value)
+        if line is None:
+            raise
+        raise LocationError(line) from None
+
+
+@contextlib.contextmanager
+def _quiet_client_logs() -> Iterator[None]:
+    """gcsfs logs a traceback for every refused request; the caller turns the refusal into one line."""
+    import logging
+
+    logger = logging.getLogger("gcsfs")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _bucket_exists(scheme: str, bucket: str, value: str) -> None:
+    """Raises the missing-bucket line when the bucket itself is absent: a write under a missing bucket
+    must not reach code that creates parents (gcsfs's ``makedirs`` creates buckets)."""
+    from etils.epath import backend as backend_lib
+
+    fs = backend_lib.fsspec_backend.fs(value)
+    info = None
+    try:
+        info = fs.info(f"{bucket}/")
+    except FileNotFoundError:
+        info = None
+    except Exception as e:  # noqa: BLE001
+        line = explain(e, "", value)
+        if line is None or "does not exist" not in line:
+            raise
+    if info is None:
+        raise FileNotFoundError(f"bucket does not exist: {bucket}")
+
+
+def probe_readable(what: str, value: str) -> None:
+    """Checks that ``value`` exists (file or directory), with one-line errors for object stores."""
+    if not is_remote(value):
+        return
+    try:
+        found = path(value, what).exists()
+    except LocationError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        line = explain(e, what, value)
+        if line is None:
+            raise
+        raise LocationError(line) from None
+    if not found:
+        raise LocationError(f"{what} {value}: not found")

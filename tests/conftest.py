@@ -40,3 +40,31 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                 f"{len(counts['skip'])} skipped")
     for line in counts["skip"]:
         terminalreporter.write_line(f"  skipped {line}")
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """A local GCS (fake-gcs-server on 127.0.0.1, objects in memory) for the whole session, with
+    ``STORAGE_EMULATOR_HOST`` pointing at it in this process and in the subprocesses it starts."""
+    from tests.gcs_emulator import GcsEmulator
+
+    emulator = GcsEmulator()
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+    from semcoder_jax import locations
+
+    locations.configure_environment()
+    if os.environ.get("TENSORSTORE_GCS_HTTP_URL") != emulator.url:
+        pytest.skip("TENSORSTORE_GCS_HTTP_URL points elsewhere in this environment")
+    yield emulator
+    if previous is None:
+        os.environ.pop("STORAGE_EMULATOR_HOST", None)
+    else:
+        os.environ["STORAGE_EMULATOR_HOST"] = previous
+    emulator.stop()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator) -> str:
+    """``gs://NAME``: a fresh, empty bucket on the session's emulator."""
+    return f"gs://{gcs_emulator.bucket()}"

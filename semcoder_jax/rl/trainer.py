@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from semcoder_jax import locations
 from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig
 from semcoder_jax.errors import UserError
@@ -68,7 +69,8 @@ def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *
     from semcoder_jax.train.loop import MetricsLog
 
     r = config.rl
-    tokenizer = load_tokenizer(os.path.join(run_dir, "tokenizer"))
+    with locations.local_copy(locations.join(run_dir, "tokenizer"), "run.dir tokenizer") as tokenizer_dir:
+        tokenizer = load_tokenizer(tokenizer_dir)
     settings = grpo_config(config, model)
     max_len = None
     if r.max_prompt_tokens is not None:
@@ -81,8 +83,9 @@ def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *
             raise UserError(f"rl.max_prompt_tokens={r.max_prompt_tokens}: every task's prompt is longer")
         tasks, max_len = kept, r.max_prompt_tokens + r.max_new_tokens
     opt = optimizer(config)
-    out = os.path.join(run_dir, "grpo")
-    os.makedirs(out, exist_ok=True)
+    out = locations.join(run_dir, "grpo")
+    if not locations.is_remote(out):
+        os.makedirs(out, exist_ok=True)
     mesh = shd.build_mesh(config.mesh.as_dict())
     params_s, opt_s = rl_step.state_shardings(model, opt, mesh)
     params = jax.device_put(params, params_s)
@@ -126,6 +129,7 @@ def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *
             if step % r.checkpoint_every == 0 or step == start + todo:
                 checkpointer.save(step, p, o, {"step": step, "phase": "grpo"})
                 checkpointer.wait()
+                log.flush()
 
         if todo > 0:
             with Sandbox(workers=r.sandbox_workers) as sandbox:

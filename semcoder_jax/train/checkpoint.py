@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from semcoder_jax import integrity
+from semcoder_jax import integrity, locations
 from semcoder_jax.config import ModelConfig, model_config_from_dict
 from semcoder_jax.errors import UserError
 
@@ -62,7 +62,7 @@ def _ocp():
 
 
 def checkpoints_dir(run_dir: str) -> str:
-    return os.path.join(os.path.abspath(run_dir), CHECKPOINTS_DIR)
+    return locations.join(locations.absolute(run_dir), CHECKPOINTS_DIR)
 
 
 def make_manifest(step: int, params: Any, opt_state: Any, meta: dict[str, Any]) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
         ocp = _ocp()
-        self.directory = os.path.abspath(directory)
+        self.directory = locations.absolute(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                                cleanup_tmp_directories=True, create=True)
         try:
@@ -132,7 +132,7 @@ class Checkpointer:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def has_manifest(self, step: int) -> bool:
-        return os.path.isdir(os.path.join(self.directory, str(step), "manifest"))
+        return locations.path(locations.join(self.directory, str(step), "manifest")).is_dir()
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict]:
         """The state of ``step``, checked against its manifest (raises ``CorruptCheckpoint`` on a mismatch;
@@ -148,7 +148,7 @@ class Checkpointer:
             _report(f"checkpoint {self.directory}/{step} has no manifest (written before they existed); "
                     "restored without verifying its contents")
             return out["params"], out["opt_state"], out["meta"]
-        step_dir = os.path.join(self.directory, str(step))
+        step_dir = locations.join(self.directory, str(step))
         problems = check_against_manifest(out["manifest"], out["params"], out["opt_state"], out["meta"],
                                           verify_files=lambda: _on_process_0(lambda: verify_step(step_dir)[1]))
         if problems:
@@ -190,15 +190,23 @@ class Checkpointer:
         return None
 
     def _set_aside(self, step: int, reason: str) -> str:
-        """Moves a damaged step out of the manager's sight (process 0 renames; everyone reloads)."""
-        src = os.path.join(self.directory, str(step))
-        dst = os.path.join(self.directory, f"corrupt-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+        """Moves a damaged step out of the manager's sight (process 0 moves it; everyone reloads).
+
+        Locally a rename.  An object store has no rename: the step's objects are copied (server side) to
+        ``corrupt-STEP-TIME/``, then its commit marker is deleted — one request after which Orbax no longer
+        counts the step — and then the rest of it.  A kill in between leaves the copy and an uncommitted
+        step, which Orbax's start-up cleanup removes: the evidence is never lost."""
+        src = locations.join(self.directory, str(step))
+        dst = locations.join(self.directory, f"corrupt-{step}-{time.strftime('%Y%m%d-%H%M%S')}")
         if jax.process_index() == 0:
             _report(f"checkpoint {src} is damaged ({reason}); moved to {dst}, trying the previous one")
-            os.rename(src, dst)
+            if locations.is_remote(src):
+                _move_remote_step(src, dst)
+            else:
+                os.rename(src, dst)
         _barrier(f"semcoder-set-aside-{step}")
         self.manager.reload()
-        return f"{step} -> {os.path.basename(dst)}"
+        return f"{step} -> {dst.rsplit('/', 1)[-1]}"
 
     def wait(self) -> None:
         with self._storage_errors():
@@ -233,10 +241,14 @@ class Checkpointer:
         warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
         if isinstance(sys.unraisablehook, _StorageFailureEcho):
             sys.unraisablehook.after_failure = True
-        for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
+        local = not locations.is_remote(self.directory)
+        for name in os.listdir(self.directory) if local and os.path.isdir(self.directory) else []:
             if ".orbax-checkpoint-tmp" in name or (step is not None and name.startswith(f"{step}.")
                                                    and not name.isdigit()):
                 shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        if not local:  # an object store: the step without its commit marker is removed by Orbax's cleanup
+            return CheckpointError(f"{self.directory}: saving step {step} failed ({reason}); rerun to resume "
+                                   "from the last committed step")
         free = shutil.disk_usage(self.directory).free if os.path.isdir(self.directory) else 0
         kept = [s for s in self.steps() if s != step]
         where = f"step {step} " if step is not None else ""
@@ -244,6 +256,18 @@ class Checkpointer:
             f"{self.directory}: saving {where}failed ({reason}); it needs about {_size(size)}, {_size(free)} "
             f"are free. The unfinished step was removed; "
             + (f"step {kept[-1]} is intact, rerun to resume from it" if kept else "no earlier step exists"))
+
+
+def _move_remote_step(src: str, dst: str) -> None:
+    """``_set_aside`` on an object store: copy, drop the commit marker, drop the rest."""
+    from etils.epath import backend as backend_lib
+
+    fs = backend_lib.fsspec_backend.fs(src)
+    fs.copy(src, dst, recursive=True)
+    marker = locations.path(locations.join(src, "commit_success.txt"))
+    if marker.exists():
+        marker.unlink()
+    fs.rm(src, recursive=True)
 
 
 class _StorageFailureEcho:
@@ -361,8 +385,7 @@ def _array_keys(item_dir: str) -> list[tuple[str, ...]]:
     """The key paths of every array an Orbax PyTree item holds (from its ``_METADATA``)."""
     from semcoder_jax.convert import _pytree_dir
 
-    with open(os.path.join(_pytree_dir(item_dir), "_METADATA"), encoding="utf-8") as f:
-        tree = json.load(f)["tree_metadata"]
+    tree = json.loads(locations.path(locations.join(_pytree_dir(item_dir), "_METADATA")).read_text())["tree_metadata"]
     keys = []
     for entry in tree.values():
         if entry.get("value_metadata", {}).get("skip_deserialize"):
@@ -376,28 +399,26 @@ def verify_step(step_dir: str) -> tuple[str, list[str]]:
     array is read back (block by block) and digested with the manifest's algorithm."""
     from semcoder_jax.convert import open_native_leaf, read_leaf_blocks
 
-    manifest_file = os.path.join(step_dir, "manifest", "metadata")
-    if not os.path.isfile(manifest_file):
+    manifest_file = locations.path(locations.join(step_dir, "manifest", "metadata"))
+    if not manifest_file.is_file():
         return "unverifiable", ["no manifest (written before manifests existed, or not a training step)"]
     try:
-        with open(manifest_file, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = json.loads(manifest_file.read_text())
         algorithm, recorded = manifest["algorithm"], manifest["arrays"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         return "corrupt", [f"manifest: unreadable ({e})"]
     if algorithm not in integrity.ALGORITHMS:
         return "unverifiable", [f"manifest: unknown digest algorithm {algorithm!r}"]
     problems = []
-    meta_file = os.path.join(step_dir, "meta", "metadata")
+    meta_file = locations.path(locations.join(step_dir, "meta", "metadata"))
     try:
-        with open(meta_file, encoding="utf-8") as f:
-            if integrity.json_digest(json.load(f)) != manifest.get("meta_sha256"):
-                problems.append("meta: content differs from the manifest")
+        if integrity.json_digest(json.loads(meta_file.read_text())) != manifest.get("meta_sha256"):
+            problems.append("meta: content differs from the manifest")
     except (OSError, ValueError) as e:
         problems.append(f"meta: unreadable ({e})")
     leaves = []
     for item in ITEMS:
-        item_dir = os.path.join(step_dir, item)
+        item_dir = locations.join(step_dir, item)
         try:
             leaves += [(item_dir, "/".join((item, *key)), key) for key in _array_keys(item_dir)]
         except (OSError, ValueError, KeyError, TypeError, UserError) as e:
@@ -430,18 +451,24 @@ def verify_step(step_dir: str) -> tuple[str, list[str]]:
 
 def verify_run(run_or_checkpoints_dir: str, step: int | None = None) -> list[tuple[int | str, str, list[str]]]:
     """(step, status, problems) for every step of a run (or one), newest first, from the files."""
-    path = os.path.abspath(run_or_checkpoints_dir)
-    ckpts = os.path.join(path, CHECKPOINTS_DIR) if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)) else path
-    if not os.path.isdir(ckpts):
+    path = locations.absolute(run_or_checkpoints_dir)
+    ckpts = _checkpoints_of(path)
+    if not locations.path(ckpts).is_dir():
         raise CheckpointError(f"{path}: directory not found")
-    steps = sorted((int(n) for n in os.listdir(ckpts) if n.isdigit()), reverse=True)
+    steps = sorted((int(p.name) for p in locations.path(ckpts).iterdir() if p.name.isdigit()), reverse=True)
     if step is not None:
         if step not in steps:
             raise CheckpointError(f"{ckpts}: no step {step} (steps: {', '.join(map(str, steps)) or 'none'})")
         steps = [step]
     if not steps:
         raise CheckpointError(f"{path}: no training checkpoints found (expected {CHECKPOINTS_DIR}/<step>/)")
-    return [(s, *verify_step(os.path.join(ckpts, str(s)))) for s in steps]
+    return [(s, *verify_step(locations.join(ckpts, str(s)))) for s in steps]
+
+
+def _checkpoints_of(path: str) -> str:
+    """``path/checkpoints`` when a run directory was given, else ``path`` itself."""
+    inner = locations.join(path, CHECKPOINTS_DIR)
+    return inner if locations.path(inner).is_dir() else path
 
 
 def _first_line(e: BaseException) -> str:
@@ -455,15 +482,12 @@ def _report(message: str) -> None:
 
 
 def _read_json(path: str) -> Any:
-    import json
-
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return json.loads(locations.path(path).read_text())
 
 
 def _meta_file(step_dir: str) -> str | None:
-    for candidate in (os.path.join(step_dir, "meta", "metadata"), os.path.join(step_dir, "meta")):
-        if os.path.isfile(candidate):
+    for candidate in (locations.join(step_dir, "meta", "metadata"), locations.join(step_dir, "meta")):
+        if locations.path(candidate).is_file():
             return candidate
     return None
 
@@ -474,20 +498,20 @@ def latest_params_step(run_or_checkpoints_dir: str) -> tuple[str, ModelConfig]:
     Accepts a run directory, its ``checkpoints/`` directory or one step directory.  The step's
     parameters are in ``STEP/params`` (an Orbax PyTree of the unboxed parameter tree).
     """
-    path = os.path.abspath(run_or_checkpoints_dir)
-    if not os.path.isdir(path):
+    path = locations.absolute(run_or_checkpoints_dir)
+    if not locations.path(path).is_dir():
         raise CheckpointError(f"{path}: directory not found")
     if _meta_file(path) is not None:
         candidates = [path]
     else:
-        ckpts = os.path.join(path, CHECKPOINTS_DIR) if os.path.isdir(os.path.join(path, CHECKPOINTS_DIR)) else path
-        steps = sorted((int(name) for name in os.listdir(ckpts) if name.isdigit()), reverse=True)
-        candidates = [os.path.join(ckpts, str(s)) for s in steps]
+        ckpts = _checkpoints_of(path)
+        steps = sorted((int(p.name) for p in locations.path(ckpts).iterdir() if p.name.isdigit()), reverse=True)
+        candidates = [locations.join(ckpts, str(s)) for s in steps]
         if not candidates:
             raise CheckpointError(f"{path}: no training checkpoints found (expected {CHECKPOINTS_DIR}/<step>/)")
     for step_dir in candidates:
         meta_file = _meta_file(step_dir)
-        if meta_file is None or not os.path.isdir(os.path.join(step_dir, "params")):
+        if meta_file is None or not locations.path(locations.join(step_dir, "params")).is_dir():
             _report(f"{step_dir}: incomplete checkpoint (no meta or params); skipped")
             continue
         try:

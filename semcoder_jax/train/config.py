@@ -281,14 +281,21 @@ class TrainRunConfig:
         def fail(key: str, message: str) -> TrainConfigError:
             return TrainConfigError(f"{sources.get(key, '')}{key}: {message}")
 
-        from semcoder_jax.locations import object_store_scheme, unsupported
+        from semcoder_jax import locations
 
+        # gs:// (any served scheme) works for these; rl.tasks is read with local file APIs only
         for key, value in (("run.dir", self.run.dir), ("run.export_hf", self.run.export_hf),
                            ("data.path", self.data.path), ("data.eval_path", self.data.eval_path),
                            ("data.tokenizer", self.data.tokenizer), ("rl.tasks", self.rl.tasks),
                            ("model.init_from", (self.model.init_from or "").partition(":")[2] or None)):
-            if object_store_scheme(value):
-                raise TrainConfigError(sources.get(key, "") + unsupported(key + ":", value))
+            for one in (value.split(",") if isinstance(value, str) and key.startswith("data.") else [value]):
+                try:
+                    locations.check(key + ":", one)
+                except locations.LocationError as e:
+                    raise TrainConfigError(sources.get(key, "") + str(e)) from None
+            if key == "rl.tasks" and locations.is_remote(value):
+                raise TrainConfigError(f"{sources.get(key, '')}rl.tasks: {value}: the GRPO task file is read from "
+                                       "local disk only; copy it beside the run (gcloud storage cp)")
         t = self.train
         if (t.steps is None) == (t.epochs is None):
             key = "train.steps" if "train.steps" in sources else "train.epochs"
@@ -602,11 +609,16 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     data: dict[str, Any] = {}
     lines: dict[str, str] = {}
     if path is not None:
+        from semcoder_jax import locations
+
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise TrainConfigError(f"{path}: config file not found")
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            where = locations.path(path, "--config")
+            if not where.exists():
+                raise TrainConfigError(f"{path}: config file not found")
+            text = where.read_text(encoding="utf-8")
+        except locations.LocationError as e:
+            raise TrainConfigError(str(e)) from None
         try:
             loaded = yaml.safe_load(text)
             lines = _yaml_key_lines(text, path)

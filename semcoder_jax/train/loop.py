@@ -27,6 +27,7 @@ import numpy as np
 
 from data_pipeline.pipeline import DataPositionError
 from data_pipeline.prompts import TASK_NAMES
+from semcoder_jax import locations
 from semcoder_jax import sharding as shd
 from semcoder_jax.config import ModelConfig, model_config_from_dict
 from semcoder_jax.errors import UserError
@@ -131,15 +132,24 @@ def resolve_model(config: TrainRunConfig) -> tuple[ModelConfig, str | None, str 
     if section.init_from is None:
         return section.preset_config(), None, None
     kind, path = section.init_from.split(":", 1)
-    path = os.path.abspath(os.path.expanduser(path))
-    if not os.path.isdir(path):
+    path = locations.absolute(path if locations.is_remote(path) else os.path.expanduser(path))
+    locations.probe_readable("model.init_from:", path)
+    if not locations.path(path).is_dir():
         raise RunError(f"model.init_from: {path} is not a directory")
     if kind == "hf":
         from semcoder_jax.config import load_hf_config
 
-        if not os.path.exists(os.path.join(path, "config.json")):
+        config_json = locations.path(path) / "config.json"
+        if not config_json.exists():
             raise RunError(f"model.init_from: {path} is not an HF model directory (no config.json)")
-        model = load_hf_config(path, **overrides)
+        if locations.is_remote(path):  # the config alone, not the weights
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="semcoder-hf-config-") as tmp:
+                (locations.path(tmp) / "config.json").write_text(config_json.read_text())
+                model = load_hf_config(tmp, **overrides)
+        else:
+            model = load_hf_config(path, **overrides)
     else:
         from semcoder_jax.convert import resolve_params_checkpoint
 
@@ -183,18 +193,31 @@ def _load_init_params(kind: str, path: str, model: ModelConfig, param_shardings)
 
 
 def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    locations.write_text(path, text)
 
 
 class MetricsLog:
-    """``metrics.jsonl`` (+ TensorBoard events) written by process 0 only."""
+    """``metrics.jsonl`` (+ TensorBoard events) written by process 0 only.
 
-    def __init__(self, run_dir: str, *, enabled: bool, tensorboard: bool):
+    On a local run directory each record is appended at once.  An object store has no append (gcsfs's
+    ``"a"`` mode silently replaces the object), so on one the records are kept in memory and the whole
+    object is rewritten (one atomic upload) at most every ``flush_s`` seconds, at every checkpoint
+    (``flush()``) and at the end: what a kill loses is only records after the last checkpoint, which a
+    resumed run drops and recomputes anyway.  TensorBoard events are written to a local folder and that
+    folder is uploaded to ``RUN/tensorboard`` at the same moments (TensorFlow's writer cannot reach every
+    object store; TensorBoard reads the uploaded files from the bucket).
+    """
+
+    def __init__(self, run_dir: str, *, enabled: bool, tensorboard: bool, flush_s: float = 60.0):
         self.enabled = enabled
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.remote = locations.is_remote(run_dir)
+        self.path = locations.join(run_dir, "metrics.jsonl")
+        self.tensorboard_dir = locations.join(run_dir, "tensorboard")
+        self.flush_s = flush_s
+        self._lines: list[str] = []
+        self._dirty = False
+        self._flushed_at = time.monotonic()
+        self._local_events: str | None = None
         self.writer = None
         if enabled and tensorboard:
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -202,34 +225,55 @@ class MetricsLog:
             import tensorflow as tf
 
             tf.config.set_visible_devices([], "GPU")
-            self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard"))
+            events = self.tensorboard_dir
+            if self.remote:
+                import tempfile
+
+                self._local_events = events = tempfile.mkdtemp(prefix="semcoder-tensorboard-")
+            self.writer = tf.summary.create_file_writer(events)
+
+    def _read_lines(self) -> list[str]:
+        target = locations.path(self.path)
+        if not target.exists():
+            return []
+        return target.read_text(encoding="utf-8").splitlines(keepends=True)
 
     def truncate_after(self, step: int) -> None:
         """Drops records of steps after ``step`` (they are recomputed by the resumed run)."""
-        if not self.enabled or not os.path.exists(self.path):
+        if not self.enabled:
+            return
+        lines = self._read_lines()
+        if not lines:
             return
         kept, torn = [], 0
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a kill mid-write
-                    torn += 1
-                    continue
-                if record.get("step", 0) <= step:
-                    kept.append(line if line.endswith("\n") else line + "\n")
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill mid-write
+                torn += 1
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
         if torn:
             print(f"semcoder train: warning: {self.path}: dropped {torn} incomplete line(s) left by an "
                   "interrupted run", file=sys.stderr, flush=True)
         _write_atomic(self.path, "".join(kept))
+        self._lines = kept
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        if self.remote:
+            if not self._lines and not self._dirty:
+                self._lines = self._read_lines()
+            self._lines.append(line)
+            self._dirty = True
+        else:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line)
         if self.writer is not None:
             import tensorflow as tf
             from tensorflow.core.framework import summary_pb2
@@ -243,10 +287,30 @@ class MetricsLog:
                     if key != "step" and isinstance(value, int | float):
                         tf.summary.write(key, tf.constant(float(value), tf.float32), metadata=meta)
             self.writer.flush()
+        if self.remote and time.monotonic() - self._flushed_at >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Makes everything written so far durable in the run directory (a no-op locally: appended)."""
+        if not (self.enabled and self.remote):
+            return
+        if self._dirty:
+            locations.write_text(self.path, "".join(self._lines))
+            self._dirty = False
+        if self._local_events is not None:
+            self.writer.flush()
+            locations.upload_tree(self._local_events, self.tensorboard_dir)
+        self._flushed_at = time.monotonic()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        self.flush()
+        if self._local_events is not None:
+            import shutil
+
+            shutil.rmtree(self._local_events, ignore_errors=True)
+            self._local_events = None
 
 
 _TERM_RECEIVED = threading.Event()
@@ -366,12 +430,16 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
     otherwise).
     """
     config.validate()
-    run_dir = os.path.abspath(run_dir or config.run.dir or "runs/default")
+    run_dir = locations.absolute(run_dir or config.run.dir or "runs/default")
     export_hf = export_hf or config.run.export_hf
-    if export_hf and os.path.isdir(export_hf) and os.listdir(export_hf) and not overwrite_export:
+    # an object store's missing bucket, credentials or permission: one line now, not at the first save
+    locations.probe_writable("run.dir", run_dir)
+    if export_hf:
+        locations.probe_writable("--export-hf", export_hf)
+    if export_hf and _not_empty(export_hf) and not overwrite_export:
         raise RunError(f"--export-hf {export_hf}: exists and is not empty (pass --overwrite to replace it)")
     process0 = jax.process_index() == 0
-    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+    if locations.path(run_dir).is_file():
         raise RunError(f"run.dir: {run_dir} exists and is not a directory")
 
     model, init_kind, init_path = resolve_model(config)
@@ -395,7 +463,8 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
         from semcoder_jax import cpu_attention
 
         cpu_attention.build()
-    os.makedirs(run_dir, exist_ok=True)
+    if not locations.is_remote(run_dir):  # an object store has no directories to make
+        os.makedirs(run_dir, exist_ok=True)
     checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoints_dir(run_dir), keep=config.checkpoint.keep,
                                          async_save=config.checkpoint.async_save)
     dog = watchdog_lib.for_this_run(config.distributed.peer_timeout_s)
@@ -412,6 +481,12 @@ def train(config: TrainRunConfig, *, run_dir: str | None = None, export_hf: str 
         return result
     finally:
         checkpointer.close()
+
+
+def _not_empty(location: str) -> bool:
+    """Whether a directory (or an object-store prefix) exists and holds anything."""
+    where = locations.path(location)
+    return where.is_dir() and any(True for _ in where.iterdir())
 
 
 def _no_watchdog(step: int, phase: str) -> None:
@@ -464,9 +539,8 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
 
     log = MetricsLog(run_dir, enabled=process0, tensorboard=config.run.tensorboard)
     if process0:
-        _write_atomic(os.path.join(run_dir, "config.yaml"), dump_config(config))
-        if sources.tokenizer is not None and not os.path.isdir(os.path.join(run_dir, "tokenizer")):
-            sources.tokenizer.save(os.path.join(run_dir, "tokenizer"))
+        _write_atomic(locations.join(run_dir, "config.yaml"), dump_config(config))
+        save_tokenizer(sources.tokenizer, run_dir)
         log.truncate_after(start)
 
     step_fn = step_lib.compile_train_step(
@@ -494,6 +568,7 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
                 "rng": ckpt_lib.rng_to_json(state.rng), "data_state": _gather_json(sources.train.get_state()),
                 "config": dataclasses.asdict(config)}
         checkpointer.save(step, state.params, state.opt_state, meta)
+        log.flush()  # the records up to a checkpoint are as durable as it is
 
     history: list[dict[str, Any]] = []
     guard = _NonFiniteGuard(config.train.nonfinite, process0)
@@ -521,8 +596,9 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
             batch = step_lib.shard_batch(next(sources.train), mesh)
             if config.run.profile_steps and window is None:
                 call = step_fn.lower(state, batch).compile()  # compiled once; its HLO names the trace's ops
-                window = profile_lib.TraceWindow(os.path.join(run_dir, "profile", f"process_{jax.process_index()}"),
-                                                 config.run.profile_from, config.run.profile_steps, call.as_text())
+                trace_dir = os.path.join(_local_mirror(run_dir, cleanup), "profile", f"process_{jax.process_index()}")
+                window = profile_lib.TraceWindow(trace_dir, config.run.profile_from, config.run.profile_steps,
+                                                 call.as_text())
                 cleanup.callback(window.close)
             if window is not None:
                 window.before_step(step + 1)
@@ -587,16 +663,47 @@ def _run(config, run_dir, export_hf, overwrite_export, model, init_kind, init_pa
                      history=history, params=state.params, model=model)
 
 
+def save_tokenizer(tokenizer, run_dir: str) -> None:
+    """RUN/tokenizer (once): the tokenizer a run trains with, beside its checkpoints (exports copy it)."""
+    target = locations.join(run_dir, "tokenizer")
+    if tokenizer is None or locations.path(target).is_dir():
+        return
+    if not locations.is_remote(run_dir):
+        tokenizer.save(target)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="semcoder-tokenizer-") as tmp:
+        tokenizer.save(os.path.join(tmp, "tokenizer"))
+        locations.upload_tree(os.path.join(tmp, "tokenizer"), target)
+
+
+def _local_mirror(run_dir: str, cleanup: contextlib.ExitStack) -> str:
+    """Where files that only local writers can make (profiler traces) go: the run directory itself, or for
+    a run on an object store a temporary folder uploaded to it when the run's loop exits."""
+    if not locations.is_remote(run_dir):
+        return run_dir
+    import shutil
+    import tempfile
+
+    local = tempfile.mkdtemp(prefix="semcoder-run-")
+    cleanup.callback(shutil.rmtree, local, True)
+    cleanup.callback(lambda: locations.upload_tree(local, run_dir))
+    return local
+
+
 def _write_profile(run_dir: str, report: profile_lib.StepProfile) -> None:
     """RUN/profile/summary.txt (the table, also printed) and RUN/profile/parts.json (ms per step)."""
     table = report.table()
-    _write_atomic(os.path.join(run_dir, "profile", "summary.txt"), table + "\n")
+    if not locations.is_remote(run_dir):
+        os.makedirs(os.path.join(run_dir, "profile"), exist_ok=True)
+    _write_atomic(locations.join(run_dir, "profile", "summary.txt"), table + "\n")
     parts = [{"part": part, "direction": direction, "ms_per_step": ms}
              for (part, direction), ms in sorted(report.parts.items(), key=lambda kv: -kv[1])]
-    _write_atomic(os.path.join(run_dir, "profile", "parts.json"),
+    _write_atomic(locations.join(run_dir, "profile", "parts.json"),
                   json.dumps({"steps": report.steps, "wall_ms": report.wall_ms, "busy_ms": report.busy_ms,
                               "parts": parts}, indent=1) + "\n")
-    print(f"semcoder train: profile of {report.steps} steps (trace in {os.path.join(run_dir, 'profile')})\n{table}",
+    print(f"semcoder train: profile of {report.steps} steps (trace in {locations.join(run_dir, 'profile')})\n{table}",
           file=sys.stderr, flush=True)
 
 
@@ -726,7 +833,9 @@ def _export(params, model: ModelConfig, out_dir: str, run_dir: str, config: Trai
 
     host = _host_params(params)
     if process0:
-        tokenizer_dir = os.path.join(run_dir, "tokenizer")
-        save_hf(host, model, out_dir, tokenizer_dir=tokenizer_dir if os.path.isdir(tokenizer_dir) else None,
-                dtype=config.run.export_dtype, overwrite=overwrite)
+        tokenizer_dir = locations.join(run_dir, "tokenizer")
+        with locations.local_copy(tokenizer_dir) if locations.path(tokenizer_dir).is_dir() \
+                else contextlib.nullcontext() as local_tokenizer:
+            save_hf(host, model, out_dir, tokenizer_dir=local_tokenizer, dtype=config.run.export_dtype,
+                    overwrite=overwrite)
         print(f"semcoder train: exported HF checkpoint to {out_dir}", file=sys.stderr, flush=True)
