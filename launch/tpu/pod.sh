@@ -6,7 +6,7 @@
 # Actions:
 #   create     create the slice (TPU VM, or a queued resource with --queued)
 #   setup      on every worker: Python venv, jax[tpu], this package (from the local checkout or --wheel),
-#              optional GCS bucket mount for data and checkpoints
+#              optional gcsfuse mount of a bucket (gs:// run directories and data need none)
 #   run        copy the config and start the same `semcoder train` on every worker, in the background,
 #              logs per worker in ~/semcoder/logs/train.log (resumes when the run directory holds checkpoints)
 #   up         create + setup + run
@@ -22,7 +22,8 @@
 # Options (also from the environment as TPU_NAME, TPU_ZONE, TPU_TYPE, TPU_RUNTIME, GCP_PROJECT):
 #   --name NAME  --zone ZONE  --type ACCELERATOR (v4-64, v5p-32, v5litepod-64, v6e-64...)
 #   --runtime VERSION (default by type)  --project PROJECT  --spot | --preemptible  --queued
-#   --config FILE  --run-dir DIR  --export-hf DIR  --bucket BUCKET (mounted at /mnt/gcs/BUCKET)
+#   --config FILE  --run-dir gs://BUCKET/PATH|DIR  --export-hf gs://BUCKET/PATH|DIR
+#   --bucket BUCKET (optional: also mount it at /mnt/gcs/BUCKET with gcsfuse; gs:// paths need no mount)
 #   --wheel FILE (install this wheel instead of the checkout)  --jax-spec SPEC (default jax[tpu]==0.10.2)
 #   --python auto|system|uv|apt (the workers' Python 3.11; default auto: the image's if 3.11, else uv)
 #   --worker N|all  --lines N  --follow  --interval SECONDS  --max-restarts N  --max-api-errors N
@@ -156,10 +157,14 @@ check_setup() {
 check_run() {
   need NAME ZONE CONFIG RUN_DIR
   [[ -f $CONFIG ]] || die "--config $CONFIG: no such file"
+  # gs:// is written natively (Orbax commits each step with a marker object, no directory rename); a
+  # path on the workers is kept for a gcsfuse mount (--bucket) or a shared filesystem.
   case $RUN_DIR in
     /*) ;;
-    *://*) die "--run-dir $RUN_DIR: object-store run directories are not supported yet (docs/object_storage.md); use the bucket's gcsfuse mount on the workers, e.g. /mnt/gcs/BUCKET/runs/NAME" ;;
-    *) die "--run-dir $RUN_DIR: give an absolute path on the workers (e.g. /mnt/gcs/BUCKET/runs/NAME) so a re-created slice finds the checkpoints" ;;
+    gs://?*/?*) ;;
+    gs://*) die "--run-dir $RUN_DIR: give gs://BUCKET/PATH (a folder in the bucket, not the bucket itself)" ;;
+    *://*) die "--run-dir $RUN_DIR: the workers write gs://BUCKET/PATH natively; another object store needs a mount path (docs/launch.md)" ;;
+    *) die "--run-dir $RUN_DIR: give gs://BUCKET/PATH or an absolute path on the workers (e.g. a --bucket mount /mnt/gcs/BUCKET/runs/NAME) so a re-created slice finds the checkpoints" ;;
   esac
   local semcoder=${SEMCODER:-semcoder}
   if command -v "$semcoder" >/dev/null; then

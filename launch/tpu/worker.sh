@@ -4,7 +4,7 @@
 #
 #   worker.sh setup  --venv DIR --jax-spec SPEC --package FILE [--bucket NAME] [--python auto|system|uv|apt|PATH]
 #                    [--expect-platform tpu] [--find-links URL] [--rename-dir-limit N] [--check-timeout S]
-#   worker.sh start  --venv DIR --config FILE --run-dir DIR [--export-hf DIR] [-- OVERRIDES...]
+#   worker.sh start  --venv DIR --config FILE --run-dir gs://BUCKET/PATH|DIR [--export-hf gs://BUCKET/PATH|DIR] [-- OVERRIDES...]
 #   worker.sh stop        SIGTERM to the trainer (it saves a checkpoint and exits)
 #   worker.sh status      running / finished with status N / not started
 #   worker.sh exit-code   the finished run's exit status, or "running" / "none"

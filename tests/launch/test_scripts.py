@@ -224,9 +224,20 @@ def test_missing_options_and_relative_run_dirs_are_refused_before_any_call(fake)
     assert proc.returncode == 2 and "--name is required" in proc.stderr
     proc = fake.run("bash", POD, "run", *COMMON, "--config", CONFIG, "--run-dir", "runs/x", check=False)
     assert proc.returncode == 2 and "absolute path" in proc.stderr
-    proc = fake.run("bash", POD, "run", *COMMON, "--config", CONFIG, "--run-dir", "gs://b/runs/x", check=False)
-    assert proc.returncode == 2 and "object-store run directories are not supported yet" in proc.stderr
+    proc = fake.run("bash", POD, "run", *COMMON, "--config", CONFIG, "--run-dir", "s3://b/runs/x", check=False)
+    assert proc.returncode == 2 and "the workers write gs://BUCKET/PATH natively" in proc.stderr
+    proc = fake.run("bash", POD, "run", *COMMON, "--config", CONFIG, "--run-dir", "gs://bkt", check=False)
+    assert proc.returncode == 2 and "give gs://BUCKET/PATH (a folder in the bucket" in proc.stderr
     assert fake.calls() == []
+
+
+def test_a_gs_run_dir_goes_to_the_workers_as_it_is_with_no_mount(fake):
+    out = fake.run("bash", POD, "run", *COMMON, "--config", CONFIG, "--run-dir", "gs://bkt/runs/x", "--export-hf",
+                   "gs://bkt/hf/x", "--dry-run", "--", "data.path=gs://bkt/pyx/*.jsonl.gz").stdout
+    start = remote_words([c for c in lines(out) if c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"]][-1])
+    assert start[start.index("--run-dir") + 1] == "gs://bkt/runs/x"
+    assert start[start.index("--export-hf") + 1] == "gs://bkt/hf/x"
+    assert start[start.index("--") + 1:] == ["data.path=gs://bkt/pyx/*.jsonl.gz"]
 
 
 def test_worker_script_starts_in_background_records_exit_status_and_stops_by_process_group(tmp_path, fake):
