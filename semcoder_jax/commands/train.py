@@ -1,10 +1,11 @@
 """``semcoder train``: run or resume a training job from a YAML config plus ``key=value`` overrides.
 
     semcoder train --config launch/configs/tiny_cpu.yaml train.steps=50 mesh.fsdp=4
-    semcoder train --config launch/configs/semcoder_6.7b_pyx.yaml --run-dir /mnt/gcs/BUCKET/runs/NAME model.init_from=hf:DIR
+    semcoder train --config launch/configs/semcoder_6.7b_pyx.yaml --run-dir gs://BUCKET/runs/NAME model.init_from=hf:gs://BUCKET/models/NAME
 
-Locations are local paths (a gcsfuse mount counts); gs:// and other object-store URLs are refused before
-any work (native object storage is not built yet: docs/object_storage.md).
+Locations are local paths or gs://BUCKET/PATH (run directory, data, tokenizer, init_from, export; read and
+written natively, docs/object_storage.md).  A gs:// run directory is probed with a small write first: a
+missing bucket, missing credentials or a missing permission is one line before any work.
 
 Running it again on the same run directory resumes from the latest checkpoint.
 
