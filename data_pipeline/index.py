@@ -7,6 +7,10 @@ every host's share, needs every record's existence, not its content): for each r
 an unnamed temporary file that the reads then address (a ``.gz`` cannot be read from the middle).
 Blank JSON Lines lines are not records; with ``eval_fraction`` a record is in the held-out split when
 the Fingerprint64 bucket of its bytes falls below the fraction (the same records on every host).
+
+Files on an object store (``gs://...``, ``data_pipeline.remote``) are scanned as a stream of blocks
+fetched ahead in parallel, and their records then read as byte ranges, merged and fetched concurrently;
+a remote ``.gz`` is decompressed during the scan into an unnamed temporary file like a local one.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from data_pipeline import remote
 from data_pipeline.errors import UserError
 from data_pipeline.records import BadRecord, truncated_file
 
@@ -42,12 +47,27 @@ class RecordIndex:
         self.kinds = list(kinds)
         self.damaged: list[BadRecord] = []
         self.blank = 0
-        self._sources: list[str | int] = []  # a path, or the fd of a decompressed temporary copy
+        self._sources: list[str | int] = []  # a path or URL, or the fd of a decompressed temporary copy
         self._fds: dict[int, int] = {}
         self._lock = threading.Lock()
+        # files read by byte ranges from an object store (a remote .gz is read from its local copy)
+        self._ranged = [remote.is_remote(p) and not c for p, c in zip(self.files, compressions)]
+        remote_files = [f for f, p in enumerate(self.files) if remote.is_remote(p)]
+        stream = None
         parts = []
-        for f, (path, kind, comp) in enumerate(zip(self.files, self.kinds, compressions)):
-            parts.append(self._scan(f, path, kind, comp))
+        try:
+            if remote_files:
+                urls = [self.files[f] for f in remote_files]
+                stream = remote.BlockStream(urls, remote.sizes(urls))
+            slot = {f: k for k, f in enumerate(remote_files)}
+            for f, (path, kind, comp) in enumerate(zip(self.files, self.kinds, compressions)):
+                parts.append(self._scan(f, path, kind, comp, stream.blocks(slot[f]) if f in slot else None))
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            if stream is not None:
+                stream.close()
         file_idx = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int32)
         offsets = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int64)
         lengths = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
@@ -66,19 +86,22 @@ class RecordIndex:
 
     # -- scanning -----------------------------------------------------------------------------------
 
-    def _scan(self, f: int, path: str, kind: str, compression: str):
+    def _scan(self, f: int, path: str, kind: str, compression: str, blocks=None):
+        """Index one file; ``blocks`` streams a remote file's bytes (None: read ``path`` locally)."""
         damage = None
         if compression:
-            fd, damage = self._decompress(path)
+            fd, damage = self._decompress(path, blocks)
             self._sources.append(fd)
+            blocks = None  # the records are in the local copy now
         else:
             self._sources.append(path)
         source = self._sources[-1]
         try:
             if kind == "jsonl":
-                offsets, lengths, lines = self._scan_lines(source, cut_off=damage is not None)
+                offsets, lengths, lines = self._scan_lines(source, cut_off=damage is not None, blocks=blocks)
             else:
-                offsets, lengths, lines = self._scan_tfrecords(source, path, cut_off=damage is not None)
+                offsets, lengths, lines = self._scan_tfrecords(source, path, cut_off=damage is not None,
+                                                               blocks=blocks)
         except OSError as e:
             raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
         if damage is not None:
@@ -86,27 +109,29 @@ class RecordIndex:
             self.damaged.append(truncated_file(path, read, len(offsets), damage))
         return np.full(len(offsets), f, np.int32), offsets, lengths, lines
 
-    def _decompress(self, path: str) -> tuple[int, BaseException | None]:
-        """A decompressed copy of ``path`` in an unnamed temporary file (its fd), and the error that
-        stopped a damaged stream (what decompressed before it is kept)."""
+    def _decompress(self, path: str, blocks=None) -> tuple[int, BaseException | None]:
+        """A decompressed copy of ``path`` (of the compressed ``blocks`` when given) in an unnamed temporary
+        file (its fd), and the error that stopped a damaged stream (what decompressed before it is kept)."""
         fd, tmp = tempfile.mkstemp(prefix="semcoder-data-")
         os.unlink(tmp)  # unnamed: gone when closed, or when the process ends
         decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
-            with open(path, "rb") as src:
-                while chunk := src.read(1 << 20):
-                    while chunk:
-                        os.write(fd, decompressor.decompress(chunk))
-                        chunk = b""
-                        if decompressor.eof:  # a member ended; another may follow (concatenated .gz)
-                            chunk = decompressor.unused_data
-                            if chunk:
-                                decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            for chunk in (blocks if blocks is not None else _file_blocks(path, 1 << 20)):
+                while chunk:
+                    _write_all(fd, decompressor.decompress(chunk))
+                    chunk = b""
+                    if decompressor.eof:  # a member ended; another may follow (concatenated .gz)
+                        chunk = decompressor.unused_data
+                        if chunk:
+                            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
         except zlib.error as e:
             return fd, e
         except OSError as e:
             os.close(fd)
             raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+        except BaseException:
+            os.close(fd)
+            raise
         if not decompressor.eof:
             return fd, EOFError("Compressed file ended before the end-of-stream marker was reached")
         return fd, None
@@ -126,18 +151,29 @@ class RecordIndex:
                 while block := fh.read(_BLOCK):
                     yield block
 
-    def _scan_lines(self, source: str | int, cut_off: bool = False):
+    def _scan_lines(self, source: str | int, cut_off: bool = False, blocks=None):
         """(offsets, lengths, line numbers) of the non-blank lines.  In a stream that was ``cut_off``, a
         last line without its newline is a fragment, not a record.
 
         Newlines are found a block at a time; blankness is decided from each line's first byte (a JSON
-        record starts with ``{``), and only lines that start with whitespace are read whole."""
+        record starts with ``{``), and only lines that start with whitespace are read whole.  A local
+        source is mapped whole; streamed ``blocks`` are cut after their last newline into chunks of whole
+        lines (the rest carried to the next chunk), each scanned the same way."""
+        if blocks is not None:
+            return self._scan_line_chunks(_whole_lines(blocks), cut_off)
         with _mapped(source) as data:
+            return self._scan_line_chunks([data], cut_off)
+
+    def _scan_line_chunks(self, chunks, cut_off: bool):
+        """``_scan_lines`` over consecutive chunks that end with a newline (all but the last)."""
+        all_starts, all_lengths, all_lines = [], [], []
+        base = line_base = 0
+        for data in chunks:
             ends = np.concatenate([np.flatnonzero(data[i:i + _BLOCK] == 10) + i for i in range(0, len(data), _BLOCK)]
                                   or [np.zeros(0, np.int64)]).astype(np.int64)
             starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64) if len(ends) else np.zeros(0, np.int64)
             tail = int(ends[-1]) + 1 if len(ends) else 0
-            if len(data) > tail and not cut_off:  # a last line without a newline
+            if len(data) > tail and not cut_off:  # a last line without a newline (only the last chunk has one)
                 starts = np.append(starts, tail)
                 ends = np.append(ends, len(data))
             lengths = ends - starts
@@ -146,15 +182,23 @@ class RecordIndex:
             maybe_blank = np.flatnonzero(solid & np.isin(first, _WHITESPACE))
             for i in maybe_blank.tolist():
                 solid[i] = not np.isin(data[starts[i]:ends[i]], _WHITESPACE).all()
-        self.blank += int((~solid).sum())
-        lines = np.arange(1, len(starts) + 1, dtype=np.int64)
-        return starts[solid], lengths[solid], lines[solid]
+            self.blank += int((~solid).sum())
+            lines = np.arange(line_base + 1, line_base + len(starts) + 1, dtype=np.int64)
+            all_starts.append(starts[solid] + base)
+            all_lengths.append(lengths[solid])
+            all_lines.append(lines[solid])
+            base += len(data)
+            line_base += len(starts)
+        if not all_starts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return (np.concatenate(all_starts).astype(np.int64), np.concatenate(all_lengths).astype(np.int64),
+                np.concatenate(all_lines).astype(np.int64))
 
-    def _scan_tfrecords(self, source: str | int, path: str, cut_off: bool = False):
+    def _scan_tfrecords(self, source: str | int, path: str, cut_off: bool = False, blocks=None):
         """TFRecord framing: length (u64) | crc of length | payload | crc of payload.  In a stream that
         was ``cut_off``, a last record without its end is dropped (the damage is reported once)."""
         offsets, lengths = [], []
-        reader = _SequentialReader(self._read_source(source))
+        reader = _SequentialReader(blocks if blocks is not None else self._read_source(source))
         pos = 0
         while True:
             header = reader.take(12)
@@ -203,9 +247,16 @@ class RecordIndex:
             return self._fds[f]
 
     def _read_ids(self, file_idx, offsets, lengths) -> list[bytes]:
+        files, offs, ns = file_idx.tolist(), offsets.tolist(), lengths.tolist()
+        fetched: dict[int, bytes] = {}
+        ranged = [k for k, f in enumerate(files) if self._ranged[f]]
+        if ranged:  # object-store files: byte ranges, merged and fetched concurrently
+            data = remote.read_ranges([self.files[files[k]] for k in ranged], [offs[k] for k in ranged],
+                                      [ns[k] for k in ranged])
+            fetched = dict(zip(ranged, data))
         out = []
-        for f, off, n in zip(file_idx.tolist(), offsets.tolist(), lengths.tolist()):
-            data = os.pread(self._fd(f), n, off)
+        for k, (f, off, n) in enumerate(zip(files, offs, ns)):
+            data = fetched[k] if k in fetched else os.pread(self._fd(f), n, off)
             if len(data) != n:
                 raise UserError(f"{self.files[f]}: changed while reading (a record at byte {off} is cut off)")
             out.append(data.rstrip(b"\r") if self.kinds[f] == "jsonl" else data)
@@ -232,6 +283,32 @@ class RecordIndex:
                 pass
         self._fds.clear()
         self._sources = [s if isinstance(s, str) else "" for s in self._sources]
+
+
+def _file_blocks(path: str, size: int):
+    with open(path, "rb") as fh:
+        while block := fh.read(size):
+            yield block
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _whole_lines(blocks):
+    """Streamed blocks as uint8 arrays that end with a newline (the rest is carried to the next one); the
+    last array holds what follows the last newline (no newline; empty arrays are not yielded)."""
+    carry = b""
+    for block in blocks:
+        buf = carry + block if carry else block
+        cut = buf.rfind(b"\n") + 1
+        if cut:
+            yield np.frombuffer(buf, np.uint8, count=cut)
+        carry = buf[cut:]
+    if carry:
+        yield np.frombuffer(carry, np.uint8)
 
 
 class _mapped:

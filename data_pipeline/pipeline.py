@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from data_pipeline import order as order_lib
-from data_pipeline import packing
+from data_pipeline import packing, remote
 from data_pipeline.errors import UserError
 from data_pipeline.examples import build_examples
 from data_pipeline.index import RecordIndex
@@ -192,11 +192,16 @@ class PipelineStats:
 
 
 def expand_files(patterns: tuple[str, ...]) -> list[str]:
-    """Globs and directories to a sorted list of data files; a pattern matching nothing is an error."""
+    """Globs and directories to a sorted list of data files; a pattern matching nothing is an error.
+
+    Object-store URLs (``gs://BUCKET/pyx/*.jsonl.gz``) expand the same way, through fsspec; a missing
+    bucket, missing credentials or a missing permission is one line naming the pattern."""
     out: list[str] = []
     for pattern in patterns:
         p = pathlib.Path(pattern)
-        if p.is_dir():
+        if remote.is_remote(pattern):
+            matches = remote.expand(pattern, in_directory=lambda name: _file_kind(name, strict=False) is not None)
+        elif p.is_dir():
             matches = sorted(str(f) for f in p.iterdir() if f.is_file() and _file_kind(str(f), strict=False))
         else:
             matches = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else (

@@ -27,6 +27,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 
+from data_pipeline import remote
 from data_pipeline.errors import UserError
 from data_pipeline.prompts import TASKS
 
@@ -175,7 +176,14 @@ def parse_example_proto(payload: bytes, path: str, index: int,
 
 
 def open_binary(path: str | os.PathLike):
-    """Open a JSON Lines file for reading bytes, gunzipping ``.gz`` files."""
+    """Open a JSON Lines file for reading bytes, gunzipping ``.gz`` files (``gs://...`` through fsspec)."""
+    if remote.is_remote(path):
+        f = remote.open_binary(str(path))
+        if not str(path).endswith(".gz"):
+            return f
+        unzipped = gzip.GzipFile(fileobj=f, mode="rb")
+        unzipped.myfileobj = f  # closed with it
+        return unzipped
     p = pathlib.Path(path)
     if not p.is_file():
         raise UserError(f"{p}: no such file")
@@ -218,7 +226,7 @@ def check_compressed(path: str) -> BadRecord | None:
     """Read a .gz file to its end; the bad record describing where it breaks, or None if it is whole."""
     lines = records = 0
     try:
-        with gzip.open(path, "rb") as f:
+        with open_binary(path) as f:
             for raw in f:
                 lines += 1
                 records += bool(raw.strip())
@@ -231,6 +239,9 @@ class BadRecordLog:
     """Counts skipped records by reason, keeps their messages, and writes them to a sidecar file."""
 
     def __init__(self, sidecar: str | os.PathLike | None = None, keep: int = 1000):
+        if sidecar and remote.is_remote(sidecar):
+            raise UserError(f"bad_records_file {sidecar}: must be a local path (it is appended to, which object "
+                            "stores cannot do)")
         self.sidecar = pathlib.Path(sidecar) if sidecar else None
         self.counts: collections.Counter[str] = collections.Counter()
         self.messages: list[str] = []

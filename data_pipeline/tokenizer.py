@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 
+from data_pipeline import remote
 from data_pipeline.errors import UserError
 
 # Names of special tokens that tokenizer.json files commonly use, tried when no config says which.
@@ -148,12 +149,12 @@ class SentencePieceTokenizer(Tokenizer):
                  configured: dict[str, str] | None = None):
         import sentencepiece
 
-        self._model_file = model_file
         self.source = str(model_file)
         try:
             self._sp = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
         except (OSError, RuntimeError) as e:
             raise TokenizerError(f"{model_file}: not a SentencePiece model ({e})") from e
+        self._model = model_file.read_bytes()  # save() needs it after a downloaded copy is gone
         self.vocab_size = int(self._sp.get_piece_size())
 
         def valid(i: int) -> int | None:
@@ -207,7 +208,7 @@ class SentencePieceTokenizer(Tokenizer):
             "model_max_length": 16384,
         }
         _write_dir_atomically(directory, {
-            "tokenizer.model": self._model_file,
+            "tokenizer.model": self._model,
             "tokenizer_config.json": (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode(),
         })
 
@@ -291,6 +292,8 @@ def load_tokenizer(path: str | os.PathLike, *, bos_id: int | None = None, eos_id
     """
     from tokenizers import Tokenizer as RustTokenizer
 
+    if remote.is_remote(path):
+        return _load_remote(str(path), bos_id=bos_id, eos_id=eos_id, pad_id=pad_id)
     overrides = {"bos": bos_id, "eos": eos_id, "pad": pad_id}
     p = pathlib.Path(path)
     if not p.exists():
@@ -308,3 +311,26 @@ def load_tokenizer(path: str | os.PathLike, *, bos_id: int | None = None, eos_id
             raise TokenizerError(f"{p}: not a tokenizers JSON file ({e})") from e
         return HFTokenizer(backend, str(p), _special_from_added_tokens(backend), overrides)
     raise TokenizerError(f"{p}: expected a tokenizer directory, a tokenizer.json or a SentencePiece .model")
+
+
+# Files of a model directory that are not the tokenizer: a gs:// tokenizer directory is downloaded without them.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".msgpack", ".h5", ".ckpt", ".gguf", ".npz", ".npy")
+
+
+def _load_remote(url: str, **ids: int | None) -> Tokenizer:
+    """A tokenizer on an object store: its files downloaded to a temporary directory (weights in the same
+    directory are left out), loaded, and the directory removed; ``source`` names the URL."""
+    found = remote.kind(url)
+    if found is None:
+        raise TokenizerError(f"{url}: tokenizer path does not exist")
+    parent = url.rstrip("/").rsplit("/", 1)[0]
+    if found == "file" and url.endswith("/tokenizer.json") and remote.kind(f"{parent}/tokenizer_config.json") == "file":
+        url, found = parent, "directory"  # as locally: a tokenizer.json beside its config loads the directory
+    with tempfile.TemporaryDirectory(prefix="semcoder-tokenizer-") as tmp:
+        local = remote.download(url, tmp, want=lambda name, size: not name.endswith(_WEIGHT_SUFFIXES))
+        try:
+            tokenizer = load_tokenizer(local, **ids)
+        except TokenizerError as e:  # name the URL, not the temporary copy
+            raise TokenizerError(str(e).replace(local, url)) from None
+    tokenizer.source = url
+    return tokenizer

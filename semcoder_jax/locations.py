@@ -11,10 +11,10 @@ and a remote run directory is probed with a small write and delete (``probe_writ
 bucket, missing credentials or a missing permission is one line naming what to do, not a traceback after
 the first checkpoint interval.
 
-``configure_environment`` sets what the stack needs for gs:// (``EPATH_USE_TF=false``, so epath does not
-hand gs:// to TensorFlow's GCS client, which cannot be pointed at an emulator; gcsfs's zonal-bucket probe
-off) and, when ``STORAGE_EMULATOR_HOST`` names a local emulator, points TensorStore at it and keeps the
-credential lookups off the network.  Object stores have no rename and no append: ``write_text`` writes a
+``configure_environment`` sets what the stack needs for gs:// (``data_pipeline.remote.configure``:
+``EPATH_USE_TF=false``, so epath does not hand gs:// to TensorFlow's GCS client, which cannot be pointed at
+an emulator; gcsfs's zonal-bucket probe off) and, when ``STORAGE_EMULATOR_HOST`` names a local emulator,
+points TensorStore at it and keeps the credential lookups off the network.  Object stores have no rename and no append: ``write_text`` writes a
 whole object (a single upload is atomic), and callers that append (metrics) rewrite instead.
 """
 
@@ -26,15 +26,14 @@ import importlib.util
 import os
 import re
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from data_pipeline import remote
 from semcoder_jax.errors import UserError
 
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 
 
@@ -66,8 +65,7 @@ def register_scheme(scheme: Scheme) -> None:
 
 def object_store_scheme(value: str | None) -> str | None:
     """The scheme of a URL-like location (``gs`` for ``gs://b/x``), None for a local path or None."""
-    match = _URL.match(value or "")
-    return match.group(1) if match else None
+    return remote.scheme(value)
 
 
 def is_remote(value: Any) -> bool:
@@ -104,32 +102,11 @@ def check(what: str, value: str | None) -> None:
                             "letters, digits, '-', '_' and '.', starting and ending with a letter or digit)")
 
 
-_CLOSED_LOOPBACK = "127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
-
-
 def configure_environment() -> None:
-    """Sets (as defaults, never over a user's value) the variables the gs:// stack needs; idempotent.
-
-    Always: ``EPATH_USE_TF=false`` and ``GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`` (gcsfs reads it at import;
-    on, each bucket-layout probe waits out a 60 s timeout where the call is not supported).  With
-    ``STORAGE_EMULATOR_HOST`` set: ``TENSORSTORE_GCS_HTTP_URL`` (TensorStore's gcs driver has no endpoint
-    setting and reads this once per process), and google-auth kept from the metadata server
-    (``NO_GCE_CHECK=true``, ``GCE_METADATA_HOST``/``ROOT``/``IP`` on a closed loopback port), else each
-    credential lookup waits out its retries against a server that is not there.
-    """
-    if os.environ.setdefault("EPATH_USE_TF", "false") == "false":
-        gpath = sys.modules.get("etils.epath.gpath")
-        cached = getattr(gpath, "_is_tf_installed", None)
-        if cached is not None and hasattr(cached, "cache_clear"):  # epath caches its choice on first use
-            cached.cache_clear()
-    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
-    if emulator and emulator != "default":
-        url = emulator if emulator.startswith(("http://", "https://")) else f"http://{emulator}"
-        os.environ.setdefault("TENSORSTORE_GCS_HTTP_URL", url)
-        os.environ.setdefault("NO_GCE_CHECK", "true")
-        for key in ("GCE_METADATA_HOST", "GCE_METADATA_ROOT", "GCE_METADATA_IP"):
-            os.environ.setdefault(key, _CLOSED_LOOPBACK)
+    """What the gs:// stack needs in the environment (``data_pipeline.remote.configure``: ``EPATH_USE_TF=false``,
+    gcsfs's zonal probe off, and with ``STORAGE_EMULATOR_HOST`` TensorStore pointed at the emulator and
+    google-auth kept off the metadata server); defaults only, idempotent."""
+    remote.configure()
 
 
 def path(value: str | os.PathLike, what: str = "location"):

@@ -288,11 +288,10 @@ class TrainRunConfig:
                            ("data.path", self.data.path), ("data.eval_path", self.data.eval_path),
                            ("data.tokenizer", self.data.tokenizer), ("rl.tasks", self.rl.tasks),
                            ("model.init_from", (self.model.init_from or "").partition(":")[2] or None)):
-            for one in (value.split(",") if isinstance(value, str) and key.startswith("data.") else [value]):
-                try:
-                    locations.check(key + ":", one)
-                except locations.LocationError as e:
-                    raise TrainConfigError(sources.get(key, "") + str(e)) from None
+            try:
+                locations.check(key + ":", value)
+            except locations.LocationError as e:
+                raise TrainConfigError(sources.get(key, "") + str(e)) from None
             if key == "rl.tasks" and locations.is_remote(value):
                 raise TrainConfigError(f"{sources.get(key, '')}rl.tasks: {value}: the GRPO task file is read from "
                                        "local disk only; copy it beside the run (gcloud storage cp)")

@@ -152,13 +152,24 @@ def pipeline_setup(data: DataSection, *, global_batch: int, vocab_size: int | No
     except ImportError as e:
         raise DataConfigError(f"data.source=pyx needs the data_pipeline package ({e}); "
                               "use data.source=synthetic meanwhile") from None
+    from semcoder_jax import locations
+
     path, tokenizer_dir = data.path, data.tokenizer
     if path is None or tokenizer_dir is None:
         from data_pipeline import sample as dsample
 
         path = path or str(dsample.sample_data_dir())
         tokenizer_dir = tokenizer_dir or str(dsample.sample_tokenizer_dir())
-    tokenizer = load_tokenizer(tokenizer_dir)
+    for key, value in (("data.path", path), ("data.eval_path", data.eval_path), ("data.tokenizer", tokenizer_dir)):
+        if locations.is_remote(value):  # gs:// data is read through fsspec (data_pipeline.remote)
+            locations.check(key + ":", value)
+            locations.configure_environment()
+    try:
+        tokenizer = load_tokenizer(tokenizer_dir)
+    except UserError as e:
+        if not locations.is_remote(tokenizer_dir):
+            raise
+        raise DataConfigError(f"data.tokenizer: {e}") from None
     if vocab_size is not None and tokenizer.vocab_size > vocab_size:
         raise DataConfigError(f"data.tokenizer: {tokenizer_dir} has {tokenizer.vocab_size} tokens but the model's "
                               f"vocabulary has {vocab_size} rows (set model.vocab_size or use a matching preset)")
@@ -174,7 +185,9 @@ def pipeline_setup(data: DataSection, *, global_batch: int, vocab_size: int | No
             hint = f"; did you mean {', '.join('data.pipeline.' + c for c in close)}?" if close else ""
             raise DataConfigError(f"unknown config key 'data.pipeline.{key}'{hint}")
     pipeline = dict(data.pipeline)
-    if run_dir is not None and "bad_records_file" not in pipeline:  # the run's skipped records stay with the run
+    if run_dir is not None and "bad_records_file" not in pipeline and not locations.is_remote(run_dir):
+        # the run's skipped records stay with the run (a gs:// run keeps them in the local default file: an
+        # object cannot be appended to)
         pipeline["bad_records_file"] = os.path.join(run_dir, f"bad_records.p{process_index}.jsonl")
     fields_in = dict(pipeline, files=(path,), seq_len=data.seq_len,
                      batch_size=global_batch // process_count, mode=data.mode, seed=seed,
