@@ -10,16 +10,24 @@ Heavy imports (torch, transformers, jax) happen inside the functions.
 
 ``model_fingerprint`` identifies a model by content (every file the loaders read, hashed in full), so an
 evaluation can tell a re-exported model in the same directory from the one it started with.
+
+``--model`` may be an object-store URL (``gs://BUCKET/...``): ``local_model`` copies the files the loaders
+read (an HF directory's top-level files; a native checkpoint's or training step's parameters, config and
+tokenizer, not the rest of a run) to a temporary directory once per process, which the fingerprint and
+both backends then read (transformers and the tokenizers load local files only).  Peak local disk: the
+model's files; the copy is removed when the process exits.  A copy fingerprints as the original does.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from semcoder_jax import locations
 from semcoder_jax.errors import UserError
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -74,9 +82,10 @@ class HFBackend:
 
         from data_pipeline.tokenizer import load_tokenizer
 
-        path = os.fspath(path)
+        shown = os.fspath(path)
+        path = local_model(shown)
         if not os.path.isfile(os.path.join(path, "config.json")):
-            raise UserError(f"--model {path}: not an HF model directory (no config.json); use --backend jax "
+            raise UserError(f"--model {shown}: not an HF model directory (no config.json); use --backend jax "
                             "for a native checkpoint or convert it with `semcoder convert orbax-to-hf`")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = dtype or ("float32" if self.device == "cpu" else "bfloat16")
@@ -272,7 +281,9 @@ def file_fingerprint(files: Sequence[tuple[str, str]]) -> str:
 
 def model_fingerprint(path: str | os.PathLike) -> str:
     """A content fingerprint of the model at ``path`` (weights, config and tokenizer): it changes whenever
-    any byte the loaders read changes, and not when the same weights are exported again."""
+    any byte the loaders read changes, and not when the same weights are exported again.  A ``gs://``
+    model is fingerprinted from its local copy (``local_model``), so it matches the same files on disk."""
+    path = local_model(path)
     if not os.path.exists(path):
         raise UserError(f"--model {path}: no such file or directory")
     files = model_files(path)
@@ -286,12 +297,78 @@ def load_backend(kind: str, model: str | os.PathLike, dtype: str | None = None) 
     checkpoint, a training export or an HF directory."""
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    if not os.path.exists(model):
+    if not locations.is_remote(os.fspath(model)) and not os.path.exists(model):
         raise UserError(f"--model {model}: no such file or directory")
     if kind == "hf":
         return HFBackend(model, dtype)
     if kind == "jax":
         from semcoder_jax.generate import load_generator
 
-        return load_generator(os.fspath(model), dtype=dtype)
+        return load_generator(local_model(model), dtype=dtype)
     raise UserError(f"--backend {kind!r}: expected hf or jax")
+
+
+# ---- models on an object store ------------------------------------------------------------------------
+
+_LOCAL_COPIES: dict[str, tempfile.TemporaryDirectory] = {}
+
+
+def local_model(path: str | os.PathLike) -> str:
+    """A local directory holding what the loaders read of the model at ``path``: ``path`` itself when it is
+    local; for an object-store URL a temporary copy of those files (``_copy_model``), made once per process
+    and removed when it exits."""
+    text = os.fspath(path)
+    if not locations.is_remote(text):
+        return text
+    url = text.rstrip("/")
+    if url not in _LOCAL_COPIES:
+        copy = tempfile.TemporaryDirectory(prefix="semcoder-model-")
+        try:
+            _copy_model(url, copy.name)
+        except BaseException:
+            copy.cleanup()
+            raise
+        _LOCAL_COPIES[url] = copy
+    return _LOCAL_COPIES[url].name
+
+
+def _copy_model(url: str, local: str) -> None:
+    """Copies into ``local`` the files of the model at ``url`` that ``model_files`` would name, laid out as
+    they are there: an HF directory's top-level files; a native checkpoint's ``params/``,
+    ``model_config.json`` and ``tokenizer/``; a training run's newest complete step (its ``params/`` and
+    ``meta``, at the same relative path) and the run's ``tokenizer/``."""
+    from semcoder_jax import convert
+
+    locations.probe_readable("--model", url)
+    fs = _fs(url)
+    entries = {entry["name"].rstrip("/").rsplit("/", 1)[-1]: entry for entry in fs.ls(url, detail=True)}
+    if "config.json" in entries and convert.MODEL_CONFIG_FILE not in entries:
+        for name, entry in sorted(entries.items()):
+            if entry["type"] == "file" and not name.startswith("."):
+                fs.get_file(locations.join(url, name), os.path.join(local, name))
+        return
+    try:
+        ckpt_dir, _, params_dir = convert.resolve_params_checkpoint(url)
+    except UserError as e:
+        raise UserError(f"--model {url}: not an HF model directory (no config.json), and not a native "
+                        f"checkpoint: {e}") from None
+    relative = params_dir[len(ckpt_dir):].strip("/")  # params, or checkpoints/STEP/params
+    parts = [relative, convert.MODEL_CONFIG_FILE, convert.TOKENIZER_DIR]
+    if relative != convert.PARAMS_DIR:  # a training step: its meta holds the model config
+        parts.append(relative.rsplit("/", 1)[0] + "/meta")
+    for part in parts:
+        source = locations.path(locations.join(ckpt_dir, part))
+        target = os.path.join(local, *part.split("/"))
+        if source.is_dir():
+            os.makedirs(target, exist_ok=True)
+            locations.download_tree(str(source), target)
+        elif source.is_file():
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.get_file(str(source), target)
+
+
+def _fs(url: str):
+    from etils.epath import backend as backend_lib
+
+    locations.path(url)  # checks the URL and configures the environment
+    return backend_lib.fsspec_backend.fs(url)

@@ -7,16 +7,22 @@ the model's content fingerprint, backend and resolved dtype (or the predictions 
 seed and every benchmark's generation settings; a rerun that changes any of them is refused with what
 changed, rather than mixing samples of two models or settings.  Each sample is drawn with its own seed,
 a function of (seed, task, sample, round), so samples do not depend on batch size, order or resumes.
+
+``--out`` may be an object-store URL (``gs://BUCKET/...``), which has no append: the directory is mirrored
+in a local temporary one (its files are records and summaries, small), and every file is uploaded after
+each benchmark and at the end -- after a failure or an interrupt too, so a rerun resumes from there.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import sys
+import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,7 @@ from eval.extract import refined_code, sanitize
 from eval.prompts import refine_prompt
 from sandbox import Job, Limits, Sandbox
 from sandbox.function_tests import Verdict
+from semcoder_jax import locations
 from semcoder_jax.errors import UserError
 
 PASS_AT_K = (1, 5, 10, 100)
@@ -389,21 +396,23 @@ def _changes(previous: dict, current: dict) -> list[str]:
     return out
 
 
-def _check_config(out_dir: Path, current: dict[str, Any], write: bool = True) -> None:
+def _check_config(out_dir: Path, current: dict[str, Any], write: bool = True, shown: str | None = None) -> None:
     """Refuses an output directory whose samples came from another model, dtype, backend, predictions file,
     seed or generation settings, naming every change in one line; otherwise records ``current`` (merged
-    with the benchmarks and refine settings already there)."""
+    with the benchmarks and refine settings already there).  ``shown``: the directory's name in messages
+    (the URL of a mirrored object-store one)."""
     path = out_dir / "config.json"
+    label = locations.join(shown, "config.json") if shown is not None else str(path)
     merged = current
     if path.is_file():
         previous = json.loads(path.read_text())
         if previous.get("version") != CONFIG_VERSION:
-            raise UserError(f"{path}: written by an earlier semcoder eval that did not record the model's "
+            raise UserError(f"{label}: written by an earlier semcoder eval that did not record the model's "
                             "fingerprint and dtype, so its samples cannot be tied to a model; use a new --out "
                             "directory")
         changed = _changes(previous, current)
         if changed:
-            raise UserError(f"{path}: this output directory holds samples made with different settings: "
+            raise UserError(f"{label}: this output directory holds samples made with different settings: "
                             f"{'; '.join(changed)}; use a new --out directory (or rerun with its settings)")
         merged = {**current, "benchmarks": {**previous["benchmarks"]}}
         for name, entry in current["benchmarks"].items():
@@ -419,7 +428,14 @@ def check_resume(config: EvalConfig, out_dir: str | os.PathLike) -> None:
     """Raises ``UserError`` now when ``run(config, out_dir)`` would refuse the directory (so the CLI can
     say so before loading a model)."""
     _validate(config)
-    if Path(out_dir).is_dir():
+    target = os.fspath(out_dir)
+    if locations.is_remote(target):
+        config_json = locations.path(locations.join(target, "config.json"), "--out")
+        if config_json.is_file():
+            with tempfile.TemporaryDirectory(prefix="semcoder-eval-out-") as tmp:
+                (Path(tmp) / "config.json").write_bytes(config_json.read_bytes())
+                _check_config(Path(tmp), describe(config), write=False, shown=target)
+    elif Path(out_dir).is_dir():
         _check_config(Path(out_dir), describe(config), write=False)
 
 
@@ -438,15 +454,54 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
         gt_cache_dir: str | os.PathLike | None = None, sandbox_mode: str = "auto",
         require_isolation: bool = False) -> dict[str, dict]:
     """Evaluate every benchmark of ``config`` with ``backend`` (or ``config.predictions``); returns and
-    writes ``summary.json``.  ``sandbox_mode`` / ``require_isolation``: see ``sandbox.Sandbox``."""
+    writes ``summary.json``.  ``sandbox_mode`` / ``require_isolation``: see ``sandbox.Sandbox``.
+    ``out_dir`` may be a ``gs://`` URL (mirrored locally, see the module docstring)."""
     if backend is None and config.predictions is None:
         raise UserError("nothing to evaluate: pass --model or --predictions")
     _validate(config)
+    options = dict(backend=backend, data_dir=data_dir, batch_size=batch_size, workers=workers, limits=limits,
+                   progress=progress, chunk=chunk, gt_cache_dir=gt_cache_dir, sandbox_mode=sandbox_mode,
+                   require_isolation=require_isolation)
+    target = os.fspath(out_dir)
+    if not locations.is_remote(target):
+        return _run(config, Path(target), **options)
+    with _mirrored(target) as (local, sync):
+        return _run(config, local, shown=target, sync=sync, **options)
+
+
+@contextlib.contextmanager
+def _mirrored(url: str) -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A local temporary copy of the output directory at ``url`` and a function that uploads it back; it is
+    uploaded at the end, after a failure too (the samples done so far are what a rerun resumes from)."""
+    locations.probe_writable("--out", url)
+    with tempfile.TemporaryDirectory(prefix="semcoder-eval-out-") as tmp:
+        if locations.path(url).is_dir():
+            locations.download_tree(url, tmp)
+
+        def sync() -> None:
+            locations.upload_tree(tmp, url)
+
+        try:
+            yield Path(tmp), sync
+        except BaseException:
+            try:
+                sync()
+            except Exception as e:  # noqa: BLE001 - the run's own failure is what gets reported
+                print(f"semcoder eval: warning: {url}: the samples of this run could not be uploaded ({e})",
+                      file=sys.stderr)
+            raise
+        sync()
+
+
+def _run(config: EvalConfig, out: Path, *, backend: Backend | None, data_dir: str | os.PathLike | None,
+         batch_size: int, workers: int | None, limits: Limits | None, progress: bool, chunk: int | None,
+         gt_cache_dir: str | os.PathLike | None, sandbox_mode: str, require_isolation: bool,
+         shown: str | None = None, sync: Callable[[], None] | None = None) -> dict[str, dict]:
+    """``run`` on a local directory; ``sync`` (if any) is called after each benchmark's summary is written."""
     config = _identify(config, backend)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     source = describe(config)
-    _check_config(out, source)
+    _check_config(out, source, shown=shown)
     summary_path = out / "summary.json"
     summary: dict[str, dict] = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     chunk = chunk or max(batch_size * 4, 32)
@@ -494,6 +549,8 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
             tmp = summary_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(summary, indent=2))
             os.replace(tmp, summary_path)
+            if sync is not None:
+                sync()
     return summary
 
 

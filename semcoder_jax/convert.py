@@ -14,6 +14,23 @@ Vocabulary rows beyond the tokenizer are kept as they are.
 - native -> HF: tensors are read through TensorStore one storage chunk at a time (one layer for
   checkpoints written here) and streamed into safetensors shards in file order.
 Outputs are written to a temporary sibling directory and renamed at the end.
+
+Object stores (``gs://BUCKET/...``, through ``semcoder_jax.locations``) are read and written without
+staging a model on local disk:
+
+- An HF directory is read by byte range: each tensor is read from its shard in 16 MiB ranges, 8 at a
+  time, straight into its slot, so reading takes no local disk at all (a PyTorch ``.bin`` checkpoint,
+  which ``torch.load`` only reads from a file, is the exception: its files are downloaded for the read).
+- Native checkpoints are read through TensorStore's ``gcs`` kvstore and Orbax, like local ones.
+- An HF export is written shard by shard: each shard is written to a local scratch file, uploaded as one
+  object and deleted before the next one starts (peak local disk: one shard, ``--max-shard-size``).  An
+  object store has no rename, so the files go straight to the target and the one that makes the
+  directory loadable goes last: the index of a sharded export (``config.json`` of a single-file one),
+  after the tokenizer, ``generation_config.json`` and ``config.json``.  A native output goes the same
+  way with ``model_config.json`` last, except that its ``params/`` is staged whole on local disk first
+  (Orbax's partial saving renames, which an object store cannot).  A reader that finds the last file
+  sees a complete output; one that does not is told what is missing.  On failure the objects written
+  are removed.
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ import logging
 import os
 import re
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -33,9 +51,11 @@ from typing import Any, TypeVar
 import ml_dtypes
 import numpy as np
 
-from semcoder_jax import integrity
+from semcoder_jax import integrity, locations
 from semcoder_jax.config import ModelConfig, load_hf_config, model_config_from_dict, model_config_to_dict
 from semcoder_jax.errors import UserError
+from semcoder_jax.safetensors_stream import _DTYPES as _SAFETENSORS_DTYPES
+from semcoder_jax.safetensors_stream import _MAX_HEADER as _MAX_SAFETENSORS_HEADER
 from semcoder_jax.safetensors_stream import (
     SafetensorsError,
     TensorInfo,
@@ -197,19 +217,28 @@ def _nest(path: LeafPath, value) -> dict:
 # ---- reading HF directories ------------------------------------------------------------------
 
 class HFCheckpoint:
-    """The tensors of an HF model directory: single or sharded safetensors, or PyTorch ``.bin``."""
+    """The tensors of an HF model directory: single or sharded safetensors, or PyTorch ``.bin``.
+
+    ``hf_dir`` may be an object-store URL (``gs://...``): safetensors headers and tensors are then read
+    by byte range, taking no local disk; ``.bin`` files are downloaded to a temporary directory that
+    lives as long as this object (``torch.load`` reads files only).
+    """
 
     def __init__(self, hf_dir: str):
-        self.dir = hf_dir
-        if not os.path.isdir(hf_dir):
+        self.remote = locations.is_remote(hf_dir)
+        self.dir = hf_dir.rstrip("/") if self.remote else hf_dir
+        if self.remote:
+            locations.probe_readable("HF directory", self.dir)
+        if not _isdir(self.dir):
             raise ConversionError(f"{hf_dir}: not a directory")
         self.tensors: dict[str, TensorInfo] = {}
         self._torch: dict[str, Any] = {}
+        self._downloads: tempfile.TemporaryDirectory | None = None
         files = self._weight_files()
         for file in files:
             if file.endswith(".safetensors"):
                 try:
-                    table, _ = read_header(file)
+                    table = _read_remote_header(file) if self.remote else read_header(file)[0]
                 except SafetensorsError as e:
                     raise ConversionError(str(e)) from None
                 self.tensors.update(table)
@@ -218,30 +247,35 @@ class HFCheckpoint:
 
     def _weight_files(self) -> list[str]:
         for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
-            index = os.path.join(self.dir, index_name)
-            if os.path.exists(index):
+            index = locations.join(self.dir, index_name)
+            if _exists(index):
                 try:
-                    with open(index, encoding="utf-8") as f:
-                        weight_map = json.load(f)["weight_map"]
+                    weight_map = json.loads(_read_text(index))["weight_map"]
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise ConversionError(f"{index}: not a valid index ({e!r})") from None
                 files = []
                 for shard in dict.fromkeys(weight_map.values()):
-                    path = os.path.join(self.dir, shard)
-                    if not os.path.exists(path):
+                    path = locations.join(self.dir, shard)
+                    if not _exists(path):
                         raise ConversionError(f"{index}: shard {shard} named in the index is missing")
                     files.append(path)
                 return files
         for single in ("model.safetensors", "pytorch_model.bin"):
-            if os.path.exists(os.path.join(self.dir, single)):
-                return [os.path.join(self.dir, single)]
+            if _exists(locations.join(self.dir, single)):
+                return [locations.join(self.dir, single)]
         raise ConversionError(f"{self.dir}: no model.safetensors, sharded safetensors index or pytorch_model.bin")
 
     def _load_torch(self, file: str) -> None:
         import torch
 
+        source = file
+        if self.remote:  # torch.load reads a local file (memory-mapped while the tensors are read)
+            if self._downloads is None:
+                self._downloads = tempfile.TemporaryDirectory(prefix="semcoder-hf-bin-")
+            source = os.path.join(self._downloads.name, f"{len(os.listdir(self._downloads.name))}.bin")
+            _fs(file).get_file(file, source)
         try:
-            state = torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+            state = torch.load(source, map_location="cpu", mmap=True, weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch raises many kinds for a corrupt file
             raise ConversionError(f"{file}: cannot be read as a PyTorch checkpoint ({e})") from None
         for name, tensor in state.items():
@@ -263,15 +297,126 @@ class HFCheckpoint:
 
     def read(self, name: str) -> np.ndarray:
         if name in self.tensors:
+            if self.remote:
+                info = self.tensors[name]
+                out = np.empty(info.shape, info.dtype)
+                _read_remote_into(info, out)
+                return out
             return read_tensor(self.tensors[name])
         return torch_to_numpy(self._torch[name][1])
 
     def read_into(self, name: str, out: np.ndarray) -> None:
         """Fills ``out`` (any shape with the tensor's element count) with the tensor, cast to its dtype."""
         if name in self.tensors and self.tensors[name].dtype == out.dtype:
-            read_tensor_into(self.tensors[name], out)  # no intermediate copy
+            # no intermediate copy
+            (_read_remote_into if self.remote else read_tensor_into)(self.tensors[name], out)
         else:
             out[...] = self.read(name).reshape(out.shape)
+
+
+# ---- object-store locations (gs://) ----------------------------------------------------------
+
+# A remote tensor is read in ranges of _RANGE_BYTES, _RANGES_IN_FLIGHT at a time (one GCS stream is slow;
+# a few in parallel fill the link): at most 128 MiB held beside the tensor itself.
+_RANGE_BYTES = 16 << 20
+_RANGES_IN_FLIGHT = 8
+
+
+def _isdir(path: str) -> bool:
+    return locations.path(path).is_dir() if locations.is_remote(path) else os.path.isdir(path)
+
+
+def _isfile(path: str) -> bool:
+    return locations.path(path).is_file() if locations.is_remote(path) else os.path.isfile(path)
+
+
+def _exists(path: str) -> bool:
+    return locations.path(path).exists() if locations.is_remote(path) else os.path.exists(path)
+
+
+def _read_text(path: str) -> str:
+    if locations.is_remote(path):
+        return locations.path(path).read_text(encoding="utf-8")
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _parent(path: str) -> str:
+    """The directory holding ``path``: ``os.path.dirname`` of it made absolute, or a URL's parent."""
+    if locations.is_remote(path):
+        return path.rstrip("/").rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(path))
+
+
+def _fs(url: str):
+    """The fsspec filesystem (gcsfs for gs://) that ``locations.path`` uses for ``url``."""
+    from etils.epath import backend as backend_lib
+
+    locations.path(url)  # checks the URL and configures the environment
+    return backend_lib.fsspec_backend.fs(url)
+
+
+def _kvstore(directory: str) -> dict[str, Any]:
+    """A TensorStore kvstore spec for the files under ``directory``: local, or a gs:// prefix (as Orbax
+    builds it, honouring ``TENSORSTORE_GCS_BACKEND``)."""
+    if not locations.is_remote(directory):
+        return {"driver": "file", "path": directory + "/"}
+    scheme, bucket, key = locations.split(directory)
+    if scheme != "gs":
+        raise ConversionError(f"{directory}: TensorStore reads gs:// object stores only, not {scheme}://")
+    locations.configure_environment()
+    return {"driver": os.environ.get("TENSORSTORE_GCS_BACKEND", "gcs"), "bucket": bucket,
+            "path": key.strip("/") + "/"}
+
+
+def _read_remote_header(url: str) -> dict[str, TensorInfo]:
+    """``safetensors_stream.read_header`` for an object: two ranged reads (length, then header)."""
+    fs = _fs(url)
+    try:
+        size = fs.size(url)
+        raw = fs.cat_file(url, 0, 8) if size >= 8 else b""
+        if len(raw) != 8:
+            raise SafetensorsError(f"{url}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > _MAX_SAFETENSORS_HEADER:
+            raise SafetensorsError(f"{url}: header length {n} is implausible (not a safetensors file?)")
+        header = json.loads(fs.cat_file(url, 8, 8 + n))
+    except FileNotFoundError:
+        raise SafetensorsError(f"{url}: file not found") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SafetensorsError(f"{url}: unreadable safetensors header ({e})") from None
+    header.pop("__metadata__", None)
+    tensors = {}
+    for name, entry in header.items():
+        code = entry.get("dtype")
+        if code not in _SAFETENSORS_DTYPES:
+            raise SafetensorsError(f"{url}: tensor {name} has unsupported dtype {code!r}")
+        begin, end = entry["data_offsets"]
+        shape = tuple(int(s) for s in entry["shape"])
+        dtype = _SAFETENSORS_DTYPES[code]
+        if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or 8 + n + end > size:
+            raise SafetensorsError(f"{url}: tensor {name} has inconsistent offsets (truncated file?)")
+        tensors[name] = TensorInfo(name, dtype, shape, url, 8 + n + begin, end - begin)
+    return tensors
+
+
+def _read_remote_into(info: TensorInfo, out: np.ndarray) -> None:
+    """``read_tensor_into`` for an object: parallel ranged reads straight into ``out``."""
+    if out.dtype != info.dtype or out.size * out.itemsize != info.nbytes or not out.flags.c_contiguous:
+        raise ValueError(f"{info.name}: cannot read {info.shape} {info.dtype} into {out.shape} {out.dtype}")
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    fs = _fs(info.file)
+    pieces = [(b, min(b + _RANGE_BYTES, info.nbytes)) for b in range(0, info.nbytes, _RANGE_BYTES)]
+    for first in range(0, len(pieces), _RANGES_IN_FLIGHT):
+        group = pieces[first:first + _RANGES_IN_FLIGHT]
+        datas = fs.cat_ranges([info.file] * len(group), [info.start + b for b, _ in group],
+                              [info.start + e for _, e in group], on_error="raise")
+        for (begin, end), data in zip(group, datas):
+            if len(data) != end - begin:
+                raise SafetensorsError(f"{info.file}: tensor {info.name} is truncated "
+                                       f"({begin + len(data)} of {info.nbytes} bytes)")
+            view[begin:end] = data
+        del datas
 
 
 def _torch_to_numpy_dtype(dtype) -> np.dtype:
@@ -353,10 +498,30 @@ def check_finite(array: np.ndarray, what: str) -> None:
                               "it (pass --allow-nonfinite to convert anyway)")
 
 
+def read_hf_config(hf_dir: str, **overrides: Any) -> ModelConfig:
+    """``config.load_hf_config`` for a local directory or an object-store URL (``gs://.../hf``)."""
+    if not locations.is_remote(hf_dir):
+        return load_hf_config(hf_dir, **overrides)
+    from semcoder_jax.config import ConfigError
+
+    file = locations.join(hf_dir, "config.json")
+    locations.probe_readable("HF directory", hf_dir)
+    if not _isfile(file):
+        raise ConfigError(f"{file}: not found (an HF model directory needs config.json)")
+    try:
+        data = json.loads(_read_text(file))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{file}: expected a JSON object")
+    return ModelConfig.from_hf_dict(data, source=file, **overrides)
+
+
 def load_hf_params(hf_dir: str, *, param_dtype: str | None = "float32", allow_nonfinite: bool = False,
                    **config_overrides: Any) -> tuple[ModelConfig, dict]:
-    """Reads an HF directory into (config, numpy parameter tree in the native layout)."""
-    config = load_hf_config(hf_dir, **config_overrides)
+    """Reads an HF directory (local or ``gs://``, read by byte range) into (config, numpy parameter tree in
+    the native layout)."""
+    config = read_hf_config(hf_dir, **config_overrides)
     ckpt = HFCheckpoint(hf_dir)
     maps = mappings(config)
     _check_hf_tensors(ckpt, config, maps)
@@ -393,11 +558,17 @@ def _commit_output(tmp_dir: str, out_dir: str) -> None:
 
 
 class _Staging:
-    """Context manager: a temp directory renamed to the target on success, removed on failure."""
+    """Context manager: a temp directory renamed to the target on success, removed on failure.
+
+    Writers make every file under the directory ``__enter__`` returns and ``publish`` each one when it is
+    done, a no-op here (see ``_RemoteStaging``)."""
 
     def __init__(self, out_dir: str, overwrite: bool):
         self.out_dir = out_dir
         self.tmp = _prepare_output(out_dir, overwrite)
+
+    def publish(self, name: str) -> None:
+        pass
 
     def __enter__(self) -> str:
         return self.tmp
@@ -414,6 +585,85 @@ class _Staging:
         if reason:
             raise ConversionError(f"{os.path.abspath(self.out_dir)}: could not be written ({reason}); "
                                   "nothing was left behind") from None
+
+
+class _RemoteStaging:
+    """``_Staging`` for an object-store prefix, which has no rename: files go straight to the target.
+
+    Each file is made in a local scratch directory (the directory ``__enter__`` returns), uploaded by
+    ``publish(name)`` as one object (an upload is atomic: the object appears only once it is complete)
+    and deleted there, so local disk holds one file at a time (a directory is published file by file).
+    A writer publishes the file that makes the output loadable last.
+
+    The target must be empty; with ``overwrite`` its objects are deleted just before the first file is
+    uploaded (the old output cannot stay in place until the new one is complete, but a conversion that
+    fails before it has anything to upload leaves it alone).  On failure after that, every object under
+    the target is removed (it held only what this writer put there).
+    """
+
+    def __init__(self, out_dir: str, overwrite: bool):
+        self.out_dir = out_dir.rstrip("/")
+        self.replace = _prepare_remote_output(self.out_dir, overwrite)
+        self.started = False  # whether anything was uploaded (or the old output deleted)
+        self.tmp = tempfile.mkdtemp(prefix="semcoder-upload-")  # the local scratch directory
+        self.fs = _fs(self.out_dir)
+
+    def publish(self, name: str) -> None:
+        if not self.started:
+            self.started = True
+            if self.replace:
+                locations.path(self.out_dir).rmtree()
+        local = os.path.join(self.tmp, *name.split("/"))
+        if os.path.isdir(local):
+            locations.upload_tree(local, locations.join(self.out_dir, name))
+            shutil.rmtree(local)
+            return
+        self.fs.put_file(local, locations.join(self.out_dir, name))
+        os.remove(local)
+
+    def __enter__(self) -> str:
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        if exc_type is None:
+            return
+        left = "nothing was left behind" if self.started else "nothing was written"
+        try:
+            if self.started:
+                with _quiet_logger("gcsfs"):
+                    target = locations.path(self.out_dir)
+                    if target.exists():
+                        target.rmtree()
+        except Exception:  # noqa: BLE001 - the write's own failure is what gets reported
+            left = f"objects written so far may remain under {self.out_dir} (delete them before reusing it)"
+        if isinstance(exc, OSError) and str(exc.filename or "").startswith(self.tmp):
+            reason = f"local scratch space {tempfile.gettempdir()}: {exc.strerror or exc}"
+        else:
+            line = None if isinstance(exc, UserError) else locations.explain(exc, "output", self.out_dir)
+            if line is not None:
+                raise ConversionError(f"{line}; {left}") from None
+            reason = _write_failure(exc)
+        if reason:
+            raise ConversionError(f"{self.out_dir}: could not be written ({reason}); {left}") from None
+
+
+def _prepare_remote_output(out_dir: str, overwrite: bool) -> bool:
+    """Checks an object-store output: writable (one line for a missing bucket, credentials or permission),
+    not a file, and empty unless ``overwrite``; returns whether it holds objects to replace."""
+    locations.probe_writable("output", out_dir)
+    target = locations.path(out_dir)
+    if target.is_file():
+        raise ConversionError(f"{out_dir}: exists and is not a directory")
+    if target.is_dir() and any(True for _ in target.iterdir()):
+        if not overwrite:
+            raise ConversionError(f"{out_dir}: exists and is not empty (pass --overwrite to replace it)")
+        return True
+    return False
+
+
+def _staging(out_dir: str, overwrite: bool) -> _Staging | _RemoteStaging:
+    return _RemoteStaging(out_dir, overwrite) if locations.is_remote(out_dir) else _Staging(out_dir, overwrite)
 
 
 # TensorStore reports I/O failures as ValueError("<absl status code>: ...").
@@ -435,7 +685,18 @@ def _write_failure(exc: BaseException | None) -> str | None:
 
 
 def copy_tokenizer_files(src_dir: str, dst_dir: str) -> list[str]:
-    """Copies the known tokenizer files of ``src_dir``; returns the names copied."""
+    """Copies the known tokenizer files of ``src_dir`` (a local directory or an object-store URL) into the
+    local ``dst_dir``; returns the names copied."""
+    if locations.is_remote(src_dir):
+        source = locations.path(src_dir)
+        present = {p.name for p in source.iterdir()} if source.is_dir() else set()
+        copied = []
+        for name in TOKENIZER_FILES:
+            if name in present and (source / name).is_file():
+                os.makedirs(dst_dir, exist_ok=True)
+                _fs(src_dir).get_file(locations.join(src_dir, name), os.path.join(dst_dir, name))
+                copied.append(name)
+        return copied
     copied = []
     for name in TOKENIZER_FILES:
         src = os.path.join(src_dir, name)
@@ -515,9 +776,12 @@ def release_freed_memory() -> None:
 
 
 def _pytree_dir(params_dir: str) -> str:
-    """The directory holding the PyTree's ``_METADATA`` (Orbax v1 nests it under ``state/``)."""
-    for candidate in (params_dir, os.path.join(params_dir, "state"), os.path.join(params_dir, "default")):
-        if os.path.exists(os.path.join(candidate, "_METADATA")):
+    """The directory holding the PyTree's ``_METADATA`` (Orbax v1 nests it under ``state/``); a local
+    path or an object-store URL."""
+    if locations.is_remote(params_dir):
+        params_dir = params_dir.rstrip("/")
+    for candidate in (params_dir, locations.join(params_dir, "state"), locations.join(params_dir, "default")):
+        if _exists(locations.join(candidate, "_METADATA")):
             return candidate
     raise ConversionError(f"{params_dir}: not an Orbax PyTree checkpoint (no _METADATA)")
 
@@ -527,21 +791,21 @@ def open_native_leaf(params_dir: str, path: LeafPath):
 
     Works for every layout Orbax writes (zarr3 or zarr, with or without OCDBT), which the
     checkpoint's ``_METADATA`` records; Orbax names a leaf's array by its keys joined with dots.
+    ``params_dir`` may be a ``gs://`` URL: the files are then read through TensorStore's ``gcs`` kvstore.
     """
     import tensorstore as ts
 
     pytree_dir = _pytree_dir(params_dir)
-    metadata_file = os.path.join(pytree_dir, "_METADATA")
+    metadata_file = locations.join(pytree_dir, "_METADATA")
     try:
-        with open(metadata_file, encoding="utf-8") as f:
-            metadata = json.load(f)
+        metadata = json.loads(_read_text(metadata_file))
     except (OSError, json.JSONDecodeError) as e:
         raise ConversionError(f"{metadata_file}: unreadable Orbax metadata ({e})") from None
     name = ".".join(path)
     if metadata.get("use_ocdbt", True):
-        kvstore = {"driver": "ocdbt", "base": {"driver": "file", "path": pytree_dir + "/"}, "path": name}
+        kvstore = {"driver": "ocdbt", "base": _kvstore(pytree_dir), "path": name}
     else:
-        kvstore = {"driver": "file", "path": os.path.join(pytree_dir, name) + "/"}
+        kvstore = _kvstore(locations.join(pytree_dir, name))
     spec = {"driver": "zarr3" if metadata.get("use_zarr3", False) else "zarr", "kvstore": kvstore}
     try:
         return ts.open(spec, open=True, read=True).result()
@@ -596,12 +860,11 @@ def native_leaf_metadata(params_dir: str) -> dict[LeafPath, tuple[tuple[int, ...
 
 
 def read_native_config(ckpt_dir: str) -> ModelConfig:
-    file = os.path.join(ckpt_dir, MODEL_CONFIG_FILE)
-    if not os.path.exists(file):
+    file = locations.join(ckpt_dir, MODEL_CONFIG_FILE)
+    if not _exists(file):
         raise ConversionError(f"{ckpt_dir}: not a native checkpoint ({MODEL_CONFIG_FILE} not found)")
     try:
-        with open(file, encoding="utf-8") as f:
-            return model_config_from_dict(json.load(f), source=file)
+        return model_config_from_dict(json.loads(_read_text(file)), source=file)
     except json.JSONDecodeError as e:
         raise ConversionError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
 
@@ -633,18 +896,26 @@ def save_native(params: dict, config: ModelConfig, out_dir: str, *, tokenizer_di
 
 def _write_native(out_dir: str, config: ModelConfig, leaves: Iterator[tuple[LeafPath, np.ndarray]],
                   tokenizer_dir: str | None, overwrite: bool) -> None:
-    with _Staging(out_dir, overwrite) as tmp:
+    """The parameters, the tokenizer, and ``model_config.json`` last: what makes the directory a native
+    checkpoint.  For an object store the parameters are written locally and then uploaded: Orbax's
+    partial saving, which keeps memory near two leaves, cannot write to one (it renames), so the peak
+    local disk is the parameters' size there."""
+    staging = _staging(out_dir, overwrite)
+    with staging as tmp:
         _write_native_params(os.path.join(tmp, PARAMS_DIR), leaves)
+        staging.publish(PARAMS_DIR)
+        if tokenizer_dir:
+            for name in copy_tokenizer_files(tokenizer_dir, os.path.join(tmp, TOKENIZER_DIR)):
+                staging.publish(f"{TOKENIZER_DIR}/{name}")
         with open(os.path.join(tmp, MODEL_CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(model_config_to_dict(config), f, indent=2)
-        if tokenizer_dir:
-            copy_tokenizer_files(tokenizer_dir, os.path.join(tmp, TOKENIZER_DIR))
+        staging.publish(MODEL_CONFIG_FILE)
 
 
 def load_native(ckpt_dir: str, *, dtype: str | None = None, shardings: Any = None) -> tuple[ModelConfig, dict]:
     """Reads a native checkpoint into (config, parameter tree); see ``restore_params``."""
     config = read_native_config(ckpt_dir)
-    return config, restore_params(os.path.join(ckpt_dir, PARAMS_DIR), config, dtype=dtype, shardings=shardings)
+    return config, restore_params(locations.join(ckpt_dir, PARAMS_DIR), config, dtype=dtype, shardings=shardings)
 
 
 def restore_params(params_dir: str, config: ModelConfig, *, dtype: str | None = None, shardings: Any = None) -> dict:
@@ -652,7 +923,7 @@ def restore_params(params_dir: str, config: ModelConfig, *, dtype: str | None = 
 
     With ``shardings`` (a tree of ``jax.sharding.Sharding`` matching the parameters) the leaves are
     restored directly as sharded ``jax.Array``s (resharding as needed); otherwise as numpy arrays.
-    ``dtype`` casts on restore.
+    ``dtype`` casts on restore.  ``params_dir`` may be a ``gs://`` URL (Orbax reads it in place).
     """
     import jax
 
@@ -665,12 +936,20 @@ def restore_params(params_dir: str, config: ModelConfig, *, dtype: str | None = 
         sharding = None if shardings is None else _get_leaf(shardings, m.leaf)
         _set_leaf(abstract, m.leaf, jax.ShapeDtypeStruct(shape, cast or stored, sharding=sharding))
     pytree_dir = _pytree_dir(params_dir)
+    # On an object store Orbax takes a directory for complete only with the commit marker it writes there
+    # itself; a checkpoint written locally and uploaded has none, and is complete when its name is final
+    # (as locally).  Which checkpoint is complete is decided before this by model_config.json or the
+    # training step's metadata.
+    remote = {"atomicity_options": ocp.options.AtomicityOptions(allow_legacy_atomic_rename=True)} if (
+        locations.is_remote(pytree_dir)) else None
     if shardings is not None:
-        params = ocp.StandardCheckpointer().restore(pytree_dir, abstract)
+        params = ocp.StandardCheckpointer(**(remote or {})).restore(pytree_dir, abstract)
     else:
         restore_args = jax.tree.map(lambda a: ocp.RestoreArgs(restore_type=np.ndarray, dtype=a.dtype), abstract)
-        params = ocp.PyTreeCheckpointer().restore(pytree_dir, args=ocp.args.PyTreeRestore(item=abstract,
-                                                                                          restore_args=restore_args))
+        checkpointer = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(), **remote) if remote else (
+            ocp.PyTreeCheckpointer())
+        params = checkpointer.restore(pytree_dir, args=ocp.args.PyTreeRestore(item=abstract,
+                                                                              restore_args=restore_args))
     manifest = read_step_manifest(params_dir)
     if manifest is not None and (cast is None or all(cast == meta[m.leaf][1] for m in mappings(config))):
         algorithm = manifest["algorithm"]
@@ -683,12 +962,11 @@ def restore_params(params_dir: str, config: ModelConfig, *, dtype: str | None = 
 def read_step_manifest(params_dir: str) -> dict | None:
     """The manifest of the training step that holds ``params_dir`` (None for a converted checkpoint, or a
     step written before manifests existed)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(params_dir)), "manifest", "metadata")
-    if not os.path.isfile(path):
+    path = locations.join(_parent(params_dir), "manifest", "metadata")
+    if not _isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = json.loads(_read_text(path))
         manifest["algorithm"], manifest["arrays"]  # noqa: B018 - presence check
         return manifest
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -700,7 +978,7 @@ def _refuse_mismatch(params_dir: str, manifest: dict, found: dict) -> None:
     names = [name for name in found if name.startswith("params/")]
     problems = integrity.compare(manifest["arrays"], found, names=names)
     if problems:
-        step_dir = os.path.dirname(os.path.abspath(params_dir))
+        step_dir = _parent(params_dir)
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ConversionError(f"{step_dir}: {problems[0]}{more}; the checkpoint is damaged "
                               f"(`semcoder checkpoint verify` lists the steps that are intact)")
@@ -710,8 +988,9 @@ def _refuse_mismatch(params_dir: str, manifest: dict, found: dict) -> None:
 
 def convert_hf_to_native(hf_dir: str, out_dir: str, *, dtype: str | None = None, overwrite: bool = False,
                          tokenizer_dir: str | None = None, allow_nonfinite: bool = False) -> ModelConfig:
-    """HF directory -> native checkpoint; ``dtype`` None keeps the source dtype of each tensor."""
-    config = load_hf_config(hf_dir)
+    """HF directory -> native checkpoint; ``dtype`` None keeps the source dtype of each tensor.  Either may
+    be a ``gs://`` URL (see the module docstring)."""
+    config = read_hf_config(hf_dir)
     ckpt = HFCheckpoint(hf_dir)
     maps = mappings(config)
     _check_hf_tensors(ckpt, config, maps)
@@ -774,11 +1053,12 @@ def write_hf(config: ModelConfig, leaf_values: Callable[[Mapping], Iterator[np.n
              dtype: np.dtype, tokenizer_dir: str | None = None, max_shard_size: str = "5GB",
              overwrite: bool = False, allow_nonfinite: bool = False, source: str = "",
              before_commit: Callable[[], None] | None = None) -> None:
-    """Streams parameters into an HF directory.
+    """Streams parameters into an HF directory (local, or a ``gs://`` URL: see ``_RemoteStaging``).
 
     ``leaf_values(m)`` yields the native values behind mapping ``m``: its per-layer slices in
     order, or the one array of a non-stacked leaf.  Tensors are written in mapping order, so each
     value is needed once; a background thread reads ahead while the current one is written.
+    ``before_commit`` runs once every tensor is written, before the files that complete the output.
     """
     maps = mappings(config)
     specs = [TensorSpec(name, m.hf_shape, dtype) for m in maps for name in m.hf_names(config.num_layers)]
@@ -794,14 +1074,20 @@ def write_hf(config: ModelConfig, leaf_values: Callable[[Mapping], Iterator[np.n
                 yield name, np.ascontiguousarray(value).reshape(m.hf_shape).astype(dtype, copy=False)
 
     tensors = prefetch(hf_tensors(), depth=4)
-    with contextlib.closing(tensors), _Staging(out_dir, overwrite) as tmp:
-        _write_hf_files(tmp, config, specs, shards, tensors, dtype, tokenizer_dir)
-        if before_commit is not None:
-            before_commit()
+    with contextlib.closing(tensors):
+        staging = _staging(out_dir, overwrite)
+        with staging:
+            _write_hf_files(staging, config, specs, shards, tensors, dtype, tokenizer_dir, before_commit)
 
 
-def _write_hf_files(tmp: str, config: ModelConfig, specs: list[TensorSpec], shards: list[list[TensorSpec]],
-                    tensors: Iterator[tuple[str, np.ndarray]], dtype: np.dtype, tokenizer_dir: str | None) -> None:
+def _write_hf_files(staging: _Staging | _RemoteStaging, config: ModelConfig, specs: list[TensorSpec],
+                    shards: list[list[TensorSpec]], tensors: Iterator[tuple[str, np.ndarray]], dtype: np.dtype,
+                    tokenizer_dir: str | None, before_commit: Callable[[], None] | None = None) -> None:
+    """Writes the files of an HF export under ``staging``'s directory, publishing each one as it is done:
+    the shards, then the tokenizer, ``generation_config.json`` and ``config.json``, and the index last (so
+    on an object store, where files appear one by one, the output is loadable only once complete)."""
+    tmp = staging.tmp
+
     def tensor(spec: TensorSpec) -> np.ndarray:
         name, value = next(tensors)
         if name != spec.name:
@@ -812,20 +1098,29 @@ def _write_hf_files(tmp: str, config: ModelConfig, specs: list[TensorSpec], shar
         f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
     for name, shard in zip(names, shards):
         write_file(os.path.join(tmp, name), shard, tensor)
+        staging.publish(name)
+    if before_commit is not None:
+        before_commit()
+    if tokenizer_dir:
+        copied = copy_tokenizer_files(tokenizer_dir, tmp)
+        if not copied:
+            raise ConversionError(f"{tokenizer_dir}: no tokenizer files found "
+                                  f"(expected one of {', '.join(TOKENIZER_FILES[:4])}, ...)")
+        _portable_tokenizer_config(tmp)
+        for name in copied:
+            staging.publish(name)
+    with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
+        f.write(_generation_config_json(config))
+    staging.publish("generation_config.json")
+    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+        f.write(_hf_config_json(config, dtype))
+    staging.publish("config.json")
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(s.nbytes for s in specs)},
                  "weight_map": {spec.name: name for name, shard in zip(names, shards) for spec in shard}}
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2, sort_keys=True)
-    with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-        f.write(_hf_config_json(config, dtype))
-    with open(os.path.join(tmp, "generation_config.json"), "w", encoding="utf-8") as f:
-        f.write(_generation_config_json(config))
-    if tokenizer_dir:
-        if not copy_tokenizer_files(tokenizer_dir, tmp):
-            raise ConversionError(f"{tokenizer_dir}: no tokenizer files found "
-                                  f"(expected one of {', '.join(TOKENIZER_FILES[:4])}, ...)")
-        _portable_tokenizer_config(tmp)
+        staging.publish("model.safetensors.index.json")
 
 
 # tokenizer_class names that only transformers 5 knows, and the class transformers 4.x loads the same
@@ -855,7 +1150,8 @@ def _portable_tokenizer_config(directory: str) -> None:
 def convert_native_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = None, tokenizer_dir: str | None = None,
                          max_shard_size: str = "5GB", overwrite: bool = False,
                          allow_nonfinite: bool = False) -> ModelConfig:
-    """Native checkpoint (or a training run / step directory) -> HF directory, leaf by leaf."""
+    """Native checkpoint (or a training run / step directory) -> HF directory, leaf by leaf; either may be
+    a ``gs://`` URL (see the module docstring)."""
     ckpt_dir, config, params_dir = resolve_params_checkpoint(ckpt_dir)
     meta = _checked_metadata(params_dir, config)
     for leaf, (_, leaf_dtype) in meta.items():
@@ -864,8 +1160,8 @@ def convert_native_to_hf(ckpt_dir: str, out_dir: str, *, dtype: str | None = Non
                                   f"a floating type ({', '.join(sorted(map(str, WEIGHT_DTYPES)))})")
     out_dtype = _DTYPES[dtype] if dtype else meta[("embedding",)][1]
     if tokenizer_dir is None:
-        for candidate in (os.path.join(ckpt_dir, TOKENIZER_DIR), os.path.join(os.path.dirname(ckpt_dir), TOKENIZER_DIR)):
-            if os.path.isdir(candidate):
+        for candidate in (locations.join(ckpt_dir, TOKENIZER_DIR), locations.join(_parent(ckpt_dir), TOKENIZER_DIR)):
+            if _isdir(candidate):
                 tokenizer_dir = candidate
                 break
     manifest = read_step_manifest(params_dir)
@@ -903,18 +1199,23 @@ def _digested(values: Iterator[np.ndarray], block: integrity.BlockDigest) -> Ite
 
 
 def resolve_params_checkpoint(path: str) -> tuple[str, ModelConfig, str]:
-    """(checkpoint dir, config, params dir) for a native checkpoint or a training run/step directory."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
+    """(checkpoint dir, config, params dir) for a native checkpoint or a training run/step directory, local
+    or on an object store (``gs://``)."""
+    if locations.is_remote(path):
+        path = path.rstrip("/")
+        locations.probe_readable("checkpoint", path)
+    else:
+        path = os.path.abspath(path)
+    if not _isdir(path):
         raise ConversionError(f"{path}: checkpoint directory not found")
-    if os.path.exists(os.path.join(path, MODEL_CONFIG_FILE)):
-        return path, read_native_config(path), os.path.join(path, PARAMS_DIR)
+    if _exists(locations.join(path, MODEL_CONFIG_FILE)):
+        return path, read_native_config(path), locations.join(path, PARAMS_DIR)
     from semcoder_jax.train.checkpoint import latest_params_step
 
     # A training run, its checkpoints/ directory or one step: the run directory holds the tokenizer.
     step_dir, config = latest_params_step(path)
-    run_dir = os.path.dirname(os.path.dirname(step_dir))
-    return run_dir, config, os.path.join(step_dir, PARAMS_DIR)
+    run_dir = _parent(_parent(step_dir))
+    return run_dir, config, locations.join(step_dir, PARAMS_DIR)
 
 
 def save_hf(params: dict, config: ModelConfig, out_dir: str, *, tokenizer_dir: str | None = None,

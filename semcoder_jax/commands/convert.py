@@ -1,4 +1,5 @@
-"""``semcoder convert``: HF <-> native (Orbax) checkpoints."""
+"""``semcoder convert``: HF <-> native (Orbax) checkpoints, on local disk or ``gs://`` (``semcoder_jax.convert``
+says what each direction stages on local disk there)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import time
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("convert", help="convert checkpoints between HF and native (Orbax) format",
-                                   description="Convert checkpoints between Hugging Face and native Orbax format.")
+                                   description="Convert checkpoints between Hugging Face and native Orbax format. "
+                                               "Every location may be a local path or gs://BUCKET/PATH.")
     sub = parser.add_subparsers(dest="direction", metavar="DIRECTION", required=True)
 
     to_native = sub.add_parser("hf-to-orbax", help="HF directory -> native Orbax checkpoint")
-    to_native.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors or .bin)")
-    to_native.add_argument("--out", required=True, help="output checkpoint directory")
+    to_native.add_argument("--hf", required=True, help="HF model directory (config.json + safetensors or .bin); gs:// is read by byte range")
+    to_native.add_argument("--out", required=True,
+                           help="output checkpoint directory (gs://: its params/ is staged on local disk, then uploaded)")
     to_native.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                            help="storage dtype (default: keep the source dtype)")
     to_native.add_argument("--tokenizer", help="tokenizer directory to bundle (default: the HF directory's)")
@@ -24,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     to_hf = sub.add_parser("orbax-to-hf", help="native checkpoint (or training run) -> HF directory")
     to_hf.add_argument("--ckpt", required=True, help="native checkpoint, training run or step directory")
-    to_hf.add_argument("--out", required=True, help="output HF directory")
+    to_hf.add_argument("--out", required=True,
+                       help="output HF directory (gs://: one shard at a time on local disk, the index uploaded last)")
     to_hf.add_argument("--tokenizer", help="tokenizer directory to copy (default: the checkpoint's)")
     to_hf.add_argument("--dtype", choices=["bfloat16", "float16", "float32"],
                        help="tensor dtype (default: the checkpoint's)")

@@ -137,19 +137,11 @@ def resolve_model(config: TrainRunConfig) -> tuple[ModelConfig, str | None, str 
     if not locations.path(path).is_dir():
         raise RunError(f"model.init_from: {path} is not a directory")
     if kind == "hf":
-        from semcoder_jax.config import load_hf_config
+        from semcoder_jax.convert import read_hf_config
 
-        config_json = locations.path(path) / "config.json"
-        if not config_json.exists():
+        if not (locations.path(path) / "config.json").exists():
             raise RunError(f"model.init_from: {path} is not an HF model directory (no config.json)")
-        if locations.is_remote(path):  # the config alone, not the weights
-            import tempfile
-
-            with tempfile.TemporaryDirectory(prefix="semcoder-hf-config-") as tmp:
-                (locations.path(tmp) / "config.json").write_text(config_json.read_text())
-                model = load_hf_config(tmp, **overrides)
-        else:
-            model = load_hf_config(path, **overrides)
+        model = read_hf_config(path, **overrides)
     else:
         from semcoder_jax.convert import resolve_params_checkpoint
 
@@ -834,8 +826,6 @@ def _export(params, model: ModelConfig, out_dir: str, run_dir: str, config: Trai
     host = _host_params(params)
     if process0:
         tokenizer_dir = locations.join(run_dir, "tokenizer")
-        with locations.local_copy(tokenizer_dir) if locations.path(tokenizer_dir).is_dir() \
-                else contextlib.nullcontext() as local_tokenizer:
-            save_hf(host, model, out_dir, tokenizer_dir=local_tokenizer, dtype=config.run.export_dtype,
-                    overwrite=overwrite)
+        save_hf(host, model, out_dir, tokenizer_dir=tokenizer_dir if locations.path(tokenizer_dir).is_dir() else None,
+                dtype=config.run.export_dtype, overwrite=overwrite)
         print(f"semcoder train: exported HF checkpoint to {out_dir}", file=sys.stderr, flush=True)

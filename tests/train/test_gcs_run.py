@@ -65,7 +65,7 @@ def test_a_run_on_gs_killed_and_resumed_equals_the_run_on_local_disk(th, gcs_buc
     objects = gcs_emulator.objects(gcs_bucket[5:], "runs/tiny/")
     assert "runs/tiny/config.yaml" in objects
     assert {"runs/tiny/checkpoints/5/commit_success.txt", "runs/tiny/checkpoints/10/commit_success.txt"} <= set(objects)
-    assert not [o for o in objects if "tmp" in o.split("/")[3]]  # committed by marker, nothing left to rename
+    assert not [o for o in objects if "orbax-checkpoint-tmp" in o]  # committed by marker, nothing left to rename
     events = [o for o in objects if o.startswith("runs/tiny/tensorboard/events.out.tfevents")]
     assert events, "no TensorBoard events in the bucket"
     assert [s for s, status, _ in ckpt_lib.verify_run(run_dir)] == [10, 5] and all(
