@@ -1,26 +1,25 @@
-"""A run directory on gs:// (a local GCS emulator): the same run as on local disk, killed and resumed exactly,
-committed with Orbax's marker files, metrics and TensorBoard events in the bucket, damaged steps set aside,
-two processes saving to one directory, and the errors a cloud user meets before any work."""
+"""A run on gs:// (a local GCS emulator): data, tokenizer, run directory, export and scores in the bucket give
+the run on local disk, through a kill and a resume; steps committed by Orbax's marker objects, metrics and
+TensorBoard events in the bucket, damaged steps copied aside, two processes saving to one directory."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
-import jax
-import numpy as np
-import pytest
-
 from semcoder_jax import locations
-from semcoder_jax.convert import resolve_params_checkpoint, restore_params
+from semcoder_jax.cli import main as semcoder
 from semcoder_jax.train import checkpoint as ckpt_lib
 from semcoder_jax.train.loop import train
 
 STEPS = ("train.steps=10",)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def remote_metrics(run_dir: str) -> list[dict]:
@@ -28,62 +27,74 @@ def remote_metrics(run_dir: str) -> list[dict]:
     return [json.loads(line) for line in target.read_text().splitlines() if line.strip()] if target.exists() else []
 
 
-def params_of(run_dir: str):
-    _, config, params_dir = resolve_params_checkpoint(run_dir)
-    return restore_params(params_dir, config)
+TINY = ["--config", os.path.join(REPO, "launch", "configs", "tiny_cpu.yaml"), "train.steps=8", "optimizer.warmup_steps=2", "checkpoint.every=4",
+        "train.log_every=1", "train.eval_every=4", "train.eval_batches=1", "data.seq_len=128", "run.progress=false"]
+EVAL = ["--benchmark", "cruxeval-o", "--mode", "monologue", "--limit", "4", "--max-new-tokens", "12",
+        "--batch-size", "4", "--backend", "hf"]
 
 
-@pytest.fixture(scope="module")
-def local_run(tmp_path_factory, th):
-    run_dir = str(tmp_path_factory.mktemp("local"))
-    train(th.tiny_config(*STEPS), run_dir=run_dir)
-    return run_dir, th.train_losses(th.read_metrics(run_dir))
+def test_the_tiny_config_on_gs_killed_resumed_exported_and_scored_equals_the_local_run(
+        th, gcs_bucket, gcs_emulator, tmp_path, capsys):
+    """Data, tokenizer, run directory, export and eval output all on gs://: the same losses, weights and
+    scores as the same run on local disk, through a SIGKILL and a resume."""
+    from data_pipeline import sample
 
+    data, tokenizer = f"{gcs_bucket}/pyx", f"{gcs_bucket}/tokenizer"
+    locations.upload_tree(str(sample.sample_data_dir()), data)
+    locations.upload_tree(str(sample.sample_tokenizer_dir()), tokenizer)
+    local = tmp_path / "local"
+    assert semcoder(["train", *TINY, "--run-dir", str(local / "run"), "--export-hf", str(local / "hf")]) == 0
 
-def test_a_run_on_gs_killed_and_resumed_equals_the_run_on_local_disk(th, gcs_bucket, gcs_emulator, local_run):
-    local_dir, local_losses = local_run
-    run_dir = f"{gcs_bucket}/runs/tiny"
-    proc = th.start_train(run_dir, *STEPS, "run.tensorboard=true")
-    deadline = time.time() + 180
-    while not any(r["step"] >= 5 for r in remote_metrics(run_dir)):  # flushed with the step-5 checkpoint
+    run_dir, remote_data = f"{gcs_bucket}/runs/tiny", [f"data.path={data}", f"data.tokenizer={tokenizer}"]
+    proc = subprocess.Popen([sys.executable, "-m", "semcoder_jax.cli", "train", *TINY, "--run-dir", run_dir,
+                             *remote_data], env=th.subprocess_env(), cwd=th.REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    committed = locations.path(f"{run_dir}/checkpoints/4/commit_success.txt")
+    while not committed.exists():  # Orbax's marker: step 4 is complete
         assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.time() < deadline, "no checkpoint within 180 s"
+        assert time.time() < deadline, "no checkpoint within 240 s"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(r["step"] for r in remote_metrics(run_dir))
-    assert killed_at < 10, "the kill came too late to test resuming"
+    assert max(r["step"] for r in remote_metrics(run_dir)) < 8, "the kill came too late to test resuming"
 
-    resumed = train(th.tiny_config(*STEPS), run_dir=run_dir)
-    assert 5 <= resumed.start_step < 10 and resumed.final_step == 10
-    records = remote_metrics(run_dir)
-    assert [r["step"] for r in records] == list(range(1, 11))  # no step lost or logged twice
-    assert th.train_losses(records) == local_losses  # bit-identical to the local run
-    for a, b in zip(jax.tree.leaves(params_of(run_dir)), jax.tree.leaves(params_of(local_dir))):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    export = f"{gcs_bucket}/hf"
+    assert semcoder(["train", *TINY, "--run-dir", run_dir, *remote_data, "--export-hf", export]) == 0
+    assert "resuming gs://" in capsys.readouterr().err
+    records, local_records = remote_metrics(run_dir), th.read_metrics(str(local / "run"))
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 9))  # none lost, none twice
+    assert [(r["step"], r.get("loss"), r.get("eval_loss")) for r in records] == [
+        (r["step"], r.get("loss"), r.get("eval_loss")) for r in local_records]  # bit-identical to local disk
 
+    with tempfile.TemporaryDirectory() as copy:
+        locations.download_tree(export, copy)
+        assert sorted(os.listdir(copy)) == sorted(os.listdir(local / "hf"))
+        for name in os.listdir(copy):
+            assert open(os.path.join(copy, name), "rb").read() == (local / "hf" / name).read_bytes(), name
     objects = gcs_emulator.objects(gcs_bucket[5:], "runs/tiny/")
-    assert "runs/tiny/config.yaml" in objects
-    assert {"runs/tiny/checkpoints/5/commit_success.txt", "runs/tiny/checkpoints/10/commit_success.txt"} <= set(objects)
-    assert not [o for o in objects if "orbax-checkpoint-tmp" in o]  # committed by marker, nothing left to rename
-    events = [o for o in objects if o.startswith("runs/tiny/tensorboard/events.out.tfevents")]
-    assert events, "no TensorBoard events in the bucket"
-    assert [s for s, status, _ in ckpt_lib.verify_run(run_dir)] == [10, 5] and all(
-        status == "ok" for _, status, _ in ckpt_lib.verify_run(run_dir))
+    assert {"runs/tiny/config.yaml", "runs/tiny/tokenizer/tokenizer.json", "runs/tiny/checkpoints/4/commit_success.txt",
+            "runs/tiny/checkpoints/8/commit_success.txt"} <= set(objects)
+    assert not [o for o in objects if "orbax-checkpoint-tmp" in o]  # committed by marker, nothing to rename
+    assert [status for _, status, _ in ckpt_lib.verify_run(run_dir)] == ["ok", "ok"]
+    with tempfile.TemporaryDirectory() as events:  # TensorBoard's files, in the bucket, hold the records
+        import tensorflow as tf
 
+        locations.download_tree(f"{run_dir}/tensorboard", events)
+        steps = {e.step for name in os.listdir(events)
+                 for e in tf.compat.v1.train.summary_iterator(os.path.join(events, name))
+                 if any(v.tag == "loss" for v in e.summary.value)}
+        assert steps == set(range(1, 9))
 
-def test_tensorboard_events_in_the_bucket_hold_the_logged_scalars(th, gcs_bucket, tmp_path):
-    import tensorflow as tf
-
-    run_dir = f"{gcs_bucket}/runs/tb"
-    train(th.tiny_config("train.steps=3", "run.tensorboard=true"), run_dir=run_dir)
-    locations.download_tree(locations.join(run_dir, "tensorboard"), str(tmp_path))
-    steps = set()
-    for path in tmp_path.iterdir():
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            if any(v.tag == "loss" for v in event.summary.value):
-                steps.add(event.step)
-    assert steps == {1, 2, 3}
+    assert semcoder(["eval", "--model", export, *EVAL, "--out", f"{gcs_bucket}/eval"]) == 0
+    assert semcoder(["eval", "--model", str(local / "hf"), *EVAL, "--out", str(local / "eval")]) == 0
+    scored = json.loads(locations.path(f"{gcs_bucket}/eval/summary.json").read_text())["cruxeval-o"]
+    local_scored = json.loads((local / "eval" / "summary.json").read_text())["cruxeval-o"]
+    assert scored.pop("source")["fingerprint"] == local_scored.pop("source")["fingerprint"]  # the same weights
+    assert scored == local_scored
+    samples = locations.path(f"{gcs_bucket}/eval/cruxeval-o.jsonl").read_text().splitlines()
+    assert [json.loads(x)["raw"] for x in samples] == [
+        json.loads(x)["raw"] for x in (local / "eval" / "cruxeval-o.jsonl").read_text().splitlines()]
 
 
 def test_a_damaged_step_on_gs_is_copied_aside_and_the_previous_one_resumes(th, gcs_bucket, gcs_emulator, capsys):
