@@ -20,7 +20,6 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,30 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.checkpoint_integrity import random_state, timed_save  # noqa: E402
-from tests.gcs_emulator import free_port  # noqa: E402
-
-
-def start_emulator(root: str):
-    from tests.gcs_emulator import emulator_binary
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    os.makedirs(os.path.join(root, "bench"), exist_ok=True)  # a folder under the root is a bucket
-    log = open(os.path.join(root, "..", "emulator.log"), "w")  # noqa: SIM115
-    proc = subprocess.Popen([str(emulator_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                             "-backend", "filesystem", "-filesystem-root", root, "-external-url", url,
-                             "-public-host", f"127.0.0.1:{port}", "-log-level", "warn"],
-                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-    import urllib.request
-
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2).read()
-            return proc, url
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the emulator did not start")
+from tests.gcs_emulator import GcsEmulator  # noqa: E402
 
 
 def main() -> int:
@@ -70,8 +46,9 @@ def main() -> int:
     work = os.path.abspath(args.workdir)
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.join(work, "gcs"))
-    emulator, url = start_emulator(os.path.join(work, "gcs"))
-    os.environ["STORAGE_EMULATOR_HOST"] = url
+    emulator = GcsEmulator(filesystem_root=os.path.join(work, "gcs"))
+    emulator.bucket("bench")
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
     from semcoder_jax import locations
     from semcoder_jax.train import checkpoint as ckpt_lib
 
@@ -116,7 +93,7 @@ def main() -> int:
         for ckpt in managers.values():
             ckpt.close()
     finally:
-        emulator.kill()
+        emulator.stop()
     described = f"{args.preset} {args.items} float32{f' {args.layers} layers' if args.layers else ''}, " \
                 f"{nbytes / 1e9:.1f} GB"
     for rep in rounds:

@@ -39,11 +39,9 @@ import contextlib
 import dataclasses
 import itertools
 import json
-import logging
 import os
 import re
 import shutil
-import struct
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -54,8 +52,6 @@ import numpy as np
 from semcoder_jax import integrity, locations
 from semcoder_jax.config import ModelConfig, load_hf_config, model_config_from_dict, model_config_to_dict
 from semcoder_jax.errors import UserError
-from semcoder_jax.safetensors_stream import _DTYPES as _SAFETENSORS_DTYPES
-from semcoder_jax.safetensors_stream import _MAX_HEADER as _MAX_SAFETENSORS_HEADER
 from semcoder_jax.safetensors_stream import (
     SafetensorsError,
     TensorInfo,
@@ -374,30 +370,9 @@ def _read_remote_header(url: str) -> dict[str, TensorInfo]:
     fs = _fs(url)
     try:
         size = fs.size(url)
-        raw = fs.cat_file(url, 0, 8) if size >= 8 else b""
-        if len(raw) != 8:
-            raise SafetensorsError(f"{url}: too short to be a safetensors file")
-        (n,) = struct.unpack("<Q", raw)
-        if n > _MAX_SAFETENSORS_HEADER:
-            raise SafetensorsError(f"{url}: header length {n} is implausible (not a safetensors file?)")
-        header = json.loads(fs.cat_file(url, 8, 8 + n))
     except FileNotFoundError:
         raise SafetensorsError(f"{url}: file not found") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SafetensorsError(f"{url}: unreadable safetensors header ({e})") from None
-    header.pop("__metadata__", None)
-    tensors = {}
-    for name, entry in header.items():
-        code = entry.get("dtype")
-        if code not in _SAFETENSORS_DTYPES:
-            raise SafetensorsError(f"{url}: tensor {name} has unsupported dtype {code!r}")
-        begin, end = entry["data_offsets"]
-        shape = tuple(int(s) for s in entry["shape"])
-        dtype = _SAFETENSORS_DTYPES[code]
-        if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize or 8 + n + end > size:
-            raise SafetensorsError(f"{url}: tensor {name} has inconsistent offsets (truncated file?)")
-        tensors[name] = TensorInfo(name, dtype, shape, url, 8 + n + begin, end - begin)
-    return tensors
+    return read_header(url, lambda start, end: fs.cat_file(url, start, end) if start < size else b"", size)[0]
 
 
 def _read_remote_into(info: TensorInfo, out: np.ndarray) -> None:
@@ -749,15 +724,7 @@ def _write_native_params(params_dir: str, leaves: Iterator[tuple[LeafPath, np.nd
         ocp_v1.partial.finalize(params_dir)
 
 
-@contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+_quiet_logger = locations.quiet_logger
 
 
 def release_freed_memory() -> None:

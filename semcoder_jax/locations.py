@@ -273,7 +273,7 @@ def probe_writable(what: str, value: str) -> None:
     scheme, bucket, _ = split(value)
     probe = join(value, f".semcoder-write-probe-{uuid.uuid4().hex}")
     try:
-        with _quiet_client_logs():
+        with quiet_logger("gcsfs"):
             _bucket_exists(scheme, bucket, value)
             target = path(probe)
             target.write_bytes(b"probe")
@@ -288,11 +288,12 @@ def probe_writable(what: str, value: str) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_client_logs() -> Iterator[None]:
-    """gcsfs logs a traceback for every refused request; the caller turns the refusal into one line."""
+def quiet_logger(name: str) -> Iterator[None]:
+    """Silences a library's logger for a while (gcsfs logs a traceback for every refused request; the
+    caller turns the refusal into one line)."""
     import logging
 
-    logger = logging.getLogger("gcsfs")
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:

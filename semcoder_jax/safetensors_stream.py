@@ -44,22 +44,30 @@ class TensorInfo:
     nbytes: int
 
 
-def read_header(path: str) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Tensor table and ``__metadata__`` of one file."""
+def read_header(path: str, read: Callable[[int, int], bytes] | None = None, size: int | None = None
+                ) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Tensor table and ``__metadata__`` of one file.
+
+    ``read(start, end)`` and ``size`` read a file that is not local (an object's byte ranges); by default
+    the local file ``path`` is read."""
+    if read is None:
+        def read(start: int, end: int) -> bytes:
+            with open(path, "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
     try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) != 8:
-                raise SafetensorsError(f"{path}: too short to be a safetensors file")
-            (n,) = struct.unpack("<Q", raw)
-            if n > _MAX_HEADER:
-                raise SafetensorsError(f"{path}: header length {n} is implausible (not a safetensors file?)")
-            header = json.loads(f.read(n))
+        raw = read(0, 8)
+        if len(raw) != 8:
+            raise SafetensorsError(f"{path}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > _MAX_HEADER:
+            raise SafetensorsError(f"{path}: header length {n} is implausible (not a safetensors file?)")
+        header = json.loads(read(8, 8 + n))
+        size = os.path.getsize(path) if size is None else size
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         if isinstance(e, FileNotFoundError):
             raise SafetensorsError(f"{path}: file not found") from None
         raise SafetensorsError(f"{path}: unreadable safetensors header ({e})") from None
-    size = os.path.getsize(path)
     metadata = header.pop("__metadata__", None) or {}
     tensors = {}
     for name, entry in header.items():

@@ -43,15 +43,17 @@ def free_port() -> int:
 
 
 class GcsEmulator:
-    """fake-gcs-server on a free loopback port, objects in memory; ``bucket()`` makes a fresh bucket."""
+    """fake-gcs-server on a free loopback port, objects in memory (or as files under ``filesystem_root``,
+    for more data than memory holds); ``bucket()`` makes a fresh bucket."""
 
-    def __init__(self) -> None:
+    def __init__(self, filesystem_root: str | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(prefix="fake-gcs-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
             [str(emulator_binary()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-             "-backend", "memory", "-external-url", self.url, "-public-host", f"127.0.0.1:{self.port}",
+             *(["-backend", "filesystem", "-filesystem-root", filesystem_root] if filesystem_root
+               else ["-backend", "memory"]), "-external-url", self.url, "-public-host", f"127.0.0.1:{self.port}",
              "-log-level", "warn"],
             stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True)
         deadline = time.monotonic() + 20
