@@ -28,11 +28,15 @@ def _grpo(config, result, **kwargs):
 
 
 def _records(run_dir):
-    lines = (run_dir / "grpo" / "metrics.jsonl").read_text().splitlines()
+    from semcoder_jax import locations
+
+    lines = locations.path(f"{run_dir}/grpo/metrics.jsonl").read_text().splitlines()
     return [{k: v for k, v in json.loads(line).items() if not k.startswith("seconds")} for line in lines]
 
 
-def test_a_stopped_grpo_phase_resumes_to_the_records_of_a_straight_run(tmp_path):
+def test_a_stopped_grpo_phase_resumes_to_the_records_of_a_straight_run(tmp_path, gcs_bucket, gcs_emulator):
+    """The stopped run lives on gs:// (a local emulator): its warm-up and GRPO checkpoints, metrics and
+    tokenizer in the bucket give the records of the straight run on local disk."""
     from semcoder_jax.train.loop import train
 
     straight = tmp_path / "straight"
@@ -45,7 +49,7 @@ def test_a_stopped_grpo_phase_resumes_to_the_records_of_a_straight_run(tmp_path)
             "zero_variance_groups", "sample"} <= set(records[0])
     assert sorted(p.name for p in (straight / "grpo" / "checkpoints").iterdir()) == ["2", "4"]
 
-    stopped = tmp_path / "stopped"
+    stopped = f"{gcs_bucket}/runs/stopped"
     first = train(_config(stopped))
     part = _grpo(_config(stopped), first, stop_after=3)
     assert part.final_step == 3
@@ -55,6 +59,8 @@ def test_a_stopped_grpo_phase_resumes_to_the_records_of_a_straight_run(tmp_path)
     resumed = _grpo(_config(stopped), again)
     assert (resumed.start_step, resumed.final_step) == (3, 4)
     assert _records(stopped) == records
+    grpo_steps = {o.split("/")[4] for o in gcs_emulator.objects(gcs_bucket[5:], "runs/stopped/grpo/checkpoints/")}
+    assert grpo_steps == {"3", "4"}  # checkpoint.keep=2, as on local disk
 
 
 def test_grpo_settings_are_checked_before_anything_runs(tmp_path):
