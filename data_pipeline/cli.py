@@ -16,6 +16,8 @@ import argparse
 import collections
 import sys
 
+from data_pipeline import remote
+
 LOSS_OPEN, LOSS_CLOSE = "\u27e6LOSS\u27e7", "\u27e6/LOSS\u27e7"
 
 
@@ -163,13 +165,29 @@ def cmd_prepare_tfds(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace, load_teacher=None) -> int:
-    from data_pipeline.builder.build import BuildConfig, BuildError, build
     from data_pipeline.errors import UserError
 
     if (args.teacher is None) != (args.backend is None):
         raise UserError("data build: --teacher and --backend go together (--teacher PATH --backend hf|jax)")
+    if remote.is_remote(args.out):
+        # The builder appends to its stage cache and renames files into place, which an object store cannot:
+        # it builds in a local mirror of --out (downloaded first, so a rerun resumes from the bucket's
+        # cache) that is uploaded at the end, and after a failure too.  Peak local disk: the output + cache.
+        try:
+            remote.probe_writable(args.out)
+        except remote.RemoteError as e:
+            raise UserError(f"data build: --out {e}") from None
+        with remote.mirrored(args.out, "semcoder data build") as (local, _):
+            return _build(args, load_teacher, local)
+    return _build(args, load_teacher, args.out)
+
+
+def _build(args: argparse.Namespace, load_teacher, out: str) -> int:
+    from data_pipeline.builder.build import BuildConfig, BuildError, build
+    from data_pipeline.errors import UserError
+
     try:
-        config = BuildConfig(seeds=tuple(args.seeds), out=args.out, data_dir=args.data_dir, rng_seed=args.seed,
+        config = BuildConfig(seeds=tuple(args.seeds), out=out, data_dir=args.data_dir, rng_seed=args.seed,
                              limit=args.limit, max_inputs=args.max_inputs,
                              monologues_per_program=args.monologues_per_program,
                              refine_per_program=args.refine_per_program, similarity_threshold=args.similarity,

@@ -30,7 +30,9 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -158,9 +160,9 @@ def _chain(exc: BaseException | None) -> list[BaseException]:
     return out
 
 
-def explain(exc: BaseException, url: str) -> str | None:
-    """One line for a refused read of ``url`` (credentials, permission, missing object), or None when
-    ``exc`` is none of those."""
+def explain(exc: BaseException, url: str, *, writing: bool = False) -> str | None:
+    """One line for a refused read (or, with ``writing``, write) of ``url``: credentials, permission, a
+    missing object or bucket; None when ``exc`` is none of those."""
     for e in _chain(exc):
         status, text = _status(e), str(e)
         if status == 401 or "Unauthorized" in text:
@@ -170,13 +172,88 @@ def explain(exc: BaseException, url: str) -> str | None:
                         "login`, or set GOOGLE_APPLICATION_CREDENTIALS; a TPU or GCE VM uses its service account)")
             return f"{url}: the credentials were refused (401 Unauthorized); refresh or replace them"
         if status == 403 or "Forbidden" in text or "PERMISSION_DENIED" in text:
+            if writing:
+                return (f"{url}: permission denied (403) writing to bucket {bucket_of(url)}: the account needs "
+                        "storage.objects.create, .get, .list and .delete there (e.g. roles/storage.objectAdmin)")
             return (f"{url}: permission denied (403) reading bucket {bucket_of(url)}: the account needs "
                     "storage.objects.get and storage.objects.list there (e.g. roles/storage.objectViewer)")
-        if status == 416:
+        if status == 416 and not writing:
             return f"{url}: changed while being read (a byte range is past its end); restart the run"
         if isinstance(e, FileNotFoundError) or status == 404:
-            return f"{url}: not found (removed while being read?)"
+            return missing_bucket_line(url) if writing else f"{url}: not found (removed while being read?)"
     return None
+
+
+def probe_writable(url: str) -> None:
+    """Writes and deletes a small object under ``url``, so that a missing bucket, missing credentials or a
+    missing permission is one line (``RemoteError``) before any work: both gcsfs and TensorStore fall back
+    to anonymous access silently, and a missing bucket shows only at the first write.  (No bucket lookup:
+    an account may write objects without the right to read the bucket's metadata.)"""
+    fs = filesystem(url)
+    probe = f"{url.rstrip('/')}/.semcoder-write-probe-{uuid.uuid4().hex}"
+    try:
+        with _quiet():
+            fs.pipe_file(probe, b"probe")
+            fs.rm_file(probe)
+    except Exception as e:  # noqa: BLE001 - classified by explain; anything else propagates unchanged
+        line = explain(e, url, writing=True)
+        if line is None:
+            raise
+        raise RemoteError(line) from None
+
+
+def upload_tree(local_dir: str, url: str) -> int:
+    """Copies every file under ``local_dir`` to the objects under ``url``; returns the bytes."""
+    fs = filesystem(url)
+    total = 0
+    for root, _, files in os.walk(local_dir):
+        for name in sorted(files):
+            src = os.path.join(root, name)
+            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
+            fs.put_file(src, f"{url.rstrip('/')}/{rel}")
+            total += os.path.getsize(src)
+    return total
+
+
+def download_tree(url: str, local_dir: str) -> int:
+    """Copies every object under ``url`` (recursively) into ``local_dir``; returns the bytes."""
+    fs = filesystem(url)
+    prefix = url.split("://", 1)[1].rstrip("/")
+    total = 0
+    for name in fs.find(prefix):
+        rel = name[len(prefix):].lstrip("/")
+        if not rel:
+            continue
+        target = os.path.join(local_dir, *rel.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        fs.get_file(name, target)
+        total += os.path.getsize(target)
+    return total
+
+
+@contextlib.contextmanager
+def mirrored(url: str, what: str) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A local temporary copy of the directory at ``url`` (for writers that append or rename, which an
+    object store cannot) and a function that uploads it back.  It is probed for writing first, downloaded
+    if it exists (so a rerun resumes from what is there), and uploaded at the end, after a failure too;
+    ``what`` names the tool in the warning when that last upload fails."""
+    probe_writable(url)
+    with tempfile.TemporaryDirectory(prefix="semcoder-mirror-") as tmp:
+        if filesystem(url).isdir(url):
+            download_tree(url, tmp)
+
+        def sync() -> None:
+            upload_tree(tmp, url)
+
+        try:
+            yield tmp, sync
+        except BaseException:
+            try:
+                sync()
+            except Exception as e:  # noqa: BLE001 - the run's own failure is what gets reported
+                print(f"{what}: warning: {url}: what this run wrote could not be uploaded ({e})", file=sys.stderr)
+            raise
+        sync()
 
 
 def _raise(exc: BaseException, url: str) -> NoReturn:

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline import remote
 from eval import protocol
 from eval.backends import Backend, Generation, sample_seed
 from eval.benchmarks import Benchmark, Extracted, Problem, get_benchmark
@@ -473,24 +474,9 @@ def run(config: EvalConfig, out_dir: str | os.PathLike, *, backend: Backend | No
 def _mirrored(url: str) -> Iterator[tuple[Path, Callable[[], None]]]:
     """A local temporary copy of the output directory at ``url`` and a function that uploads it back; it is
     uploaded at the end, after a failure too (the samples done so far are what a rerun resumes from)."""
-    locations.probe_writable("--out", url)
-    with tempfile.TemporaryDirectory(prefix="semcoder-eval-out-") as tmp:
-        if locations.path(url).is_dir():
-            locations.download_tree(url, tmp)
-
-        def sync() -> None:
-            locations.upload_tree(tmp, url)
-
-        try:
-            yield Path(tmp), sync
-        except BaseException:
-            try:
-                sync()
-            except Exception as e:  # noqa: BLE001 - the run's own failure is what gets reported
-                print(f"semcoder eval: warning: {url}: the samples of this run could not be uploaded ({e})",
-                      file=sys.stderr)
-            raise
-        sync()
+    locations.probe_writable("--out", url)  # its refusals name the flag
+    with remote.mirrored(url, "semcoder eval") as (local, sync):
+        yield Path(local), sync
 
 
 def _run(config: EvalConfig, out: Path, *, backend: Backend | None, data_dir: str | os.PathLike | None,

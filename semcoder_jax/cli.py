@@ -43,7 +43,7 @@ LOCATION_FLAGS = ("config", "run_dir", "export_hf", "model", "out", "data_dir", 
 # with local file APIs only, and a URL there is refused before any work.
 REMOTE_CAPABLE = {("train", "config"), ("train", "run_dir"), ("train", "export_hf"), ("eval", "model"),
                   ("eval", "out"), ("convert", "hf"), ("convert", "ckpt"), ("convert", "out"),
-                  ("convert", "tokenizer"), ("checkpoint", "run_dir")}
+                  ("convert", "tokenizer"), ("checkpoint", "run_dir"), ("data build", "out")}
 
 
 def _check_location_flags(args: argparse.Namespace) -> None:
@@ -59,9 +59,10 @@ def _check_location_flags(args: argparse.Namespace) -> None:
             continue
         flag = f"--{dest.replace('_', '-')}"
         locations.check(flag, value)
-        if (args.command, dest) not in REMOTE_CAPABLE:
+        command = f"{args.command} {getattr(args, 'data_command', '')}".strip()
+        if (command, dest) not in REMOTE_CAPABLE:
             raise locations.LocationError(
-                f"{flag} {value}: semcoder {args.command} reads and writes {flag} with local file APIs only; copy "
+                f"{flag} {value}: semcoder {command} reads and writes {flag} with local file APIs only; copy "
                 "it to local disk (gcloud storage cp -r) or use a gcsfuse mount path")
 
 

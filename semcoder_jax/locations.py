@@ -48,13 +48,10 @@ class Scheme:
     name: str
     module: str
     install: str
-    credentials: str
 
 
 SCHEMES: dict[str, Scheme] = {
-    "gs": Scheme("gs", "gcsfs", "pip install gcsfs google-cloud-storage (both in semcoder-jax's dependencies)",
-                 "run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS to a service "
-                 "account key file (a TPU or GCE VM uses its service account)"),
+    "gs": Scheme("gs", "gcsfs", "pip install gcsfs google-cloud-storage (both in semcoder-jax's dependencies)"),
 }
 
 
@@ -151,39 +148,21 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
 
 
 def upload_tree(local_dir: str, target: str) -> int:
-    """Copies every file under ``local_dir`` to ``target`` (a URL or local directory); returns the bytes."""
-    total = 0
-    for root, _, files in os.walk(local_dir):
-        for name in sorted(files):
-            src = os.path.join(root, name)
-            rel = os.path.relpath(src, local_dir).replace(os.sep, "/")
-            dst = path(join(target, rel))
-            if not is_remote(target):
-                dst.parent.mkdir(parents=True, exist_ok=True)
-            with open(src, "rb") as f_in, dst.open("wb") as f_out:
-                shutil.copyfileobj(f_in, f_out, 16 << 20)
-            total += os.path.getsize(src)
-    return total
+    """Copies every file under ``local_dir`` to ``target`` (a URL or a local directory); returns the bytes."""
+    if is_remote(target):
+        check("location", target)
+        return remote.upload_tree(local_dir, target)
+    shutil.copytree(local_dir, target, dirs_exist_ok=True)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(local_dir) for f in fs)
 
 
 def download_tree(source: str, local_dir: str) -> int:
     """Copies every object (or file) under ``source`` into ``local_dir``; returns the bytes."""
-    if not is_remote(source):
-        shutil.copytree(source, local_dir, dirs_exist_ok=True)
-        return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(local_dir) for f in fs)
-    fs = filesystem(source)
-    scheme, bucket, key = split(source.rstrip("/"))
-    prefix = f"{bucket}/{key}".rstrip("/")
-    total = 0
-    for name in fs.find(prefix):
-        rel = name[len(prefix):].lstrip("/")
-        if not rel:
-            continue
-        dst = os.path.join(local_dir, *rel.split("/"))
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        fs.get_file(name, dst)
-        total += os.path.getsize(dst)
-    return total
+    if is_remote(source):
+        check("location", source)
+        return remote.download_tree(source, local_dir)
+    shutil.copytree(source, local_dir, dirs_exist_ok=True)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(local_dir) for f in fs)
 
 
 def filesystem(value: str):
@@ -212,55 +191,11 @@ def local_copy(value: str, what: str = "location") -> Iterator[str]:
 # ---- errors a cloud user meets, as one line -------------------------------------------------------------
 
 
-def _status(exc: BaseException) -> int | None:
-    for attr in ("code", "status"):
-        value = getattr(exc, attr, None)
-        if isinstance(value, int) and 100 <= value < 600:
-            return value
-    text = str(exc)
-    for code in (401, 403, 404):
-        if f"{code}" in text and (("Forbidden" in text) or ("Unauthorized" in text) or ("NOT_FOUND" in text)
-                                  or ("PERMISSION_DENIED" in text) or f" {code}" in text):
-            return code
-    return None
-
-
-def _credentials_method(value: str) -> str | None:
-    """How gcsfs authenticated for ``value`` (``anon`` = no credentials found)."""
-    with contextlib.suppress(Exception):
-        from etils.epath import backend as backend_lib
-
-        fs = backend_lib.fsspec_backend.fs(value)
-        return getattr(getattr(fs, "credentials", None), "method", None)
-    return None
-
-
-def explain(exc: BaseException, what: str, value: str) -> str | None:
-    """One line for an object-store failure on ``value`` (missing bucket, credentials, permission), or None
-    when ``exc`` is not one."""
-    scheme, bucket, _ = split(value)
-    entry = SCHEMES.get(scheme)
-    chain, seen = [], set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        chain.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    for e in chain:
-        status = _status(e)
-        text = str(e)
-        if status == 401 or "Unauthorized" in text:
-            if _credentials_method(value) == "anon":
-                how = entry.credentials if entry else "set up credentials for this storage"
-                return f"{what} {value}: no credentials were found for {scheme}:// ({how})"
-            return f"{what} {value}: the credentials were refused (401 Unauthorized); refresh or replace them"
-        if status == 403 or "Forbidden" in text or "PERMISSION_DENIED" in text:
-            return (f"{what} {value}: permission denied (403) writing to bucket {bucket}: the account needs "
-                    f"storage.objects.create, .get, .list and .delete there (e.g. roles/storage.objectAdmin)")
-        if (isinstance(e, FileNotFoundError) or status == 404 or "NOT_FOUND" in text
-                or "bucket does not exist" in text.lower()):
-            return (f"{what} {value}: bucket {bucket} does not exist (create it, e.g. `gcloud storage buckets "
-                    f"create {scheme}://{bucket}`, or fix the name)")
-    return None
+def explain(exc: BaseException, what: str, value: str, *, writing: bool = True) -> str | None:
+    """One line, naming ``what``, for an object-store failure on ``value`` (missing bucket, credentials,
+    permission), or None when ``exc`` is not one (``data_pipeline.remote.explain``)."""
+    line = remote.explain(exc, value, writing=writing)
+    return f"{what} {line}" if line else None
 
 
 def probe_writable(what: str, value: str) -> None:
@@ -269,28 +204,16 @@ def probe_writable(what: str, value: str) -> None:
     if not is_remote(value):
         return
     check(what, value)
-    configure_environment()
-    scheme, bucket, _ = split(value)
-    probe = join(value, f".semcoder-write-probe-{uuid.uuid4().hex}")
     try:
-        with quiet_logger("gcsfs"):
-            _bucket_exists(scheme, bucket, value)
-            target = path(probe)
-            target.write_bytes(b"probe")
-            target.unlink()
-    except LocationError:
-        raise
-    except Exception as e:  # noqa: BLE001 - classified by explain; anything else propagates unchanged
-        line = explain(e, what, value)
-        if line is None:
-            raise
-        raise LocationError(line) from None
+        remote.probe_writable(value)
+    except remote.RemoteError as e:
+        raise LocationError(f"{what} {e}") from None
 
 
 @contextlib.contextmanager
 def quiet_logger(name: str) -> Iterator[None]:
-    """Silences a library's logger for a while (gcsfs logs a traceback for every refused request; the
-    caller turns the refusal into one line)."""
+    """Silences a library's logger for a while (a library that logs a traceback for a failure the caller
+    reports in one line)."""
     import logging
 
     logger = logging.getLogger(name)
@@ -302,25 +225,6 @@ def quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _bucket_exists(scheme: str, bucket: str, value: str) -> None:
-    """Raises the missing-bucket line when the bucket itself is absent: a write under a missing bucket
-    must not reach code that creates parents (gcsfs's ``makedirs`` creates buckets)."""
-    from etils.epath import backend as backend_lib
-
-    fs = backend_lib.fsspec_backend.fs(value)
-    info = None
-    try:
-        info = fs.info(f"{bucket}/")
-    except FileNotFoundError:
-        info = None
-    except Exception as e:  # noqa: BLE001
-        line = explain(e, "", value)
-        if line is None or "does not exist" not in line:
-            raise
-    if info is None:
-        raise FileNotFoundError(f"bucket does not exist: {bucket}")
-
-
 def probe_readable(what: str, value: str) -> None:
     """Checks that ``value`` exists (file or directory), with one-line errors for object stores."""
     if not is_remote(value):
@@ -330,7 +234,7 @@ def probe_readable(what: str, value: str) -> None:
     except LocationError:
         raise
     except Exception as e:  # noqa: BLE001
-        line = explain(e, what, value)
+        line = explain(e, what, value, writing=False)
         if line is None:
             raise
         raise LocationError(line) from None

@@ -34,8 +34,7 @@ def test_a_location_that_cannot_be_served_is_refused_in_one_line(value, message)
 
 
 def test_a_registered_scheme_without_its_package_names_what_to_install(monkeypatch):
-    monkeypatch.setitem(locations.SCHEMES, "s3", locations.Scheme("s3", "s3fs_not_installed_here", "pip install s3fs",
-                                                                  "set AWS_PROFILE"))
+    monkeypatch.setitem(locations.SCHEMES, "s3", locations.Scheme("s3", "s3fs_not_installed_here", "pip install s3fs"))
     with pytest.raises(locations.LocationError, match=r"s3:// needs the s3fs_not_installed_here package: pip install s3fs"):
         locations.check("data.path", "s3://b/x")
 
@@ -63,7 +62,7 @@ def test_the_write_probe_passes_on_a_bucket_and_leaves_nothing(gcs_bucket, gcs_e
 
 def test_a_missing_bucket_is_one_line_and_not_created(gcs_emulator):
     with pytest.raises(locations.LocationError, match=r"^run.dir gs://no-such-bucket-x/r: bucket no-such-bucket-x "
-                                                      r"does not exist \(create it, e.g. `gcloud storage buckets"):
+                                                      r"does not exist \(fix the name, or create it: gcloud storage buckets"):
         locations.probe_writable("run.dir", "gs://no-such-bucket-x/r")
     assert not locations.path("gs://no-such-bucket-x/r").exists()
 
@@ -91,7 +90,7 @@ def test_the_cli_stops_before_any_work_on_a_missing_bucket(gcs_emulator, tmp_pat
     assert semcoder(["train", "--config", CONFIG, "--run-dir", "gs://no-such-bucket-y/runs/x"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("semcoder train: error: run.dir gs://no-such-bucket-y/runs/x: bucket no-such-bucket-y "
-                          "does not exist") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+                          "does not exist (fix the name") and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # no folder named gs:
 
 
@@ -99,7 +98,7 @@ def test_the_cli_refuses_urls_where_a_subcommand_reads_only_local_files(tmp_path
     monkeypatch.chdir(tmp_path)
     assert semcoder(["train", "--config", CONFIG, "--run-dir", "gs:///runs/x"]) == 1
     assert "--run-dir gs:///runs/x: no bucket name" in capsys.readouterr().err
-    assert semcoder(["data", "build", "--seeds", "x.jsonl", "--out", "gs://bkt/pyx"]) == 1
-    assert ("--out gs://bkt/pyx: semcoder data reads and writes --out with local file APIs only"
+    assert semcoder(["data", "make-sample", "--out", "gs://bkt/pyx"]) == 1
+    assert ("--out gs://bkt/pyx: semcoder data make-sample reads and writes --out with local file APIs only"
             in capsys.readouterr().err)
     assert list(tmp_path.iterdir()) == []
