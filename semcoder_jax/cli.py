@@ -43,7 +43,8 @@ LOCATION_FLAGS = ("config", "run_dir", "export_hf", "model", "out", "data_dir", 
 # with local file APIs only, and a URL there is refused before any work.
 REMOTE_CAPABLE = {("train", "config"), ("train", "run_dir"), ("train", "export_hf"), ("eval", "model"),
                   ("eval", "out"), ("convert", "hf"), ("convert", "ckpt"), ("convert", "out"),
-                  ("convert", "tokenizer"), ("checkpoint", "run_dir"), ("data build", "out")}
+                  ("convert", "tokenizer"), ("checkpoint", "run_dir"), ("data build", "out"),
+                  ("generate", "model"), ("generate", "tokenizer")}
 
 
 def _check_location_flags(args: argparse.Namespace) -> None:

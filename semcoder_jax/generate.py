@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -301,19 +300,22 @@ def default_compute_dtype() -> str:
 
 
 def load_model(path: str, *, dtype: str | None = None) -> tuple[ModelConfig, Any, str | None]:
-    """(config, device params, tokenizer dir) from an HF directory, a native checkpoint or a training run."""
-    from semcoder_jax import convert
+    """(config, device params, tokenizer dir) from an HF directory, a native checkpoint or a training run,
+    local or on gs:// (read in place: safetensors by byte range, Orbax through TensorStore)."""
+    from semcoder_jax import convert, locations
 
     dtype = dtype or default_compute_dtype()
-    path = os.path.abspath(path)
-    if os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(os.path.join(path, convert.MODEL_CONFIG_FILE)):
+    path = locations.absolute(path)
+    locations.probe_readable("--model", path)
+    root = locations.path(path)
+    if (root / "config.json").exists() and not (root / convert.MODEL_CONFIG_FILE).exists():
         config, params = convert.load_hf_params(path, param_dtype=dtype)
         tokenizer_dir = path
     else:
         ckpt_dir, config, params_dir = convert.resolve_params_checkpoint(path)
         params = convert.restore_params(params_dir, config, dtype=dtype)
-        tokenizer_dir = os.path.join(ckpt_dir, convert.TOKENIZER_DIR)
-        if not os.path.isdir(tokenizer_dir):
+        tokenizer_dir = locations.join(ckpt_dir, convert.TOKENIZER_DIR)
+        if not locations.path(tokenizer_dir).is_dir():
             tokenizer_dir = None
     config = config.replace(dtype=dtype, param_dtype=dtype)
     return config, jax.tree.map(jnp.asarray, params), tokenizer_dir

@@ -50,12 +50,19 @@ def test_cache_decoding_equals_full_recomputation(model_dir, scan_layers, impl):
         assert ids == expected
 
 
-@pytest.mark.parametrize("source", ["hf", "native"])
-def test_greedy_cli_equals_transformers_generate_token_for_token(model_dir, capsys, source):
+@pytest.mark.parametrize("source", ["hf", "native", "gs:hf", "gs:native"])
+def test_greedy_cli_equals_transformers_generate_token_for_token(model_dir, capsys, source, request):
+    """Also with the model in a bucket (``gs:``, a local GCS emulator): read in place, the same tokens."""
     root, model = model_dir
+    path = str(root / source.removeprefix("gs:"))
+    if source.startswith("gs:"):
+        from semcoder_jax import locations
+
+        path = f"{request.getfixturevalue('gcs_bucket')}/model"
+        locations.upload_tree(str(root / source.removeprefix("gs:")), path)
     prompts = ["def f(x):\n", "assert f('abc') ==", "for i in range(10):\n    print("]
     capsys.readouterr()
-    argv = ["generate", "--model", str(root / source), "--max-new-tokens", "24", "--json"]
+    argv = ["generate", "--model", path, "--max-new-tokens", "24", "--json"]
     for p in prompts:
         argv += ["--prompt", p]
     assert main(argv) == 0
