@@ -7,6 +7,8 @@ import json
 import os
 import tempfile
 
+import pytest
+
 from eval.backends import local_model, model_fingerprint
 from semcoder_jax import locations
 from semcoder_jax.cli import main as semcoder
@@ -95,6 +97,7 @@ def test_a_missing_gs_model_is_one_line(gcs_bucket, shared_data_dir, tmp_path, c
     assert len(err.splitlines()) == 1 and f"--model {gcs_bucket}/nothing: not found" in err, err
 
 
+@pytest.mark.slow  # compiles the JAX sampler: ~5 s; the hf backend's gs:// test stays in the default suite
 def test_the_jax_backend_scores_a_native_checkpoint_on_gs_as_on_disk(tiny_hf_model, shared_data_dir, gcs_bucket,
                                                                     tmp_path):
     from semcoder_jax import convert

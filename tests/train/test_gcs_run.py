@@ -13,6 +13,8 @@ import tempfile
 import textwrap
 import time
 
+import pytest
+
 from semcoder_jax import locations
 from semcoder_jax.cli import main as semcoder
 from semcoder_jax.train import checkpoint as ckpt_lib
@@ -97,6 +99,7 @@ def test_the_tiny_config_on_gs_killed_resumed_exported_and_scored_equals_the_loc
         json.loads(x)["raw"] for x in (local / "eval" / "cruxeval-o.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a second run from a damaged step: ~7 s; the default suite keeps the gs:// must-shows
 def test_a_damaged_step_on_gs_is_copied_aside_and_the_previous_one_resumes(th, gcs_bucket, gcs_emulator, capsys):
     run_dir = f"{gcs_bucket}/runs/damaged"
     train(th.tiny_config(*STEPS), run_dir=run_dir)
