@@ -26,7 +26,6 @@ import importlib.util
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -152,8 +151,7 @@ def upload_tree(local_dir: str, target: str) -> int:
     if is_remote(target):
         check("location", target)
         return remote.upload_tree(local_dir, target)
-    shutil.copytree(local_dir, target, dirs_exist_ok=True)
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(local_dir) for f in fs)
+    return _copy_local_tree(local_dir, target)
 
 
 def download_tree(source: str, local_dir: str) -> int:
@@ -161,31 +159,12 @@ def download_tree(source: str, local_dir: str) -> int:
     if is_remote(source):
         check("location", source)
         return remote.download_tree(source, local_dir)
-    shutil.copytree(source, local_dir, dirs_exist_ok=True)
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(local_dir) for f in fs)
+    return _copy_local_tree(source, local_dir)
 
 
-def filesystem(value: str):
-    """The fsspec filesystem serving a URL (the instance epath uses, so both share connections)."""
-    check("location", value)
-    configure_environment()
-    from etils.epath import backend as backend_lib
-
-    return backend_lib.fsspec_backend.fs(value)
-
-
-@contextlib.contextmanager
-def local_copy(value: str, what: str = "location") -> Iterator[str]:
-    """A local path holding ``value``'s files: ``value`` itself when local, else a temporary download
-    (removed on exit) — for readers that only take local files (transformers' ``from_pretrained``)."""
-    if not is_remote(value):
-        yield value
-        return
-    if not path(value, what).exists():
-        raise LocationError(f"{what} {value}: not found")
-    with tempfile.TemporaryDirectory(prefix="semcoder-remote-") as tmp:
-        download_tree(value, tmp)
-        yield tmp
+def _copy_local_tree(source: str, target: str) -> int:
+    shutil.copytree(source, target, dirs_exist_ok=True)
+    return sum(os.path.getsize(os.path.join(r, f)) for r, _, files in os.walk(source) for f in files)
 
 
 # ---- errors a cloud user meets, as one line -------------------------------------------------------------

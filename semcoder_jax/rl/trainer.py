@@ -69,8 +69,7 @@ def run_grpo(config: TrainRunConfig, run_dir: str, params, model: ModelConfig, *
     from semcoder_jax.train.loop import MetricsLog
 
     r = config.rl
-    with locations.local_copy(locations.join(run_dir, "tokenizer"), "run.dir tokenizer") as tokenizer_dir:
-        tokenizer = load_tokenizer(tokenizer_dir)
+    tokenizer = load_tokenizer(locations.join(run_dir, "tokenizer"))  # local or gs:// (data_pipeline reads both)
     settings = grpo_config(config, model)
     max_len = None
     if r.max_prompt_tokens is not None:
